@@ -1,0 +1,267 @@
+"""Residual blocks: ``BasicBlock`` (ResNet-18/34) and ``Bottleneck`` (ResNet-50+).
+
+The module layout and attribute names follow mmdet's ``ResNet`` blocks exactly
+(``conv1``, ``bn1``/``gn1``, ``downsample``, plugin names, ...), so state dicts are
+interchangeable and, in reference mode, outputs are bitwise equal.
+
+What differs from mmdet:
+- checkpointing (``with_cp``) is non-reentrant and covers every block that has a
+  trainable parameter, including the first one after frozen stages
+  (see :mod:`resnet_backbone.checkpointing`);
+- blocks know how to freeze themselves (:meth:`ResBlock.freeze`);
+- bad arguments raise one-line ``ValueError`` / ``TypeError`` instead of bare asserts;
+- ``dcn`` dicts are copied, not mutated (mmdet pops ``fallback_on_stride`` from the dict
+  shared by every block, so only the first block sees it); here every block whose 3x3
+  conv is strided falls back to a plain conv.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
+from mmengine.model import BaseModule
+from torch import nn
+
+from .checkpointing import checkpointed
+
+STYLES = ('pytorch', 'caffe')
+PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+
+
+class ResBlock(BaseModule):
+    """Base class of the residual blocks: checkpointed forward and ``freeze()``."""
+
+    expansion = 1
+    with_cp: bool
+    downsample: nn.Module | None
+
+    def freeze(self) -> ResBlock:
+        """Stop gradients into this block and keep its norm layers in eval mode.
+
+        The owning backbone re-applies this after every ``train()`` call.
+        """
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad = False
+        return self
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            out = checkpointed(self._residual, x, self)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"style={style!r} is not supported; allowed values: 'pytorch', 'caffe'")
+
+
+class BasicBlock(ResBlock):
+    """Two 3x3 convs with a residual connection (ResNet-18/34).
+
+    Example:
+        >>> block = BasicBlock(8, 8)
+        >>> block(torch.rand(1, 8, 16, 16)).shape
+        torch.Size([1, 8, 16, 16])
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, style: str = 'pytorch',
+                 with_cp: bool = False, conv_cfg: dict | None = None,
+                 norm_cfg: dict | None = None, dcn: dict | None = None,
+                 plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg)
+        _check_style(style)
+        if dcn is not None:
+            raise ValueError('dcn is only supported by Bottleneck blocks (depth >= 50); '
+                             'got dcn with a BasicBlock depth (18 or 34)')
+        if plugins:
+            raise ValueError('plugins are only supported by Bottleneck blocks (depth >= 50); '
+                             'got plugins with a BasicBlock depth (18 or 34)')
+        norm_cfg = norm_cfg if norm_cfg is not None else dict(type='BN')
+        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
+        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride,
+                                      padding=dilation, dilation=dilation, bias=False)
+        self.add_module(self.norm1_name, norm1)
+        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, padding=1, bias=False)
+        self.add_module(self.norm2_name, norm2)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.dilation = dilation
+        self.style = style
+        self.with_cp = with_cp
+        self.with_dcn = False
+        self.with_plugins = False
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    @property
+    def norm2(self) -> nn.Module:
+        return getattr(self, self.norm2_name)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.conv1(x)
+        out = self.norm1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.norm2(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return out
+
+
+class Bottleneck(ResBlock):
+    """1x1 -> 3x3 -> 1x1 bottleneck with a residual connection (ResNet-50+).
+
+    ``style='pytorch'`` puts the stride on the 3x3 conv, ``'caffe'`` on the first 1x1.
+    ``dcn`` replaces the 3x3 conv with a deformable one (needs mmcv's compiled ops);
+    ``plugins`` inserts mmcv plugin layers after conv1/conv2/conv3.
+
+    Example:
+        >>> block = Bottleneck(16, 4)
+        >>> block(torch.rand(1, 16, 16, 16)).shape
+        torch.Size([1, 16, 16, 16])
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, style: str = 'pytorch',
+                 with_cp: bool = False, conv_cfg: dict | None = None,
+                 norm_cfg: dict | None = None, dcn: dict | None = None,
+                 plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg)
+        _check_style(style)
+        if dcn is not None and not isinstance(dcn, dict):
+            raise TypeError(f'dcn must be a dict such as dict(type="DCN") or None; got {dcn!r}')
+        if plugins is not None and not isinstance(plugins, list):
+            raise TypeError(f'plugins must be a list of dicts or None; got {type(plugins).__name__}')
+        for p in plugins or []:
+            if p.get('position') not in PLUGIN_POSITIONS:
+                raise ValueError(f"plugin position={p.get('position')!r} is not supported; "
+                                 f"allowed values: {', '.join(PLUGIN_POSITIONS)}")
+        norm_cfg = norm_cfg if norm_cfg is not None else dict(type='BN')
+        dcn = copy.deepcopy(dcn)
+        self.inplanes = inplanes
+        self.planes = planes
+        self.stride = stride
+        self.dilation = dilation
+        self.style = style
+        self.with_cp = with_cp
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.dcn = dcn
+        self.with_dcn = dcn is not None
+        self.plugins = plugins
+        self.with_plugins = plugins is not None
+        if self.with_plugins:
+            self.after_conv1_plugins = [p['cfg'] for p in plugins if p['position'] == 'after_conv1']
+            self.after_conv2_plugins = [p['cfg'] for p in plugins if p['position'] == 'after_conv2']
+            self.after_conv3_plugins = [p['cfg'] for p in plugins if p['position'] == 'after_conv3']
+        if style == 'pytorch':
+            self.conv1_stride, self.conv2_stride = 1, stride
+        else:
+            self.conv1_stride, self.conv2_stride = stride, 1
+
+        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
+        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
+        self.norm3_name, norm3 = build_norm_layer(norm_cfg, planes * self.expansion, postfix=3)
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, kernel_size=1,
+                                      stride=self.conv1_stride, bias=False)
+        self.add_module(self.norm1_name, norm1)
+        # ``fallback_on_stride``: a plain conv where the 3x3 conv is strided. (mmdet pops the
+        # key from the dict shared by all blocks, so there only the first block falls back.)
+        fallback = bool(dcn.pop('fallback_on_stride', False)) if dcn else False
+        if not self.with_dcn or (fallback and self.conv2_stride > 1):
+            self.conv2 = build_conv_layer(conv_cfg, planes, planes, kernel_size=3,
+                                          stride=self.conv2_stride, padding=dilation,
+                                          dilation=dilation, bias=False)
+        else:
+            if conv_cfg is not None:
+                raise ValueError(f'conv_cfg must be None when dcn is set; got conv_cfg={conv_cfg!r}')
+            import mmcv.ops  # noqa: F401  (registers DCN/DCNv2; only imported when asked for)
+            self.conv2 = build_conv_layer(dcn, planes, planes, kernel_size=3,
+                                          stride=self.conv2_stride, padding=dilation,
+                                          dilation=dilation, bias=False)
+        self.add_module(self.norm2_name, norm2)
+        self.conv3 = build_conv_layer(conv_cfg, planes, planes * self.expansion, kernel_size=1,
+                                      bias=False)
+        self.add_module(self.norm3_name, norm3)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+        if self.with_plugins:
+            self.after_conv1_plugin_names = self._make_plugins(planes, self.after_conv1_plugins)
+            self.after_conv2_plugin_names = self._make_plugins(planes, self.after_conv2_plugins)
+            self.after_conv3_plugin_names = self._make_plugins(planes * self.expansion,
+                                                               self.after_conv3_plugins)
+
+    def _make_plugins(self, in_channels: int, plugins: list[dict]) -> list[str]:
+        names = []
+        for plugin in plugins:
+            plugin = plugin.copy()
+            name, layer = build_plugin_layer(plugin, in_channels=in_channels,
+                                             postfix=plugin.pop('postfix', ''))
+            if hasattr(self, name):
+                raise ValueError(f'plugins: duplicate plugin name {name!r} in one block; '
+                                 'give each a distinct postfix')
+            self.add_module(name, layer)
+            names.append(name)
+        return names
+
+    # mmdet-compatible name
+    make_block_plugins = _make_plugins
+
+    def forward_plugin(self, x: torch.Tensor, plugin_names: list[str]) -> torch.Tensor:
+        out = x
+        for name in plugin_names:
+            out = getattr(self, name)(out)
+        return out
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    @property
+    def norm2(self) -> nn.Module:
+        return getattr(self, self.norm2_name)
+
+    @property
+    def norm3(self) -> nn.Module:
+        return getattr(self, self.norm3_name)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.conv1(x)
+        out = self.norm1(out)
+        out = self.relu(out)
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
+        out = self.conv2(out)
+        out = self.norm2(out)
+        out = self.relu(out)
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+        out = self.conv3(out)
+        out = self.norm3(out)
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return out

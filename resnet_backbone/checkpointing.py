@@ -1,0 +1,50 @@
+"""Gradient checkpointing for residual blocks, done right.
+
+mmdet calls ``torch.utils.checkpoint.checkpoint(fn, x)``. On current torch that warns
+on every forward (no explicit ``use_reentrant``), and it skips any block whose input
+does not require grad (the first block after frozen stages), because the reentrant
+variant would silently give that block's parameters no gradient. It also lets a
+train-mode BatchNorm update its running statistics twice per step (once in forward,
+once in the recompute; pytorch#96136).
+
+Here: the non-reentrant variant (correct gradients whatever the input), explicit so it
+never warns, and a recompute context that stops BatchNorm from tracking statistics
+while it recomputes (the recompute uses batch statistics anyway, so outputs and
+gradients are unchanged).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+
+@contextlib.contextmanager
+def _no_running_stat_updates(norms: list[_BatchNorm]) -> Iterator[None]:
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 module: nn.Module) -> torch.Tensor:
+    """Run ``fn(x)`` under non-reentrant checkpointing on behalf of ``module``.
+
+    Train-mode BatchNorm layers inside ``module`` update their running statistics in
+    the forward pass only, never again in the backward recompute.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+
+    def context_fn():
+        return contextlib.nullcontext(), _no_running_stat_updates(norms)
+
+    return checkpoint(fn, x, use_reentrant=False, context_fn=context_fn)

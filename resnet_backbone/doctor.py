@@ -1,0 +1,117 @@
+"""``python -m resnet_backbone.doctor``: check the installed stack, name what is broken.
+
+Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine, mmcv
+(and whether its compiled ops load), mmdet and numpy, whether CUDA is available, and
+whether ``ResNetV1Custom`` resolves in mmdet's registry. Exits 1 on a broken stack,
+with one ``FIX:`` line per broken piece.
+"""
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SETUP = "run 'bash tools/setup.sh' from the repo root"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ''
+    required: bool = True
+
+
+def _version(module: str) -> str:
+    return getattr(importlib.import_module(module), '__version__', 'unknown')
+
+
+def _guard(name: str, fix: str, fn: Callable[[], str], required: bool = True) -> Check:
+    try:
+        return Check(name, True, fn(), required=required)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check(name, False, f'{type(exc).__name__}: {msg}', fix, required)
+
+
+def _python() -> str:
+    if sys.version_info < (3, 10):
+        raise RuntimeError(f'Python {platform.python_version()} is older than 3.10')
+    return platform.python_version()
+
+
+def _torch() -> str:
+    import torch
+    build = f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU-only build'
+    return f'{torch.__version__} ({build})'
+
+
+def _torchvision() -> str:
+    import torch
+    import torchvision
+    torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+    return f'{torchvision.__version__} (ops load)'
+
+
+def _mmcv_ext() -> str:
+    importlib.import_module('mmcv._ext')
+    return 'compiled ops load'
+
+
+def _cuda() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return f'yes, {torch.cuda.device_count()} device(s): {torch.cuda.get_device_name(0)}'
+    return 'no (CPU only; fine for this project)'
+
+
+def _registry() -> str:
+    from mmdet.registry import MODELS
+
+    import resnet_backbone  # noqa: F401  (registers)
+    cls = MODELS.get('ResNetV1Custom')
+    if cls is None:
+        raise LookupError("ResNetV1Custom is not in mmdet's MODELS registry")
+    return f'ResNetV1Custom -> {cls.__module__}.{cls.__qualname__}'
+
+
+def run_checks() -> list[Check]:
+    """Run every check; never raises."""
+    return [
+        _guard('python', 'install Python >= 3.10 and re-run setup', _python),
+        _guard('torch', SETUP + ' (installs torch from the registry)', _torch),
+        _guard('torchvision', "torchvision's ops need the registry build of torch, not the "
+               "local '+cpu' wheel: " + SETUP, _torchvision),
+        _guard('mmengine', SETUP, lambda: _version('mmengine')),
+        _guard('mmcv', SETUP + ' (builds mmcv from source)', lambda: _version('mmcv')),
+        _guard('mmcv._ext', "mmcv was installed without its compiled ops: 'pip uninstall -y "
+               "mmcv' and " + SETUP + ' (it builds mmcv with MMCV_WITH_OPS=1)', _mmcv_ext),
+        _guard('mmdet', SETUP, lambda: _version('mmdet')),
+        _guard('numpy', SETUP, lambda: _version('numpy')),
+        _guard('cuda', '', _cuda, required=False),
+        _guard('registry', "make sure 'import resnet_backbone' works (pip install -e .) and "
+               "that configs use default_scope='mmdet'", _registry),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    checks = run_checks()
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = 'ok ' if c.ok else ('BAD' if c.required else '-- ')
+        print(f'[{mark}] {c.name:<{width}}  {c.detail}')
+    broken = [c for c in checks if c.required and not c.ok]
+    if broken:
+        print()
+        for c in broken:
+            print(f'FIX: {c.name} is broken ({c.detail}); {c.fix}')
+        return 1
+    print('\nall good: the stack is complete.')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""``ResNetV1Custom``: the backbone.
+
+A drop-in for mmdet's ``ResNet`` / ``ResNetV1d``: the same constructor keywords, the
+same module tree and state-dict keys, the same outputs. On top of that it fixes what
+mmdet gets subtly wrong (see README, "Differences from mmdet").
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import nn
+
+from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
+from .norm import is_batch_norm
+from .stages import ResLayer
+from .stem import STEM_TYPES, build_stem
+
+#: depth -> (block type, blocks per stage). The one source of truth for the architecture.
+ARCH_SETTINGS: dict[int, tuple[type[ResBlock], tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+    200: (Bottleneck, (3, 24, 36, 3)),  # TF-slim resnet_v2_200 layout, v1 units
+}
+
+
+class ShapeSpec(NamedTuple):
+    """Channels and stride (w.r.t. the input) of one feature map, as in detectron2."""
+
+    channels: int
+    stride: int
+
+
+def _fmt(values: Sequence) -> str:
+    return ', '.join(repr(v) for v in values)
+
+
+def _as_stage_tuple(name: str, value, num_stages: int, kind: type) -> tuple:
+    """Validate a per-stage sequence (strides, dilations, with_cp, ...) of ``num_stages``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f'{name} must be a sequence of {num_stages} {kind.__name__}s '
+                        f'(one per stage); got {value!r}')
+    if len(value) != num_stages:
+        raise ValueError(f'{name} must have one entry per stage: num_stages={num_stages} '
+                         f'but len({name})={len(value)} ({tuple(value)!r})')
+    if kind is int and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                               for v in value):
+        raise ValueError(f'{name} must hold positive ints; got {tuple(value)!r}')
+    if kind is bool and not all(isinstance(v, bool) for v in value):
+        raise TypeError(f'{name} must hold bools; got {tuple(value)!r}')
+    return tuple(value)
+
+
+class ResNetV1Custom(BaseModule):
+    """ResNet backbone for detection, a drop-in for mmdet's ``ResNet``.
+
+    Args:
+        depth: 18, 34, 50, 101, 152 or 200.
+        in_channels: Input image channels.
+        stem_channels: Stem width; defaults to ``base_channels``.
+        base_channels: Width of the first stage (bottleneck width for 50+).
+        num_stages: Number of residual stages, 1-4.
+        strides: Stride of the first block of each stage (default ``(1, 2, 2, 2)``).
+        dilations: Dilation of each stage (default all 1).
+        out_indices: Sorted stage indices whose outputs are returned (0 = C2).
+        style: ``'pytorch'`` (stride on the 3x3 conv) or ``'caffe'`` (on the first 1x1).
+        stem_type: ``'classic'`` (7x7), ``'deep'`` (three 3x3, ResNet-V1c) or ``'small'``
+            (one 3x3 stride 1, no max-pool). Defaults to ``'deep'`` if ``deep_stem`` else
+            ``'classic'``.
+        deep_stem: mmdet's alias for ``stem_type='deep'``.
+        avg_down: ResNet-V1d shortcut (avg-pool, then a stride-1 1x1 conv).
+        frozen_stages: -1 freezes nothing, 0 the stem, n the stem and stages 1..n.
+        conv_cfg: mmcv conv config for every conv (``None`` = ``nn.Conv2d``).
+        norm_cfg: mmcv norm config: ``BN``, ``SyncBN``, ``GN``, ``FrozenBN``, ...
+        norm_eval: Keep every BatchNorm (SyncBN and mmcv's MMSyncBN too) in eval mode
+            during training.
+        dcn: Deformable conv config for the 3x3 convs of ``stage_with_dcn`` stages
+            (Bottleneck only; imports ``mmcv.ops``).
+        stage_with_dcn: Per-stage flags for ``dcn``.
+        plugins: mmcv plugin configs, ``dict(cfg=..., position='after_conv1|2|3',
+            stages=(bool, ...))``, Bottleneck only.
+        with_cp: Gradient checkpointing, a bool or one bool per stage. Non-reentrant:
+            every block with a trainable parameter is checkpointed, gradients are
+            exact, and BN statistics are updated once per step.
+        zero_init_residual: Zero-init the last norm of each block (unless pretrained).
+        pretrained: Deprecated, use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+        init_cfg: mmengine init config.
+
+    Example:
+        >>> import torch
+        >>> from resnet_backbone import ResNetV1Custom
+        >>> model = ResNetV1Custom(depth=50, base_channels=8, out_indices=(0, 1, 2, 3)).eval()
+        >>> outs = model(torch.rand(1, 3, 64, 64))
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
+        >>> model.out_channels, model.out_strides
+        ((32, 64, 128, 256), (4, 8, 16, 32))
+    """
+
+    arch_settings = ARCH_SETTINGS
+
+    def __init__(self,
+                 depth: int,
+                 *,
+                 in_channels: int = 3,
+                 stem_channels: int | None = None,
+                 base_channels: int = 64,
+                 num_stages: int = 4,
+                 strides: Sequence[int] | None = None,
+                 dilations: Sequence[int] | None = None,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 style: str = 'pytorch',
+                 stem_type: str | None = None,
+                 deep_stem: bool = False,
+                 avg_down: bool = False,
+                 frozen_stages: int = -1,
+                 conv_cfg: dict | None = None,
+                 norm_cfg: dict | None = None,
+                 norm_eval: bool = True,
+                 dcn: dict | None = None,
+                 stage_with_dcn: Sequence[bool] | None = None,
+                 plugins: list[dict] | None = None,
+                 with_cp: bool | Sequence[bool] = False,
+                 zero_init_residual: bool = True,
+                 pretrained: str | None = None,
+                 init_cfg: dict | list[dict] | None = None) -> None:
+        super().__init__(init_cfg)
+        # ---- validation: one-line errors naming the argument and the allowed values
+        if depth not in ARCH_SETTINGS or isinstance(depth, bool):
+            raise ValueError(f'depth={depth!r} is not supported; allowed values: '
+                             f'{_fmt(ARCH_SETTINGS)}')
+        if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
+            raise ValueError(f'num_stages={num_stages!r} is not supported; allowed values: '
+                             '1, 2, 3, 4')
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f'in_channels must be a positive int; got {in_channels!r}')
+        if style not in STYLES:
+            raise ValueError(f'style={style!r} is not supported; allowed values: {_fmt(STYLES)}')
+        if stem_type is None:
+            stem_type = 'deep' if deep_stem else 'classic'
+        elif stem_type not in STEM_TYPES:
+            raise ValueError(f'stem_type={stem_type!r} is not supported; allowed values: '
+                             f'{_fmt(STEM_TYPES)}')
+        elif deep_stem and stem_type != 'deep':
+            raise ValueError(f"deep_stem=True conflicts with stem_type={stem_type!r}; "
+                             "use stem_type='deep' (deep_stem is its alias) or drop deep_stem")
+        strides = _as_stage_tuple('strides', strides if strides is not None
+                                  else (1, 2, 2, 2)[:num_stages], num_stages, int)
+        dilations = _as_stage_tuple('dilations', dilations if dilations is not None
+                                    else (1,) * num_stages, num_stages, int)
+        if isinstance(out_indices, int) or not isinstance(out_indices, Sequence) or \
+                not out_indices:
+            raise TypeError(f'out_indices must be a non-empty sequence of stage indices '
+                            f'in 0..{num_stages - 1}; got {out_indices!r}')
+        out_indices = tuple(out_indices)
+        if any(not isinstance(i, int) or not 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'out_indices={out_indices!r} out of range; allowed values: '
+                             f'{_fmt(range(num_stages))} (num_stages={num_stages})')
+        if list(out_indices) != sorted(set(out_indices)):
+            raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
+                             f'{tuple(sorted(set(out_indices)))!r}')
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages!r} is out of range; allowed values: '
+                             f'-1..{num_stages} (num_stages={num_stages})')
+        if isinstance(with_cp, bool):
+            with_cp = (with_cp,) * num_stages
+        with_cp = _as_stage_tuple('with_cp', with_cp, num_stages, bool)
+        if stage_with_dcn is None:
+            stage_with_dcn = (False,) * num_stages
+        stage_with_dcn = _as_stage_tuple('stage_with_dcn', stage_with_dcn, num_stages, bool)
+        if init_cfg and pretrained:
+            raise ValueError('init_cfg and pretrained cannot both be set; use only '
+                             "init_cfg=dict(type='Pretrained', checkpoint=...)")
+        if pretrained is not None and not isinstance(pretrained, str):
+            raise TypeError(f'pretrained must be a str (checkpoint path) or None; '
+                            f'got {type(pretrained).__name__}')
+        for p in plugins or []:
+            stages = p.get('stages')
+            if stages is not None and len(stages) != num_stages:
+                raise ValueError(f'plugins: stages must have one entry per stage: '
+                                 f'num_stages={num_stages} but len(stages)={len(stages)}')
+        norm_cfg = dict(norm_cfg) if norm_cfg is not None else dict(type='BN', requires_grad=True)
+
+        # ---- init config, exactly as mmdet
+        block, stage_blocks = ARCH_SETTINGS[depth]
+        self.zero_init_residual = zero_init_residual
+        block_init_cfg = None
+        if isinstance(pretrained, str):
+            warnings.warn('pretrained is deprecated, please use "init_cfg" instead',
+                          DeprecationWarning, stacklevel=2)
+            self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        elif init_cfg is None:
+            self.init_cfg = [dict(type='Kaiming', layer='Conv2d'),
+                             dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
+            if zero_init_residual:
+                last = 'norm2' if block is BasicBlock else 'norm3'
+                block_init_cfg = dict(type='Constant', val=0, override=dict(name=last))
+
+        self.depth = depth
+        self.stem_type = stem_type
+        self.deep_stem = stem_type == 'deep'
+        self.stem_channels = stem_channels if stem_channels is not None else base_channels
+        self.base_channels = base_channels
+        self.num_stages = num_stages
+        self.strides = strides
+        self.dilations = dilations
+        self.out_indices = out_indices
+        self.style = style
+        self.avg_down = avg_down
+        self.frozen_stages = frozen_stages
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.with_cp = with_cp
+        self.norm_eval = norm_eval
+        self.dcn = dcn
+        self.stage_with_dcn = stage_with_dcn
+        self.plugins = plugins
+        self.block = block
+        self.stage_blocks = stage_blocks[:num_stages]
+
+        # ---- stem, then stages (registration order = mmdet's, so seeded inits agree)
+        stem = build_stem(stem_type, in_channels, self.stem_channels, conv_cfg, norm_cfg)
+        for name, module in stem.modules.items():
+            self.add_module(name, module)
+        if stem.norm_name is not None:
+            self.norm1_name = stem.norm_name
+        self._stem_conv_stride = stem.conv_stride
+        self.in_channels = in_channels
+
+        self.inplanes = self.stem_channels
+        self.res_layers: list[str] = []
+        stride = stem.stride
+        channels, out_strides = [], []
+        for i, num_blocks in enumerate(self.stage_blocks):
+            planes = base_channels * 2 ** i
+            layer = ResLayer(
+                block, self.inplanes, planes, num_blocks, stride=strides[i],
+                dilation=dilations[i], style=style, avg_down=avg_down, with_cp=with_cp[i],
+                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                dcn=dcn if stage_with_dcn[i] else None,
+                plugins=self.make_stage_plugins(plugins, i) if plugins is not None else None,
+                init_cfg=block_init_cfg)
+            self.inplanes = planes * block.expansion
+            self.add_module(f'layer{i + 1}', layer)
+            self.res_layers.append(f'layer{i + 1}')
+            stride *= strides[i]
+            channels.append(self.inplanes)
+            out_strides.append(stride)
+        self._stage_channels = tuple(channels)
+        self._stage_strides = tuple(out_strides)
+        self.feat_dim = self.inplanes
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ contracts
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        """Channels of each returned map, in ``out_indices`` order (FPN ``in_channels``)."""
+        return tuple(self._stage_channels[i] for i in self.out_indices)
+
+    @property
+    def out_strides(self) -> tuple[int, ...]:
+        """Stride (w.r.t. the input) of each returned map, in ``out_indices`` order."""
+        return tuple(self._stage_strides[i] for i in self.out_indices)
+
+    def output_shape(self, include_stem: bool = False) -> dict[str, ShapeSpec]:
+        """``{'c2': ShapeSpec(channels, stride), ...}`` for the returned maps.
+
+        With ``include_stem``, ``'c1'`` (the stem output before the max-pool) comes first.
+        """
+        shapes = {}
+        if include_stem:
+            shapes['c1'] = ShapeSpec(self.stem_channels, self._stem_conv_stride)
+        for i in self.out_indices:
+            shapes[f'c{i + 2}'] = ShapeSpec(self._stage_channels[i], self._stage_strides[i])
+        return shapes
+
+    @staticmethod
+    def feature_channels(depth: int, base_channels: int = 64,
+                         out_indices: Sequence[int] = (0, 1, 2, 3)) -> list[int]:
+        """Output channels without building the model, e.g. for an FPN's ``in_channels``.
+
+        >>> ResNetV1Custom.feature_channels(18)
+        [64, 128, 256, 512]
+        """
+        if depth not in ARCH_SETTINGS:
+            raise ValueError(f'depth={depth!r} is not supported; allowed values: '
+                             f'{_fmt(ARCH_SETTINGS)}')
+        expansion = ARCH_SETTINGS[depth][0].expansion
+        return [base_channels * 2 ** i * expansion for i in out_indices]
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    def make_stage_plugins(self, plugins: list[dict], stage_idx: int) -> list[dict]:
+        """The plugins of stage ``stage_idx`` (mmdet's semantics of ``stages``)."""
+        stage_plugins = []
+        for plugin in plugins:
+            plugin = plugin.copy()
+            stages = plugin.pop('stages', None)
+            if stages is None or stages[stage_idx]:
+                stage_plugins.append(plugin)
+        return stage_plugins
+
+    # ------------------------------------------------------------------ freezing
+    def _stem_modules(self) -> list[nn.Module]:
+        if self.stem_type == 'deep':
+            return [self.stem]
+        return [self.conv1, self.norm1]
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            for m in self._stem_modules():
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+        for i in range(1, self.frozen_stages + 1):
+            stage = getattr(self, f'layer{i}')
+            stage.eval()
+            for block in stage:
+                block.freeze()
+
+    def train(self, mode: bool = True) -> ResNetV1Custom:
+        """Set train/eval mode; frozen parts and (with ``norm_eval``) every BN stay in eval."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if is_batch_norm(m):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ init
+    def _dump_init_info(self) -> None:
+        # mmengine logs one INFO line per parameter here when no file handler is set up.
+        # One DEBUG line is enough.
+        print_log(f'{type(self).__name__}: initialised {len(self._params_init_info)} '
+                  'parameter tensors', logger='current', level=logging.DEBUG)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input; '
+                             f'got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'input has {x.shape[1]} channels but in_channels='
+                             f'{self.in_channels}; pass (N, {self.in_channels}, H, W)')
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""
+        if self.stem_type == 'deep':
+            return self.stem(x)
+        return self.relu(self.norm1(self.conv1(x)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return the maps of ``out_indices`` (C2..C5), in order."""
+        self._check_input(x)
+        x = self.maxpool(self.forward_stem(x))
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def forward_features(self, x: torch.Tensor, levels: Sequence[str] | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """Named maps ``{'c1': ..., 'c2': ..., ...}`` for dumping and inspection.
+
+        Args:
+            x: (N, C, H, W) input.
+            levels: names among ``'c1'`` (stem, before the max-pool) and ``'c2'``..``'c5'``
+                (every built stage, not only ``out_indices``). Default: ``'c1'`` and the
+                ``out_indices`` maps.
+        """
+        built = ['c1'] + [f'c{i + 2}' for i in range(self.num_stages)]
+        if levels is None:
+            levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
+        unknown = [lv for lv in levels if lv not in built]
+        if unknown:
+            raise ValueError(f'levels {unknown!r} are not available; allowed values: '
+                             f'{_fmt(built)}')
+        self._check_input(x)
+        feats = {}
+        x = self.forward_stem(x)
+        feats['c1'] = x
+        x = self.maxpool(x)
+        last = max(built.index(lv) for lv in levels)
+        for i, name in enumerate(self.res_layers[:last]):
+            x = getattr(self, name)(x)
+            feats[f'c{i + 2}'] = x
+        return {lv: feats[lv] for lv in levels}
+
+
+def _preset(name: str, doc: str, **preset):
+    def __init__(self, depth: int, **kwargs) -> None:
+        clash = sorted(k for k in preset if k in kwargs and kwargs[k] != preset[k])
+        if clash:
+            raise ValueError(f'{name} fixes {", ".join(f"{k}={preset[k]!r}" for k in clash)}; '
+                             f'use ResNetV1Custom to change {", ".join(clash)}')
+        kwargs.update(preset)
+        ResNetV1Custom.__init__(self, depth, **kwargs)
+
+    return type(name, (ResNetV1Custom,), {'__init__': __init__, '__doc__': doc})
+
+
+ResNetV1cCustom = _preset(
+    'ResNetV1cCustom', 'ResNet-V1c: ``ResNetV1Custom(stem_type="deep")``.', stem_type='deep')
+ResNetV1dCustom = _preset(
+    'ResNetV1dCustom', "ResNet-V1d, mmdet's ``ResNetV1d``: "
+    '``ResNetV1Custom(stem_type="deep", avg_down=True)``.', stem_type='deep', avg_down=True)

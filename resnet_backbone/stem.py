@@ -1,0 +1,75 @@
+"""The stem: everything before the first residual stage.
+
+Three layouts, chosen by ``stem_type``:
+
+- ``'classic'``: 7x7 stride-2 conv + norm + ReLU, then a 3x3 stride-2 max-pool.
+  Keys ``conv1.weight``, ``bn1.*`` (as mmdet, torchvision and timm).
+- ``'deep'`` (ResNet-V1c/V1d): three 3x3 convs (stride 2, 1, 1; widths stem//2,
+  stem//2, stem), each with norm + ReLU, then the max-pool. Keys ``stem.0/1/3/4/6/7.*``
+  (as mmdet's ``deep_stem``).
+- ``'small'``: one 3x3 stride-1 conv + norm + ReLU and no max-pool, for CIFAR-sized
+  inputs. Keys ``conv1.weight``, ``bn1.*``.
+
+The stem modules are attached to the backbone directly (not under a ``Stem`` parent),
+because that is where every checkpoint in the field keeps them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from torch import nn
+
+STEM_TYPES = ('classic', 'deep', 'small')
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """What a stem contributes to the backbone.
+
+    Attributes:
+        modules: name -> module, in registration order, to attach to the backbone.
+        norm_name: name of the norm layer for the single-conv stems (``bn1``/``gn1``).
+        conv_stride: stride of the stem's convs (C1's stride).
+        stride: total stride including the max-pool (the input stride of stage 1).
+    """
+
+    modules: dict[str, nn.Module]
+    norm_name: str | None
+    conv_stride: int
+    stride: int
+
+
+def build_stem(stem_type: str, in_channels: int, stem_channels: int,
+               conv_cfg: dict | None, norm_cfg: dict) -> StemSpec:
+    """Build the stem layers for ``stem_type`` ('classic', 'deep' or 'small')."""
+    if stem_type == 'deep':
+        half = stem_channels // 2
+        stem = nn.Sequential(
+            build_conv_layer(conv_cfg, in_channels, half, kernel_size=3, stride=2, padding=1,
+                             bias=False),
+            build_norm_layer(norm_cfg, half)[1],
+            nn.ReLU(inplace=True),
+            build_conv_layer(conv_cfg, half, half, kernel_size=3, stride=1, padding=1,
+                             bias=False),
+            build_norm_layer(norm_cfg, half)[1],
+            nn.ReLU(inplace=True),
+            build_conv_layer(conv_cfg, half, stem_channels, kernel_size=3, stride=1, padding=1,
+                             bias=False),
+            build_norm_layer(norm_cfg, stem_channels)[1],
+            nn.ReLU(inplace=True))
+        return StemSpec({'stem': stem, 'maxpool': nn.MaxPool2d(3, stride=2, padding=1)},
+                        None, conv_stride=2, stride=4)
+    if stem_type in ('classic', 'small'):
+        small = stem_type == 'small'
+        conv1 = build_conv_layer(conv_cfg, in_channels, stem_channels,
+                                 kernel_size=3 if small else 7, stride=1 if small else 2,
+                                 padding=1 if small else 3, bias=False)
+        norm_name, norm1 = build_norm_layer(norm_cfg, stem_channels, postfix=1)
+        maxpool = nn.Identity() if small else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        modules = {'conv1': conv1, norm_name: norm1, 'relu': nn.ReLU(inplace=True),
+                   'maxpool': maxpool}
+        return StemSpec(modules, norm_name, conv_stride=1 if small else 2,
+                        stride=1 if small else 4)
+    raise ValueError(f"stem_type={stem_type!r} is not supported; allowed values: "
+                     f"{', '.join(repr(s) for s in STEM_TYPES)}")

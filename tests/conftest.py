@@ -1,0 +1,44 @@
+"""Shared helpers for the test suites (tiny models, random weights, comparisons)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill every parameter and BN buffer with random values (so that zero-init or
+    identity BN cannot hide a wiring difference)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith('num_batches_tracked'):
+                continue
+            if name.endswith('running_var'):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(('running_mean', 'bias')):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif t.dim() == 1:  # norm weight
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                fan_in = t[0].numel()
+                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return model
+
+
+def grads_by_name(model: nn.Module) -> dict[str, torch.Tensor | None]:
+    return {n: (p.grad.clone() if p.grad is not None else None)
+            for n, p in model.named_parameters()}
+
+
+def backward_outputs(outs, seed: int = 1) -> None:
+    """Backprop a random linear functional of the outputs (not just their sum)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs)
+    loss.backward()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

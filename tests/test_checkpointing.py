@@ -1,0 +1,81 @@
+"""with_cp: every trainable block checkpointed, exact grads, BN stats once, no warnings."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import backward_outputs, grads_by_name, randomize_
+
+import resnet_backbone.checkpointing as ckpt
+from resnet_backbone import ResNetV1Custom
+
+pytestmark = pytest.mark.filterwarnings('error')  # `pytest -W error` for this module
+
+
+def _pair(depth, frozen, stem='classic', norm_eval=True, **kw):
+    common = dict(depth=depth, base_channels=4, frozen_stages=frozen, stem_type=stem,
+                  norm_eval=norm_eval, **kw)
+    plain = randomize_(ResNetV1Custom(**common))
+    cp = ResNetV1Custom(with_cp=True, **common)
+    cp.load_state_dict(plain.state_dict())
+    return plain.train(), cp.train()
+
+
+@pytest.mark.parametrize('frozen', [-1, 0, 1, 2])
+@pytest.mark.parametrize('depth,stem', [(18, 'classic'), (50, 'classic'), (50, 'deep')])
+def test_every_trainable_param_gets_the_same_grad(depth, stem, frozen, monkeypatch):
+    plain, cp = _pair(depth, frozen, stem)
+    calls = []
+    real = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(2, 3, 64, 64)
+    outs_p, outs_c = plain(x), cp(x)
+    for p, c in zip(outs_p, outs_c):
+        assert torch.equal(p, c)
+    trainable_blocks = [b for i in range(4) for b in getattr(cp, f'layer{i + 1}')
+                        if any(p.requires_grad for p in b.parameters())]
+    # Every trainable block, including the first one after the frozen stages (which mmdet
+    # leaves un-checkpointed because its input does not require grad).
+    assert len(calls) == len(trainable_blocks) == sum(
+        len(getattr(cp, f'layer{i + 1}')) for i in range(max(frozen, 0), 4))
+    backward_outputs(outs_p)
+    backward_outputs(outs_c)
+    gp, gc = grads_by_name(plain), grads_by_name(cp)
+    for (name, p) in cp.named_parameters():
+        if p.requires_grad:
+            assert gc[name] is not None, f'{name} got no gradient'
+            torch.testing.assert_close(gc[name], gp[name], rtol=1e-5, atol=1e-6)
+        else:
+            assert gc[name] is None
+
+
+def test_bn_running_stats_updated_once_per_step():
+    plain, cp = _pair(50, frozen=-1, norm_eval=False)
+    x = torch.rand(2, 3, 64, 64)
+    backward_outputs(plain(x))
+    backward_outputs(cp(x))
+    for (name, b_plain), b_cp in zip(plain.named_buffers(), cp.buffers()):
+        if name.endswith('num_batches_tracked'):
+            assert int(b_cp) == int(b_plain) == 1, name
+        else:
+            torch.testing.assert_close(b_cp, b_plain, rtol=1e-5, atol=1e-6, msg=name)
+    # ... and the recompute context restored tracking afterwards
+    assert all(m.track_running_stats for m in cp.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_per_stage_with_cp_tuple(monkeypatch):
+    model = ResNetV1Custom(depth=18, base_channels=4, with_cp=(False, True, False, True)).train()
+    assert [b.with_cp for b in model.layer2] == [True, True]
+    assert [b.with_cp for b in model.layer3] == [False, False]
+    calls = []
+    real = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    model(torch.rand(1, 3, 32, 32))
+    assert len(calls) == 4
+
+
+def test_no_checkpoint_under_no_grad(monkeypatch):
+    model = ResNetV1Custom(depth=18, base_channels=4, with_cp=True).train()
+    monkeypatch.setattr(ckpt, 'checkpoint', lambda *a, **k: pytest.fail('checkpointed'))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32))
