@@ -150,7 +150,8 @@ class Bottleneck(ResBlock):
         if dcn is not None and not isinstance(dcn, dict):
             raise TypeError(f'dcn must be a dict such as dict(type="DCN") or None; got {dcn!r}')
         if plugins is not None and not isinstance(plugins, list):
-            raise TypeError(f'plugins must be a list of dicts or None; got {type(plugins).__name__}')
+            raise TypeError('plugins must be a list of dicts or None; '
+                            f'got {type(plugins).__name__}')
         for p in plugins or []:
             if p.get('position') not in PLUGIN_POSITIONS:
                 raise ValueError(f"plugin position={p.get('position')!r} is not supported; "
@@ -193,7 +194,8 @@ class Bottleneck(ResBlock):
                                           dilation=dilation, bias=False)
         else:
             if conv_cfg is not None:
-                raise ValueError(f'conv_cfg must be None when dcn is set; got conv_cfg={conv_cfg!r}')
+                raise ValueError('conv_cfg must be None when dcn is set; '
+                                 f'got conv_cfg={conv_cfg!r}')
             import mmcv.ops  # noqa: F401  (registers DCN/DCNv2; only imported when asked for)
             self.conv2 = build_conv_layer(dcn, planes, planes, kernel_size=3,
                                           stride=self.conv2_stride, padding=dilation,

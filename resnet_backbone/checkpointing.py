@@ -8,8 +8,8 @@ train-mode BatchNorm update its running statistics twice per step (once in forwa
 once in the recompute; pytorch#96136).
 
 Here: the non-reentrant variant (correct gradients whatever the input), explicit so it
-never warns, and a recompute context that stops BatchNorm from tracking statistics
-while it recomputes (the recompute uses batch statistics anyway, so outputs and
+never warns, and a recompute context that restores BatchNorm's running statistics
+after the recompute (which normalises with batch statistics anyway, so outputs and
 gradients are unchanged).
 """
 from __future__ import annotations
@@ -24,14 +24,23 @@ from torch.utils.checkpoint import checkpoint
 
 
 @contextlib.contextmanager
-def _no_running_stat_updates(norms: list[_BatchNorm]) -> Iterator[None]:
-    for m in norms:
-        m.track_running_stats = False
+def _running_stats_restored(norms: list[_BatchNorm]) -> Iterator[None]:
+    """Put the running statistics back as they were once the recompute is done.
+
+    (Switching ``track_running_stats`` off instead would change what batch_norm saves
+    for backward, which the checkpoint's recompute check rejects.)
+    """
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+              if b is not None] for m in norms]
     try:
         yield
     finally:
-        for m in norms:
-            m.track_running_stats = True
+        with torch.no_grad():
+            for m, bufs in zip(norms, saved):
+                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                        if b is not None]
+                for b, old in zip(live, bufs):
+                    b.copy_(old)
 
 
 def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -45,6 +54,6 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
     def context_fn():
-        return contextlib.nullcontext(), _no_running_stat_updates(norms)
+        return contextlib.nullcontext(), _running_stats_restored(norms)
 
     return checkpoint(fn, x, use_reentrant=False, context_fn=context_fn)

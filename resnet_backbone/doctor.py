@@ -38,7 +38,7 @@ def _guard(name: str, fix: str, fn: Callable[[], str], required: bool = True) ->
 
 
 def _python() -> str:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036  (the doctor may run on any Python)
         raise RuntimeError(f'Python {platform.python_version()} is older than 3.10')
     return platform.python_version()
 

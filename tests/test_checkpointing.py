@@ -58,9 +58,6 @@ def test_bn_running_stats_updated_once_per_step():
             assert int(b_cp) == int(b_plain) == 1, name
         else:
             torch.testing.assert_close(b_cp, b_plain, rtol=1e-5, atol=1e-6, msg=name)
-    # ... and the recompute context restored tracking afterwards
-    assert all(m.track_running_stats for m in cp.modules()
-               if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_per_stage_with_cp_tuple(monkeypatch):

@@ -28,7 +28,11 @@ def test_frozen_parts_get_no_grad_and_keep_stats(frozen, stem, with_cp):
     assert frozen_params and not any(p.requires_grad for p in frozen_params)
     x = torch.rand(2, 3, 64, 64)
     for _ in range(2):  # two steps, with a train() in between
-        backward_outputs(model(x))
+        outs = model(x)
+        if frozen < 4:
+            backward_outputs(outs)
+        else:  # everything frozen: nothing to backprop through
+            assert not any(o.requires_grad for o in outs)
         model.train()
         assert all(not m.training for fm in frozen_mods for m in fm.modules())
     assert all(p.grad is None for p in frozen_params)

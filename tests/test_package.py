@@ -33,3 +33,11 @@ def test_works_as_plain_module_without_mmdet():
              'print([tuple(o.shape) for o in m(torch.rand(1, 3, 32, 32))])')
     assert r.returncode == 0, r.stderr
     assert '(1, 32, 1, 1)' in r.stdout
+
+
+def test_ruff_clean():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, '-m', 'ruff', 'check', 'resnet_backbone', 'tools',
+                        'tests'], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

@@ -130,7 +130,8 @@ def test_dcn_matches_mmdet_and_imports_ops_only_when_asked():
     assert type(ours.layer2[0].conv2).__name__ == 'DeformConv2dPack'
     assert type(ours.layer1[0].conv2).__name__ == 'Conv2d'
     assert dcn == dict(type='DCN', deform_groups=1, fallback_on_stride=False)  # not mutated
-    assert_same_outputs(ref, ours, torch.rand(1, 3, 64, 64))
+    # mmcv's deformable conv refuses maps smaller than its kernel: C5 must be >= 3x3
+    assert_same_outputs(ref, ours, torch.rand(1, 3, 128, 128))
 
 
 def test_seeded_init_weights_match_mmdet():

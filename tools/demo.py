@@ -20,10 +20,12 @@ import torch
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 import resnet_backbone  # noqa: F401  (registers ResNetV1Custom)
+from resnet_backbone.compat import silence_dependency_warnings
 
 
 def synthetic_batch(n: int, size: int, seed: int) -> dict:
@@ -56,6 +58,10 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=4, help='batch size (default 4)')
     args = parser.parse_args()
     torch.manual_seed(0)
+    silence_dependency_warnings()
+    # mmengine logs one INFO line per parameter when a model is initialised outside a
+    # Runner; a WARNING-level current logger keeps this job's output to its own lines.
+    MMLogger.get_instance('resnet_backbone_demo', log_level='WARNING')
     register_all_modules(init_default_scope=False)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / 'cfg.py'
@@ -80,7 +86,7 @@ def main() -> None:
     for it in range(1, args.iters + 1):
         data = model.data_preprocessor(batch, True)
         losses = model(**data, mode='loss')
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
+        loss, log_vars = model.parse_losses(losses)
         optim.zero_grad()
         loss.backward()
         optim.step()
@@ -88,7 +94,7 @@ def main() -> None:
         last = loss.item()
         if it == 1 or it % 10 == 0 or it == args.iters:
             print(f'iter {it:4d}/{args.iters}  loss {loss.item():.4f}  '
-                  f"(cls {losses['loss_cls'].item():.4f}, bbox {losses['loss_bbox'].item():.4f})"
+                  f"(cls {log_vars['loss_cls']:.4f}, bbox {log_vars['loss_bbox']:.4f})"
                   f'  {time.time() - t0:.1f} s')
     print(f'loss {first:.4f} -> {last:.4f} ({last / first:.2f}x) in {time.time() - t0:.1f} s')
 

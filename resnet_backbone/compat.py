@@ -1,0 +1,16 @@
+"""Narrow fixes for dependencies of the pinned stack, applied by our tools (not on import).
+
+- mmengine 0.10.7's ``is_installed`` (used whenever a config names an ``mmdet::`` base)
+  does ``importlib.reload(pkg_resources)``, and setuptools (pinned < 81 because mmcv
+  2.1.0's build needs ``pkg_resources``) warns with a ``UserWarning`` on every such
+  (re)load. We ignore exactly that message, nothing else.
+"""
+from __future__ import annotations
+
+import warnings
+
+
+def silence_dependency_warnings() -> None:
+    """Ignore the known, harmless warnings our pinned dependencies emit on every run."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                            category=UserWarning)
