@@ -17,7 +17,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
-from .norm import is_batch_norm
+from .norm import FrozenBatchNorm2d, is_batch_norm
 from .stages import ResLayer
 from .stem import STEM_TYPES, build_stem
 
@@ -188,6 +188,11 @@ class ResNetV1Custom(BaseModule):
                 raise ValueError(f'plugins: stages must have one entry per stage: '
                                  f'num_stages={num_stages} but len(stages)={len(stages)}')
         norm_cfg = dict(norm_cfg) if norm_cfg is not None else dict(type='BN', requires_grad=True)
+        if norm_cfg.get('type') == 'FrozenBN':
+            # mmdet registers its own 'FrozenBN' (no num_batches_tracked handling, so BN
+            # checkpoints fail a strict load); under default_scope='mmdet' the string would
+            # resolve to it. Ours is the one this backbone documents and tests.
+            norm_cfg['type'] = FrozenBatchNorm2d
 
         # ---- init config, exactly as mmdet
         block, stage_blocks = ARCH_SETTINGS[depth]

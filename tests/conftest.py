@@ -42,3 +42,10 @@ def backward_outputs(outs, seed: int = 1) -> None:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='session')
+def tiny_shapes(tmp_path_factory):
+    """A tiny embedded data set (8 train / 4 val images of 64 px), made once per run."""
+    from resnet_backbone.data.shapes import generate
+    return generate(tmp_path_factory.mktemp('shapes'), num_train=8, num_val=4, size=64)

@@ -67,9 +67,15 @@ def test_is_batch_norm_catches_duck_typed_syncbn():
     assert is_batch_norm(MMSyncBNLike()) and not is_batch_norm(torch.nn.GroupNorm(1, 2))
 
 
-def test_frozen_bn_option_loads_bn_checkpoints_strictly():
+@pytest.mark.parametrize('scope', [None, 'mmdet'])
+def test_frozen_bn_option_loads_bn_checkpoints_strictly(scope):
+    from mmengine.registry import DefaultScope
+    import mmdet.models  # noqa: F401  (registers mmdet's own, different 'FrozenBN')
+    from resnet_backbone import FrozenBatchNorm2d
     bn = randomize_(ResNetV1Custom(depth=18, base_channels=4))
-    frozen = ResNetV1Custom(depth=18, base_channels=4, norm_cfg=dict(type='FrozenBN'))
+    with DefaultScope.overwrite_default_scope(scope):
+        frozen = ResNetV1Custom(depth=18, base_channels=4, norm_cfg=dict(type='FrozenBN'))
+    assert isinstance(frozen.layer1[0].bn1, FrozenBatchNorm2d)
     frozen.load_state_dict(bn.state_dict(), strict=True)
     assert 'bn1.weight' in frozen.state_dict() and not list(frozen.named_parameters(
         prefix='')) == [] and all('bn' not in n for n, _ in frozen.named_parameters())

@@ -1,0 +1,20 @@
+# Faster R-CNN + FPN with a ResNetV1Custom-18 backbone, from scratch on the embedded
+# shapes data set (128 px).
+_base_ = [
+    'mmdet::_base_/models/faster-rcnn_r50_fpn.py',
+    '../_base_/shapes_detection.py',
+    '../_base_/iter_schedule.py',  # includes mmdet's default_runtime
+]
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ResNetV1Custom',
+        depth=18,
+        frozen_stages=-1,  # from scratch: nothing to freeze, BN statistics must train
+        norm_eval=False,
+        init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=128),
+    rpn_head=dict(in_channels=128, feat_channels=128),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128),
+        bbox_head=dict(in_channels=128, fc_out_channels=256, num_classes=3)))

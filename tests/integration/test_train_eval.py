@@ -1,0 +1,51 @@
+"""tools/train.py + tools/test.py end to end on the embedded data, a handful of iterations."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import torch
+
+from .conftest import CONFIG, run_tool, tiny_options
+
+
+def test_train_then_evaluate(tiny_shapes, tmp_path):
+    work = tmp_path / 'work'
+    r = run_tool('train.py', CONFIG, '--work-dir', str(work), '--data-root', str(tiny_shapes),
+                 *tiny_options(4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert 'Iter(train) [4/4]' in log
+    assert 'coco/bbox_mAP' in log
+    # no warning of ours or our dependencies in a standard run
+    assert 'Warning' not in log and 'WARNING' not in log, [
+        line for line in log.splitlines() if 'arn' in line]
+    ckpt = work / 'iter_4.pth'
+    assert ckpt.is_file()
+    preds = tmp_path / 'preds.pkl'
+    r = run_tool('test.py', CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'test'),
+                 '--data-root', str(tiny_shapes), '--out', str(preds), '--json-prefix',
+                 str(tmp_path / 'res'), '--cfg-options', 'test_dataloader.num_workers=0',
+                 'test_dataloader.persistent_workers=False', 'model.test_cfg.score_thr=0.0')
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(ln for ln in (r.stdout + r.stderr).splitlines() if 'coco/bbox_mAP:' in ln)
+    value = float(line.split('coco/bbox_mAP:')[1].split()[0])
+    assert math.isfinite(value) and 0.0 <= value <= 1.0
+    with open(preds, 'rb') as f:
+        dumped = pickle.load(f)
+    assert len(dumped) == 4 and 'pred_instances' in dumped[0]
+    assert isinstance(json.loads((tmp_path / 'res.bbox.json').read_text()), list)
+    meta = torch.load(ckpt, weights_only=True)['meta']
+    assert meta['iter'] == 4
+
+
+def test_bad_arguments_fail_in_one_line(tmp_path):
+    r = run_tool('test.py', CONFIG, str(tmp_path / 'missing.pth'))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith("checkpoint '" + str(
+        tmp_path / 'missing.pth') + "': no such file")
+    r = run_tool('train.py', CONFIG, '--resume', str(tmp_path / 'nope.pth'),
+                 '--work-dir', str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith('nope.pth: no such checkpoint file')

@@ -1,0 +1,65 @@
+"""Evaluate a checkpoint with mmdet's COCO metric (mmengine Runner), like mmdet's tools/test.py.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
+        [--data-root DIR] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}]
+
+``--out`` saves the raw predictions (mmdet's ``DumpDetResults``, a pickle);
+``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
+``P.segm.json``) that any COCO tool can read.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from mmengine.config import DictAction  # noqa: E402
+
+from resnet_backbone.training import build_runner, load_config, setup_environment  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Evaluate a detector checkpoint (COCO metric).')
+    p.add_argument('config', help='config file path')
+    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('--work-dir', help='where the evaluation logs go')
+    p.add_argument('--out', help='save predictions to this .pkl file')
+    p.add_argument('--json-prefix', help='also write COCO-format results PREFIX.bbox.json')
+    p.add_argument('--data-root', help="data set root (default: the config's data_root)")
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config keys')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if not Path(args.config).is_file():
+        p.error(f'config {args.config!r}: no such file')
+    if not Path(args.checkpoint).is_file():
+        p.error(f'checkpoint {args.checkpoint!r}: no such file')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        p.error(f'--out must end with .pkl or .pickle; got {args.out!r}')
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_environment()
+    work_dir = args.work_dir or str(Path('work_dirs') / Path(args.config).stem / 'test')
+    cfg = load_config(args.config, work_dir=work_dir, cfg_options=args.cfg_options,
+                      data_root=args.data_root, launcher=args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.json_prefix:
+        evaluator = cfg.test_evaluator
+        evaluator.outfile_prefix = args.json_prefix
+    runner = build_runner(cfg)
+    if args.out:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,64 @@
+"""Train a detector from an mmdet config (mmengine Runner), like mmdet's tools/train.py.
+
+    python tools/train.py configs/shapes/retinanet_r18_fpn_shapes.py [--work-dir DIR]
+        [--resume [CKPT]] [--amp] [--auto-scale-lr] [--cfg-options k=v ...]
+        [--data-root DIR] [--launcher {none,pytorch,slurm}]
+
+``ResNetV1Custom`` is registered for you (no ``custom_imports`` needed). ``--resume``
+without a path resumes from the newest complete checkpoint in the work dir.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from mmengine.config import DictAction  # noqa: E402
+
+from resnet_backbone.training import (  # noqa: E402
+    apply_train_options,
+    build_runner,
+    load_config,
+    setup_environment,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Train a detector with ResNetV1Custom.')
+    p.add_argument('config', help='config file path')
+    p.add_argument('--work-dir', help='where logs and checkpoints go')
+    p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
+                   help='resume from CKPT, or (no value) from the newest complete '
+                        'checkpoint in the work dir')
+    p.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    p.add_argument('--auto-scale-lr', action='store_true',
+                   help='scale the LR by total batch size / auto_scale_lr.base_batch_size')
+    p.add_argument('--data-root', help="data set root (default: the config's data_root)")
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config keys, e.g. train_cfg.max_iters=100')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not Path(args.config).is_file():
+        p.error(f'config {args.config!r}: no such file')
+    if args.resume not in (None, 'auto') and not Path(args.resume).is_file():
+        p.error(f'--resume {args.resume}: no such checkpoint file')
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_environment()
+    cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+                      data_root=args.data_root, launcher=args.launcher)
+    apply_train_options(cfg, amp=args.amp, auto_scale_lr=args.auto_scale_lr,
+                        resume=args.resume)
+    build_runner(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
