@@ -16,10 +16,8 @@ Two problems with mmengine 0.10.7 on torch >= 2.6, fixed here:
 """
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import numpy as np
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
+
+from .fileio import atomic_write_bytes
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'mean', 'current')
 
@@ -72,21 +72,7 @@ class AtomicLocalBackend(LocalBackend):
 
     @staticmethod
     def _atomic_write(data: bytes, filepath: str | Path) -> None:
-        path = Path(filepath)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; keep open()'s permissions
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(data, filepath)
 
     def put(self, obj: bytes, filepath: str | Path) -> None:
         self._atomic_write(obj, filepath)

@@ -113,11 +113,11 @@ def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool =
     """``--amp``, ``--auto-scale-lr`` and ``--resume [CKPT]`` (``'auto'`` = latest)."""
     if amp:
         import torch
+        if not torch.cuda.is_available():
+            raise ValueError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper refuses the "
+                             'CPU); this machine has none, so drop --amp')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        if torch.cuda.is_available():
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-        else:  # CPU autocast runs in bfloat16, which needs no loss scaling
-            cfg.optim_wrapper.dtype = 'bfloat16'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise ValueError('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, '

@@ -58,3 +58,57 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
                                      pred.scores.tolist(), classes, palette,
                                      score_thr=score_thr))
     return save_grid(tiles, out_png)
+
+
+# ---------------------------------------------------------------- feature-map overlays
+def colorize(heat: np.ndarray, cmap: str = 'inferno') -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 RGB, min-max normalised."""
+    from matplotlib import colormaps
+    lo, hi = float(heat.min()), float(heat.max())
+    norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    return (colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)
+
+
+def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Heatmap (same H, W as the image) blended over the image."""
+    mixed = (1 - alpha) * image_rgb.astype(np.float32) + alpha * colorize(heat)
+    return mixed.clip(0, 255).astype(np.uint8)
+
+
+def _label(tile: Image.Image, text: str) -> Image.Image:
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, 0, draw.textlength(text) + 6, 13], fill=(0, 0, 0))
+    draw.text((3, 1), text, fill=(255, 255, 255))
+    return tile
+
+
+def _fit(array: np.ndarray, height: int) -> Image.Image:
+    im = Image.fromarray(array)
+    w = max(1, round(im.width * height / im.height))
+    return im.resize((w, height), Image.BILINEAR)
+
+
+def feature_sheet(image_rgb: np.ndarray, heats: dict[str, np.ndarray],
+                  strides: dict[str, int], path: str | Path, height: int = 256) -> Path:
+    """Original image, then one overlay per level, side by side, labelled."""
+    tiles = [_label(_fit(image_rgb, height), 'input')]
+    for name, heat in heats.items():
+        tag = f'{name} (stride {strides[name]})'
+        tiles.append(_label(_fit(blend(image_rgb, heat), height), tag))
+    sheet = Image.new('RGB', (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height),
+                      (255, 255, 255))
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, 0))
+        x += t.width + 4
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def channel_grid(image_rgb: np.ndarray, heats: Sequence[np.ndarray], titles: Sequence[str],
+                 path: str | Path, cols: int = 3, height: int = 160) -> Path:
+    """Several overlays (e.g. the top-k channels of one level) in a grid."""
+    tiles = [_label(_fit(blend(image_rgb, h), height), t) for h, t in zip(heats, titles)]
+    return save_grid(tiles, path, cols=cols)

@@ -69,8 +69,9 @@ def test_is_batch_norm_catches_duck_typed_syncbn():
 
 @pytest.mark.parametrize('scope', [None, 'mmdet'])
 def test_frozen_bn_option_loads_bn_checkpoints_strictly(scope):
-    from mmengine.registry import DefaultScope
     import mmdet.models  # noqa: F401  (registers mmdet's own, different 'FrozenBN')
+    from mmengine.registry import DefaultScope
+
     from resnet_backbone import FrozenBatchNorm2d
     bn = randomize_(ResNetV1Custom(depth=18, base_channels=4))
     with DefaultScope.overwrite_default_scope(scope):

@@ -34,10 +34,22 @@ def test_set_max_iters_stretches_the_schedule():
 
 def test_train_options():
     cfg = load_config(SHAPES, work_dir='/tmp/nonexistent-work-dir-xyz')
-    apply_train_options(cfg, amp=True, auto_scale_lr=True, resume='auto')
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    apply_train_options(cfg, auto_scale_lr=True, resume='auto')
     assert cfg.auto_scale_lr.enable is True
     assert cfg.resume is False  # nothing to resume from: starts fresh, says so
     cfg.pop('auto_scale_lr')
     with pytest.raises(ValueError, match=r'^--auto-scale-lr needs `auto_scale_lr'):
         apply_train_options(cfg, auto_scale_lr=True)
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='CPU-only behaviour')
+def test_amp_on_cpu_is_a_one_line_error():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / 'tools/train.py'), SHAPES, '--amp',
+                        '--work-dir', '/tmp/nonexistent-work-dir-xyz'],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "train.py: error: --amp needs a CUDA GPU (mmengine's AmpOptimWrapper refuses the CPU); "
+        'this machine has none, so drop --amp']

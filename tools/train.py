@@ -55,8 +55,11 @@ def main(argv=None) -> None:
     setup_environment()
     cfg = load_config(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                       data_root=args.data_root, launcher=args.launcher)
-    apply_train_options(cfg, amp=args.amp, auto_scale_lr=args.auto_scale_lr,
-                        resume=args.resume)
+    try:
+        apply_train_options(cfg, amp=args.amp, auto_scale_lr=args.auto_scale_lr,
+                            resume=args.resume)
+    except ValueError as exc:  # a bad option: one line, not a traceback
+        sys.exit(f'train.py: error: {exc}')
     build_runner(cfg).train()
 
 

@@ -93,8 +93,9 @@ def test_sigkill_then_resume(tiny_shapes, tmp_path):
     assert final['meta']['iter'] == MAX_ITERS
 
 
-# Two Runners in one test process share mmengine's global visualizer; real runs build one.
-@pytest.mark.filterwarnings('ignore:.*instance named of visualizer has been created')
+# Two Runners in one test process (in the same second) share mmengine's named global
+# instances (visualizer, logger, scope); real runs build one Runner per process.
+@pytest.mark.filterwarnings('ignore:.*has been created, the method `get_instance`')
 def test_load_from_mmdet_zoo_style_checkpoint(tiny_shapes, tmp_path):
     """A checkpoint shaped like mmdet's model zoo files (state_dict + meta with version,
     classes, epoch, config text) loads through ``load_from`` with weights_only kept."""

@@ -1,0 +1,228 @@
+"""Dump feature maps of many images to disk: arrays + geometry + index + overlays.
+
+One file per image (``npz``, ``pt`` or ``safetensors``) holds every requested level and
+a JSON metadata record (geometry, strides, per-level stats, weights used). An index
+(``index.json`` and ``index.csv``) lists every image with its levels, shapes and stats.
+Writes are atomic, images already dumped are skipped (unless ``overwrite``), and an
+unreadable image is skipped with a one-line warning: an interrupted run is simply run
+again.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .features import FeatureExtractor, level_stats, unpad_to_original
+from .fileio import atomic_path, atomic_write_bytes
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+FORMATS = ('npz', 'pt', 'safetensors')
+DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+OVERLAY_MODES = ('mean', 'topk')
+
+
+@dataclass
+class DumpSummary:
+    dumped: int = 0
+    already_there: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    seconds: float = 0.0
+    index: Path | None = None
+
+    def line(self) -> str:
+        per = f', {self.seconds / self.dumped:.2f} s/image' if self.dumped else ''
+        return (f'dumped {self.dumped}, already there {self.already_there}, '
+                f'skipped {len(self.skipped)} unreadable{per}; index: {self.index}')
+
+
+def collect_images(path: str | Path) -> tuple[list[Path], Path]:
+    """Images named by ``path`` (a file, a folder searched recursively, or a ``.txt``
+    list, one path per line, relative to the list's folder) and their common root."""
+    path = Path(path)
+    if path.is_dir():
+        images = sorted(p for p in path.rglob('*')
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        return images, path
+    if path.is_file() and path.suffix.lower() == '.txt':
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        images = [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
+                  for ln in lines if ln and not ln.startswith('#')]
+        root = Path(_common_dir(images)) if images else path.parent
+        return images, root
+    if path.is_file():
+        return [path], path.parent
+    raise FileNotFoundError(f'--input {path}: no such file or folder')
+
+
+def _common_dir(paths: Sequence[Path]) -> str:
+    import os
+    return os.path.commonpath([str(p.resolve().parent) for p in paths])
+
+
+def _relative(image: Path, root: Path) -> Path:
+    try:
+        return image.resolve().relative_to(root.resolve())
+    except ValueError:
+        return Path(image.name)
+
+
+def output_path(image: Path, root: Path, out_dir: Path, fmt: str) -> Path:
+    rel = _relative(image, root)
+    return out_dir / rel.parent / f'{rel.name}.{fmt}'
+
+
+# ---------------------------------------------------------------- file formats
+def save_levels(path: Path, levels: dict[str, torch.Tensor], meta: dict, fmt: str) -> None:
+    """Write ``levels`` and the JSON ``meta`` record to ``path`` atomically."""
+    meta_json = json.dumps(meta)
+    with atomic_path(path) as tmp:
+        if fmt == 'npz':
+            with open(tmp, 'wb') as f:
+                np.savez(f, __meta__=np.array(meta_json),
+                         **{k: v.cpu().numpy() for k, v in levels.items()})
+        elif fmt == 'pt':
+            torch.save({'levels': {k: v.cpu() for k, v in levels.items()}, 'meta': meta_json},
+                       tmp)
+        elif fmt == 'safetensors':
+            from safetensors.torch import save_file
+            save_file({k: v.cpu().contiguous() for k, v in levels.items()}, str(tmp),
+                      metadata={'meta': meta_json})
+        else:
+            raise ValueError(f"format={fmt!r} is not supported; allowed values: "
+                             f"{', '.join(FORMATS)}")
+
+
+def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a dumped file back: (levels, meta)."""
+    path = Path(path)
+    if path.suffix == '.npz':
+        with np.load(path) as z:
+            meta = json.loads(str(z['__meta__']))
+            return {k: torch.from_numpy(z[k]) for k in z.files if k != '__meta__'}, meta
+    if path.suffix == '.pt':
+        d = torch.load(path, weights_only=True)
+        return d['levels'], json.loads(d['meta'])
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        with safe_open(str(path), framework='pt') as f:
+            meta = json.loads(f.metadata()['meta'])
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    raise ValueError(f'{path}: unknown feature file type; allowed: .npz, .pt, .safetensors')
+
+
+def read_meta(path: Path) -> dict:
+    return load_levels(path)[1]
+
+
+# ---------------------------------------------------------------- overlays
+def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: dict[str, int],
+                   meta: dict, stem: Path, mode: str = 'mean', topk: int = 9) -> Path:
+    """Per-level heatmaps on the original image, and the side-by-side sheet.
+
+    ``mean``: mean of |activation| over channels; ``topk``: the ``topk`` channels with
+    the highest mean activation, one tile each, in a grid per level.
+    """
+    from PIL import Image
+
+    from .visualize import blend, channel_grid, feature_sheet
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(Image.open(image_path).convert('RGB'))
+    heats = {}
+    for name, t in levels.items():
+        fmap = t[0].float()
+        heat = unpad_to_original(fmap.abs().mean(0), strides[name], meta).numpy()
+        heats[name] = heat
+        if mode == 'topk':
+            order = fmap.flatten(1).mean(1).argsort(descending=True)[:topk].tolist()
+            channel_grid(image, [unpad_to_original(fmap[c], strides[name], meta).numpy()
+                                 for c in order], [f'{name} ch{c}' for c in order],
+                         stem.with_name(f'{stem.name}.{name}.topk.png'))
+        else:
+            Image.fromarray(blend(image, heat)).save(stem.with_name(f'{stem.name}.{name}.png'))
+    return feature_sheet(image, heats, strides, stem.with_name(f'{stem.name}.sheet.png'))
+
+
+# ---------------------------------------------------------------- the loop
+def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_dir: Path, *,
+                  fmt: str = 'npz', dtype: str = 'float32', overlay: bool = False,
+                  overlay_mode: str = 'mean', overwrite: bool = False, config: str | None = None,
+                  progress: bool = True) -> DumpSummary:
+    """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not supported; allowed values: {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed values: {', '.join(DTYPES)}")
+    if overlay_mode not in OVERLAY_MODES:
+        raise ValueError(f'overlay_mode={overlay_mode!r} is not supported; allowed values: '
+                         f"{', '.join(OVERLAY_MODES)}")
+    from tqdm import tqdm
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = DumpSummary()
+    entries = []
+    t0 = time.time()
+    bar = tqdm(images, desc='dump', unit='img', disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    for image in bar:
+        target = output_path(image, root, out_dir, fmt)
+        if target.exists() and not overwrite:
+            summary.already_there += 1
+            entries.append(_entry(image, target, read_meta(target)))
+            continue
+        try:
+            record = fx(image)
+        except Exception as exc:  # noqa: BLE001 - a bad image must not stop the run
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            summary.skipped.append((str(image), reason))
+            tqdm.write(f'WARNING: skipped {image}: {reason}', file=sys.stderr)
+            continue
+        levels = {k: v.to(DTYPES[dtype]) for k, v in record.levels.items()}
+        meta = dict(record.meta)
+        meta['levels'] = {k: {'shape': list(v.shape), 'stride': record.strides[k],
+                              'dtype': dtype, **level_stats(record.levels[k])}
+                          for k, v in levels.items()}
+        meta['weights'] = fx.weights
+        meta['config'] = config
+        meta['format'] = fmt
+        save_levels(target, levels, meta, fmt)
+        if overlay:
+            rel = _relative(image, root)
+            write_overlays(image, record.levels, record.strides, meta,
+                           out_dir / 'overlays' / rel.parent / rel.name, mode=overlay_mode)
+        entries.append(_entry(image, target, meta))
+        summary.dumped += 1
+    summary.seconds = time.time() - t0
+    summary.index = write_index(out_dir, entries, summary)
+    return summary
+
+
+def _entry(image: Path, target: Path, meta: dict) -> dict:
+    return {'image': str(image), 'file': str(target), 'ori_shape': meta.get('ori_shape'),
+            'img_shape': meta.get('img_shape'), 'pad_shape': meta.get('pad_shape'),
+            'scale_factor': meta.get('scale_factor'), 'levels': meta.get('levels', {})}
+
+
+def write_index(out_dir: Path, entries: list[dict], summary: DumpSummary) -> Path:
+    """``index.json`` (everything) and ``index.csv`` (one row per image and level)."""
+    index = {'images': entries,
+             'skipped': [{'image': i, 'reason': r} for i, r in summary.skipped]}
+    atomic_write_bytes(json.dumps(index, indent=1).encode(), out_dir / 'index.json')
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(['image', 'file', 'level', 'stride', 'shape', 'min', 'max', 'mean', 'std'])
+    for e in entries:
+        for name, lv in e['levels'].items():
+            writer.writerow([e['image'], e['file'], name, lv['stride'],
+                             'x'.join(str(s) for s in lv['shape']), f"{lv['min']:.6g}",
+                             f"{lv['max']:.6g}", f"{lv['mean']:.6g}", f"{lv['std']:.6g}"])
+    atomic_write_bytes(buf.getvalue().encode(), out_dir / 'index.csv')
+    return out_dir / 'index.json'

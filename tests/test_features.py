@@ -1,0 +1,101 @@
+"""Feature extraction: values equal the model's own forward, geometry, alignment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_backbone import ResNetV1Custom
+from resnet_backbone.features import FeatureExtractor, extract, unpad_to_original
+from resnet_backbone.training import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')
+
+
+@pytest.fixture(scope='module')
+def fx():
+    return FeatureExtractor.from_config(SHAPES, levels=['c1', 'c2', 'c3', 'c4', 'c5', 'p3',
+                                                        'p4', 'p5', 'p6', 'p7'])
+
+
+def test_levels_strides_and_weights_note(fx):
+    assert fx.strides == {'c1': 2, 'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32, 'p3': 8, 'p4': 16,
+                          'p5': 32, 'p6': 64, 'p7': 128}
+    assert fx.weights['source'] == 'random'
+    assert FeatureExtractor(fx.model).levels == ['c2', 'c3', 'c4', 'c5']
+    with pytest.raises(ValueError, match=r"^levels \['p2'\] are not available from this "
+                                         r'model; allowed values: c1, c2'):
+        FeatureExtractor(fx.model, levels=['c2', 'p2'])
+
+
+def test_values_equal_the_models_own_forward(fx, tmp_path):
+    img = (np.random.default_rng(0).random((90, 150, 3)) * 255).astype(np.uint8)
+    path = tmp_path / 'x.png'
+    Image.fromarray(img).save(path)
+    rec = fx(path)
+    # by hand: the same preprocessing, then mmdet's own backbone/extract_feat
+    batch = fx.preprocess(path)
+    with torch.no_grad():
+        c = fx.model.backbone(batch['inputs'])
+        p = fx.model.extract_feat(batch['inputs'])
+    for name, ref in zip(['c2', 'c3', 'c4', 'c5'], c):
+        assert torch.equal(rec.levels[name], ref)
+    for name, ref in zip(['p3', 'p4', 'p5', 'p6', 'p7'], p):
+        assert torch.equal(rec.levels[name], ref)
+    m = rec.meta
+    # keep_ratio resize of 150x90 into 128x128 -> 128x77, padded to a multiple of 32
+    assert m['ori_shape'] == (90, 150) and m['img_shape'] == (77, 128)
+    assert m['pad_shape'] == (96, 128) and m['flip'] is False
+    assert m['scale_factor'] == pytest.approx((128 / 150, 77 / 90), rel=1e-6)
+    for name, t in rec.levels.items():
+        s = rec.strides[name]
+        assert tuple(t.shape[-2:]) == (-(-96 // s), 128 // s), name
+
+
+def test_bare_backbone_extract():
+    bb = ResNetV1Custom(depth=18, base_channels=8).eval()
+    recs = list(extract(bb, [np.zeros((40, 40, 3), np.uint8)], levels=['c1', 'c5']))
+    assert [tuple(v.shape) for v in recs[0].levels.values()] == [(1, 8, 32, 32), (1, 64, 2, 2)]
+    assert recs[0].meta['pad_shape'] == (64, 64) and recs[0].meta['img_shape'] == (40, 40)
+
+
+def test_overlay_peak_falls_inside_the_bright_square(tmp_path):
+    """One bright square on a dark, non-square image (so resize AND padding happen): the
+    c1/c2 heatmap, mapped back by unpad_to_original, peaks inside the square."""
+    cfg = load_config(SHAPES)
+    fx = FeatureExtractor.from_config(cfg, levels=['c1', 'c2'])
+    with torch.no_grad():  # a stem that responds to brightness: positive conv weights
+        fx.model.backbone.conv1.weight.fill_(1.0 / fx.model.backbone.conv1.weight[0].numel())
+    img = np.full((100, 170, 3), 10, np.uint8)
+    y0, y1, x0, x1 = 62, 84, 120, 146  # near the bottom-right, where padding sits
+    img[y0:y1, x0:x1] = 250
+    path = tmp_path / 'square.png'
+    Image.fromarray(img).save(path)
+    rec = fx(path)
+    assert rec.meta['pad_shape'][0] > rec.meta['img_shape'][0]  # padding really happened
+    for name in ('c1', 'c2'):
+        heat = unpad_to_original(rec.levels[name][0].abs().mean(0), rec.strides[name],
+                                 rec.meta)
+        assert tuple(heat.shape) == (100, 170)
+        yy, xx = np.unravel_index(int(heat.argmax()), tuple(heat.shape))
+        assert y0 <= yy < y1 and x0 <= xx < x1, (name, yy, xx)
+
+
+def test_neck_levels_named_by_position_at_odd_sizes(tmp_path):
+    """800 / 64 is not an integer: the stride-64 map of Faster R-CNN's FPN (a max-pool
+    of P5) must still be 'p6', not a second 'p5'."""
+    fx = FeatureExtractor.from_config(
+        str(ROOT / 'configs/shapes/faster-rcnn_r18_fpn_shapes.py'),
+        levels=['p2', 'p3', 'p4', 'p5', 'p6'])
+    img = (np.random.default_rng(1).random((170, 100, 3)) * 255).astype(np.uint8)  # W pads to 96
+    Image.fromarray(img).save(tmp_path / 'odd.png')
+    rec = fx(tmp_path / 'odd.png')
+    ph, pw = rec.meta['pad_shape']
+    assert [rec.strides[n] for n in rec.levels] == [4, 8, 16, 32, 64]
+    for name, t in rec.levels.items():
+        s = rec.strides[name]
+        assert tuple(t.shape[-2:]) == (-(-ph // s), -(-pw // s)), name
