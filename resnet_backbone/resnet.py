@@ -344,6 +344,27 @@ class ResNetV1Custom(BaseModule):
         return self
 
     # ------------------------------------------------------------------ init
+    def init_weights(self) -> None:
+        """mmengine's init, except ``init_cfg=dict(type='Pretrained', ...)``.
+
+        mmengine's ``PretrainedInit`` loads keys as they are, non-strictly, and only logs
+        what did not match. Here the checkpoint may be in any dialect (torchvision, timm,
+        detectron2, mmpretrain, mmdet; see :mod:`resnet_backbone.weights`), is converted,
+        loaded strictly unless ``strict=False`` is in the init_cfg, and a load report is
+        logged and kept in ``self.load_report``. Extra init_cfg keys: ``source``,
+        ``strict``, ``prefix``, ``allow_pickle``.
+        """
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from .weights import load_pretrained
+            self.load_report = load_pretrained(
+                self, cfg['checkpoint'], source=cfg.get('source'),
+                strict=cfg.get('strict', True), prefix=cfg.get('prefix'),
+                allow_pickle=cfg.get('allow_pickle', False))
+            self._is_init = True
+            return
+        super().init_weights()
+
     def _dump_init_info(self) -> None:
         # mmengine logs one INFO line per parameter here when no file handler is set up.
         # One DEBUG line is enough.

@@ -1,61 +1,340 @@
-"""Weight conversion between ResNet dialects and ``ResNetV1Custom`` keys.
+"""Pretrained weights from every ecosystem: dialect detection, key mapping, strict loading.
 
-torchvision, timm ``resnet*`` and mmdet's ``ResNet`` share one key layout
-(``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``layer1.0.downsample.0/1``),
-which is also ours for ``stem_type='classic'``; only the classifier (``fc.*``) is dropped.
+Dialects (``source``) and how their keys map onto ``ResNetV1Custom``:
 
-timm's deep-stem models (``resnet50c``/``resnet50d``) keep the stem as
-``conv1 = Sequential(conv, bn, act, conv, bn, act, conv)`` plus a top-level ``bn1``;
-ours (and mmdet's ``deep_stem``) is ``stem = Sequential(conv, bn, relu, conv, bn, relu,
-conv, bn, relu)``. The documented mapping:
+- ``torchvision`` / ``timm`` (classic stem) / ``mmdet`` bare backbone: the same layout
+  (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``layer1.0.downsample.0/1``);
+  the classifier (``fc.*``) is dropped.
+- ``timm`` deep stem (``resnet50c/d``): ``conv1 = Sequential(conv, bn, act, conv, bn,
+  act, conv)`` plus a top-level ``bn1``. The documented mapping:
 
-==================  ==================
-timm                ResNetV1Custom
-==================  ==================
-``conv1.0.weight``  ``stem.0.weight``
-``conv1.1.*``       ``stem.1.*``
-``conv1.3.weight``  ``stem.3.weight``
-``conv1.4.*``       ``stem.4.*``
-``conv1.6.weight``  ``stem.6.weight``
-``bn1.*``           ``stem.7.*``
-==================  ==================
+  ==================  ==================
+  timm                ResNetV1Custom
+  ==================  ==================
+  ``conv1.0.weight``  ``stem.0.weight``
+  ``conv1.1.*``       ``stem.1.*``
+  ``conv1.3.weight``  ``stem.3.weight``
+  ``conv1.4.*``       ``stem.4.*``
+  ``conv1.6.weight``  ``stem.6.weight``
+  ``bn1.*``           ``stem.7.*``
+  ==================  ==================
 
-timm's ``avg_down`` shortcut is ``downsample = (pool or Identity, conv, bn)``, the same
-indices as mmdet's ``(AvgPool, conv, norm)``, so ``layerN.0.downsample.1/2`` map 1:1.
+  Its ``avg_down`` shortcut is ``(pool or Identity, conv, bn)``: the same indices as
+  mmdet's ``(AvgPool, conv, norm)``, so ``layerN.0.downsample.1/2`` map 1:1.
+- ``detectron2``: ``stem.conv1.weight`` -> ``conv1.weight``, ``stem.conv1.norm.*`` ->
+  ``bn1.*``, ``resN`` -> ``layer{N-1}``, ``convK.norm`` -> ``bnK``, ``shortcut`` ->
+  ``downsample.0``, ``shortcut.norm`` -> ``downsample.1``. Its ImageNet (MSRA) weights
+  put the stride in the first 1x1 conv: ``style='caffe'``. They are pickled numpy
+  dicts (``.pkl``), read only on explicit request (pickle can run code).
+- ``mmpretrain``: classifier checkpoints, ``backbone.`` prefix and a ``head``; its
+  V1c/V1d stems are ConvModules (``stem.0.conv``/``stem.0.bn`` -> ``stem.0``/``stem.1``).
+- ``mmdet``: detector checkpoints: the ``backbone.`` part of ``state_dict``.
 """
 from __future__ import annotations
 
+import logging
+import pickle
 import re
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+from mmengine.logging import print_log
+from torch import nn
 
+SOURCES = ('torchvision', 'timm', 'detectron2', 'mmpretrain', 'mmdet')
+_HEAD = re.compile(r'^(fc|head|classifier)\.')
 _TIMM_DEEP_STEM = {'conv1.0.': 'stem.0.', 'conv1.1.': 'stem.1.', 'conv1.3.': 'stem.3.',
                    'conv1.4.': 'stem.4.', 'conv1.6.': 'stem.6.', 'bn1.': 'stem.7.'}
-_HEAD = re.compile(r'^(fc|head|classifier)\.')
+_MMPRETRAIN_STEM = {'stem.0.conv.': 'stem.0.', 'stem.0.bn.': 'stem.1.',
+                    'stem.1.conv.': 'stem.3.', 'stem.1.bn.': 'stem.4.',
+                    'stem.2.conv.': 'stem.6.', 'stem.2.bn.': 'stem.7.'}
+_DETECTION_PARTS = ('neck.', 'rpn_head.', 'roi_head.', 'bbox_head.', 'mask_head.')
+_URL_PREFIXES = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
+                 'mmpretrain://', 'http://', 'https://', 's3://', 'modelzoo://')
 
 
-def is_timm_deep_stem(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """True for timm deep-stem checkpoints (``conv1.0.weight`` instead of ``conv1.weight``)."""
-    return 'conv1.0.weight' in state_dict and 'conv1.weight' not in state_dict
+# ---------------------------------------------------------------- reading files
+def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
+    """Read a checkpoint from a local file, safely.
+
+    ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)`` (with the
+    mmengine Runner allow-list). ``.pkl`` (detectron2) is only opened with
+    ``allow_pickle=True`` and warns, because unpickling can run arbitrary code.
+    """
+    path_str = str(path)
+    if path_str.startswith(_URL_PREFIXES):
+        # mmengine resolves these names and reuses torch.hub's cache; offline, that fails
+        from mmengine.runner.checkpoint import CheckpointLoader
+        try:
+            return CheckpointLoader.load_checkpoint(path_str, map_location='cpu',
+                                                    logger='silent')
+        except Exception as exc:  # noqa: BLE001 - any fetch failure gets the same advice
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise FileNotFoundError(
+                f'checkpoint {path_str!r} could not be fetched ({cause}); download it where '
+                'there is network access, convert it with tools/convert_weights.py, and set '
+                "checkpoint='path/to/file.pth'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path_str!r}: no such file')
+    if path.suffix == '.pkl':
+        if not allow_pickle:
+            raise PermissionError(
+                f'{path_str} is a pickle (.pkl): opening it can run arbitrary code; pass '
+                'allow_pickle=True (tools: --allow-pickle) only for files you trust')
+        warnings.warn(f'unpickling {path_str}: pickle can run code, only open trusted files',
+                      UserWarning, stacklevel=2)
+        with open(path, 'rb') as f:
+            obj = pickle.load(f, encoding='latin1')
+        return obj
+    from .checkpoint_io import allow_runner_checkpoint_globals
+    allow_runner_checkpoint_globals()
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
+def unwrap_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a checkpoint (``state_dict``/``model`` keys, ``module.``
+    prefixes, numpy arrays), as tensors."""
+    sd = ckpt
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(k, str):
+            continue
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor):
+            out[k[len('module.'):] if k.startswith('module.') else k] = v
+    return out
+
+
+# ---------------------------------------------------------------- dialects
+def detect_source(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The dialect of ``state_dict`` (after :func:`unwrap_state_dict`), from its keys."""
+    keys = list(state_dict)
+    if any(k.startswith('backbone.') for k in keys):
+        return 'mmdet' if any(k.startswith(_DETECTION_PARTS) for k in keys) else 'mmpretrain'
+    if 'stem.conv1.weight' in state_dict or any(k.startswith('res2.') for k in keys):
+        return 'detectron2'
+    if 'conv1.0.weight' in state_dict:
+        return 'timm'
+    if 'conv1.weight' in state_dict and 'fc.weight' in state_dict:
+        return 'torchvision'
+    if 'conv1.weight' in state_dict or 'stem.0.weight' in state_dict:
+        return 'mmdet'  # a bare mmdet ResNet / ResNetV1Custom state dict
+    raise ValueError('cannot tell the dialect of this checkpoint from its keys (e.g. '
+                     f'{keys[:3]}); pass source=... (allowed values: {", ".join(SOURCES)})')
+
+
+def _rename(key: str, table: Mapping[str, str]) -> str:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def _from_detectron2(key: str) -> str:
+    if key.startswith('stem.conv1.norm.'):
+        return 'bn1.' + key[len('stem.conv1.norm.'):]
+    if key.startswith('stem.'):
+        return key[len('stem.'):]
+    m = re.match(r'^res(\d)\.(\d+)\.(.*)$', key)
+    if not m:
+        return key
+    layer, block, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
+    rest = re.sub(r'^conv(\d)\.norm\.', r'bn\1.', rest)
+    rest = re.sub(r'^shortcut\.norm\.', 'downsample.1.', rest)
+    rest = re.sub(r'^shortcut\.', 'downsample.0.', rest)
+    return f'layer{layer}.{block}.{rest}'
+
+
+@dataclass
+class Converted:
+    """Result of :func:`convert`: our keys, the dialect, and what the source implies."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    implied: dict = field(default_factory=dict)  # depth, stem_type, avg_down, style
+    dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys
+
+
+def convert(state_dict: Mapping, source: str | None = None,
+            target_cfg: Mapping | None = None) -> Converted:
+    """Map a checkpoint's keys from ``source`` (auto-detected if None) to ours.
+
+    ``target_cfg`` (ResNetV1Custom kwargs) only informs the norm-layer names: GN targets
+    get ``gnK`` instead of ``bnK``.
+    """
+    sd = unwrap_state_dict(state_dict)
+    if source is None:
+        source = detect_source(sd)
+    elif source not in SOURCES:
+        raise ValueError(f'source={source!r} is not supported; allowed values: '
+                         f'{", ".join(SOURCES)}')
+    out, dropped = {}, []
+    for key, value in sd.items():
+        if source in ('mmdet', 'mmpretrain') and any(k.startswith('backbone.') for k in sd):
+            if not key.startswith('backbone.'):
+                dropped.append(key)
+                continue
+            key = key[len('backbone.'):]
+        if _HEAD.match(key):
+            dropped.append(key)
+            continue
+        if source == 'timm' and 'conv1.0.weight' in sd:
+            key = _rename(key, _TIMM_DEEP_STEM)
+        elif source == 'mmpretrain':
+            key = _rename(key, _MMPRETRAIN_STEM)
+        elif source == 'detectron2':
+            key = _from_detectron2(key)
+        out[key] = value
+    norm_type = (target_cfg or {}).get('norm_cfg', {}).get('type', 'BN') \
+        if target_cfg else 'BN'
+    if norm_type == 'GN':
+        out = {re.sub(r'(^|\.)bn(\d)\.', r'\1gn\2.', k): v for k, v in out.items()}
+    return Converted(out, source, infer_architecture(out, source), dropped)
+
+
+def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
+    """depth, stem_type, avg_down (and style for detectron2) implied by converted keys."""
+    from .resnet import ARCH_SETTINGS
+    implied: dict = {'stem_type': 'deep' if 'stem.0.weight' in sd else 'classic'}
+    implied['avg_down'] = any(re.match(r'^layer\d\.0\.downsample\.2\.', k) for k in sd)
+    if source == 'detectron2':
+        implied['style'] = 'caffe'  # MSRA weights: stride_in_1x1
+    blocks = []
+    for i in range(1, 5):
+        ids = {int(m.group(1)) for k in sd if (m := re.match(rf'^layer{i}\.(\d+)\.', k))}
+        if ids:
+            blocks.append(max(ids) + 1)
+    bottleneck = any(k.startswith('layer1.0.conv3.') for k in sd)
+    for depth, (block, counts) in ARCH_SETTINGS.items():
+        if tuple(counts[:len(blocks)]) == tuple(blocks) and \
+                (block.expansion == 4) == bottleneck:
+            implied['depth'] = depth
+            break
+    if 'stem.0.weight' in sd:
+        implied['stem_channels'] = int(sd['stem.6.weight'].shape[0]) \
+            if 'stem.6.weight' in sd else None
+    elif 'conv1.weight' in sd:
+        implied['stem_channels'] = int(sd['conv1.weight'].shape[0])
+        if sd['conv1.weight'].shape[-1] == 3:
+            implied['stem_type'] = 'small'
+    if 'layer1.0.conv1.weight' in sd:
+        implied['base_channels'] = int(sd['layer1.0.conv1.weight'].shape[0])
+    return implied
+
+
+# ---------------------------------------------------------------- loading + report
+@dataclass
+class LoadReport:
+    """What a load did: keys loaded, missing, unexpected, mismatched, and coverage."""
+
+    source: str
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple, tuple]]  # key, checkpoint shape, model shape
+    coverage: float  # % of the model's parameter + buffer elements that were loaded
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        lines = [f'load report ({self.source}): {len(self.loaded)} tensors loaded, '
+                 f'{len(self.missing)} missing, {len(self.unexpected)} unexpected, '
+                 f'{len(self.mismatched)} shape mismatches; coverage {self.coverage:.2f}% '
+                 'of parameters and buffers']
+        if self.missing:
+            lines.append('  missing: ' + ', '.join(self.missing))
+        if self.unexpected:
+            lines.append('  unexpected: ' + ', '.join(self.unexpected))
+        for key, got, want in self.mismatched:
+            lines.append(f'  shape mismatch: {key}: checkpoint {got} vs model {want}')
+        return '\n'.join(lines)
+
+
+class IncompleteCheckpointError(RuntimeError):
+    """A strict load found missing, unexpected or mismatched keys (the report says which)."""
+
+    def __init__(self, report: LoadReport) -> None:
+        self.report = report
+        parts = []
+        if report.missing:
+            parts.append(f'missing {report.missing}')
+        if report.unexpected:
+            parts.append(f'unexpected {report.unexpected}')
+        if report.mismatched:
+            parts.append('shape mismatch ' + ', '.join(
+                f'{k}: checkpoint {tuple(a)} vs model {tuple(b)}' for k, a, b in report.mismatched))
+        super().__init__(f'strict load from {report.source} weights failed '
+                         f'(coverage {report.coverage:.2f}%): ' + '; '.join(parts))
+
+
+# BatchNorm's step counter is not a weight: checkpoints from other libraries lack it.
+_OPTIONAL = re.compile(r'(^|\.)num_batches_tracked$')
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                    source: str = 'ours', strict: bool = True) -> LoadReport:
+    """Load converted weights into ``model`` and report; strict raises on any gap."""
+    own = model.state_dict()
+    loadable, unexpected, mismatched = {}, [], []
+    for key, value in state_dict.items():
+        if key not in own:
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            loadable[key] = value
+    mismatched_keys = {k for k, _, _ in mismatched}
+    missing = [k for k in own if k not in loadable and not _OPTIONAL.search(k)
+               and k not in mismatched_keys]
+    total = sum(t.numel() for k, t in own.items() if not _OPTIONAL.search(k))
+    covered = sum(own[k].numel() for k in loadable if not _OPTIONAL.search(k))
+    report = LoadReport(source, sorted(loadable), missing, unexpected, mismatched,
+                        100.0 * covered / max(total, 1))
+    if strict and not report.complete:
+        raise IncompleteCheckpointError(report)
+    with torch.no_grad():
+        for key, value in loadable.items():
+            own[key].copy_(value.to(own[key].dtype))
+    if report.coverage < 100.0 or not report.complete:
+        print_log(report.summary(), logger='current', level=logging.WARNING)
+    else:
+        print_log(report.summary().splitlines()[0], logger='current', level=logging.INFO)
+    return report
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,
+                    source: str | None = None, strict: bool = True, prefix: str | None = None,
+                    allow_pickle: bool = False) -> LoadReport:
+    """Read (a local file), convert (any dialect), load (strict by default), report."""
+    ckpt = read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
+        if not isinstance(checkpoint, Mapping) else checkpoint
+    if prefix:
+        sd = unwrap_state_dict(ckpt)
+        ckpt = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    target = {'norm_cfg': getattr(model, 'norm_cfg', None) or {}}
+    converted = convert(ckpt, source=source, target_cfg=target)
+    return load_state_dict(model, converted.state_dict, source=converted.source,
+                           strict=strict)
+
+
+# Backwards-compatible helpers used by earlier code and tests.
 def from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm ``resnet*`` (classic or deep stem) -> ``ResNetV1Custom`` keys, head dropped."""
-    deep = is_timm_deep_stem(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if _HEAD.match(key):
-            continue
-        if deep:
-            for old, new in _TIMM_DEEP_STEM.items():
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-        out[key] = value
-    return out
+    return convert(state_dict, source='timm').state_dict
 
 
 def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchvision ``resnet*`` -> ``ResNetV1Custom`` keys (same layout), ``fc.*`` dropped."""
-    return {k: v for k, v in state_dict.items() if not _HEAD.match(k)}
+    return convert(state_dict, source='torchvision').state_dict
