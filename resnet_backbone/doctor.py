@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if broken:
         print()
         for c in broken:
-            print(f'FIX: {c.name} is broken ({c.detail}); {c.fix}')
+            # a failure that only repeats an earlier one's missing module gets no FIX line
+            cause = next((b.name for b in broken[:broken.index(c)]
+                          if re.search(rf'\b{re.escape(b.name)}\b', c.detail)), None)
+            if cause is None:
+                print(f'FIX: {c.name} is broken ({c.detail}); {c.fix}')
         return 1
     print('\nall good: the stack is complete.')
     return 0
