@@ -35,6 +35,16 @@ class ResBlock(BaseModule):
     expansion = 1
     with_cp: bool
     downsample: nn.Module | None
+    norm1_name: str
+    norm2_name: str
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    @property
+    def norm2(self) -> nn.Module:
+        return getattr(self, self.norm2_name)
 
     def freeze(self) -> ResBlock:
         """Stop gradients into this block and keep its norm layers in eval mode.
@@ -103,14 +113,6 @@ class BasicBlock(ResBlock):
         self.with_cp = with_cp
         self.with_dcn = False
         self.with_plugins = False
-
-    @property
-    def norm1(self) -> nn.Module:
-        return getattr(self, self.norm1_name)
-
-    @property
-    def norm2(self) -> nn.Module:
-        return getattr(self, self.norm2_name)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -234,14 +236,6 @@ class Bottleneck(ResBlock):
         for name in plugin_names:
             out = getattr(self, name)(out)
         return out
-
-    @property
-    def norm1(self) -> nn.Module:
-        return getattr(self, self.norm1_name)
-
-    @property
-    def norm2(self) -> nn.Module:
-        return getattr(self, self.norm2_name)
 
     @property
     def norm3(self) -> nn.Module:

@@ -179,8 +179,10 @@ def convert(state_dict: Mapping, source: str | None = None,
         raise ValueError(f'source={source!r} is not supported; allowed values: '
                          f'{", ".join(SOURCES)}')
     out, dropped = {}, []
+    prefixed = source in ('mmdet', 'mmpretrain') and any(k.startswith('backbone.') for k in sd)
+    deep_timm = source == 'timm' and 'conv1.0.weight' in sd
     for key, value in sd.items():
-        if source in ('mmdet', 'mmpretrain') and any(k.startswith('backbone.') for k in sd):
+        if prefixed:
             if not key.startswith('backbone.'):
                 dropped.append(key)
                 continue
@@ -188,16 +190,14 @@ def convert(state_dict: Mapping, source: str | None = None,
         if _HEAD.match(key):
             dropped.append(key)
             continue
-        if source == 'timm' and 'conv1.0.weight' in sd:
+        if deep_timm:
             key = _rename(key, _TIMM_DEEP_STEM)
         elif source == 'mmpretrain':
             key = _rename(key, _MMPRETRAIN_STEM)
         elif source == 'detectron2':
             key = _from_detectron2(key)
         out[key] = value
-    norm_type = (target_cfg or {}).get('norm_cfg', {}).get('type', 'BN') \
-        if target_cfg else 'BN'
-    if norm_type == 'GN':
+    if ((target_cfg or {}).get('norm_cfg') or {}).get('type') == 'GN':
         out = {re.sub(r'(^|\.)bn(\d)\.', r'\1gn\2.', k): v for k, v in out.items()}
     return Converted(out, source, infer_architecture(out, source), dropped)
 

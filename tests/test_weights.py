@@ -240,3 +240,11 @@ def test_convert_weights_tool(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith(
         'convert_weights.py: error: strict load from timm weights failed')
+
+
+def test_gn_target_gets_gn_key_names():
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    keys = set(convert(sd, target_cfg={'norm_cfg': {'type': 'GN'}}).state_dict)
+    gn_model = ResNetV1Custom(depth=18, norm_cfg=dict(type='GN', num_groups=8))
+    assert {'gn1.weight', 'layer1.0.gn2.bias', 'layer2.0.downsample.1.weight'} <= keys
+    assert set(gn_model.state_dict()) <= keys  # all GN affine params are provided
