@@ -24,6 +24,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from .checkpointing import checkpointed
+from .fast import conv_norm, sequential_conv_norm
 
 STYLES = ('pytorch', 'caffe')
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -37,6 +38,9 @@ class ResBlock(BaseModule):
     downsample: nn.Module | None
     norm1_name: str
     norm2_name: str
+    #: fold eval-mode BN into the convs (see :mod:`resnet_backbone.fast`); the backbone
+    #: sets it. False = mmdet's exact op order.
+    fast: bool = False
 
     @property
     def norm1(self) -> nn.Module:
@@ -58,6 +62,11 @@ class ResBlock(BaseModule):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is None:
+            return x
+        return sequential_conv_norm(self.downsample, x, self.fast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and torch.is_grad_enabled() and (
@@ -115,15 +124,10 @@ class BasicBlock(ResBlock):
         self.with_plugins = False
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.conv1(x)
-        out = self.norm1(out)
+        out = conv_norm(self.conv1, self.norm1, x, self.fast)
         out = self.relu(out)
-        out = self.conv2(out)
-        out = self.norm2(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
+        out = conv_norm(self.conv2, self.norm2, out, self.fast)
+        out += self._shortcut(x)
         return out
 
 
@@ -242,22 +246,16 @@ class Bottleneck(ResBlock):
         return getattr(self, self.norm3_name)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.conv1(x)
-        out = self.norm1(out)
+        out = conv_norm(self.conv1, self.norm1, x, self.fast)
         out = self.relu(out)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-        out = self.conv2(out)
-        out = self.norm2(out)
+        out = conv_norm(self.conv2, self.norm2, out, self.fast)
         out = self.relu(out)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv2_plugin_names)
-        out = self.conv3(out)
-        out = self.norm3(out)
+        out = conv_norm(self.conv3, self.norm3, out, self.fast)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv3_plugin_names)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
+        out += self._shortcut(x)
         return out

@@ -17,6 +17,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
+from .fast import conv_norm, sequential_conv_norm
 from .norm import FrozenBatchNorm2d, is_batch_norm
 from .stages import ResLayer
 from .stem import STEM_TYPES, build_stem
@@ -93,6 +94,9 @@ class ResNetV1Custom(BaseModule):
         zero_init_residual: Zero-init the last norm of each block (unless pretrained).
         pretrained: Deprecated, use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config.
+        fast: Fold every eval-mode BatchNorm into its conv on the fly (frozen stages,
+            ``norm_eval``, ``model.eval()``); within ~1e-6 relative of the reference.
+            ``fast=False`` is the reference mode: mmdet's op order, bitwise its outputs.
 
     Example:
         >>> import torch
@@ -131,7 +135,8 @@ class ResNetV1Custom(BaseModule):
                  with_cp: bool | Sequence[bool] = False,
                  zero_init_residual: bool = True,
                  pretrained: str | None = None,
-                 init_cfg: dict | list[dict] | None = None) -> None:
+                 init_cfg: dict | list[dict] | None = None,
+                 fast: bool = True) -> None:
         super().__init__(init_cfg)
         # ---- validation: one-line errors naming the argument and the allowed values
         if depth not in ARCH_SETTINGS or isinstance(depth, bool):
@@ -262,7 +267,22 @@ class ResNetV1Custom(BaseModule):
         self._stage_channels = tuple(channels)
         self._stage_strides = tuple(out_strides)
         self.feat_dim = self.inplanes
+        self.fast = fast
         self._freeze_stages()
+
+    @property
+    def fast(self) -> bool:
+        """Fold eval-mode BN into convs (True) or run mmdet's exact ops (False)."""
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f'fast must be True or False; got {value!r}')
+        self._fast = value
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.fast = value
 
     # ------------------------------------------------------------------ contracts
     @property
@@ -383,8 +403,8 @@ class ResNetV1Custom(BaseModule):
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""
         if self.stem_type == 'deep':
-            return self.stem(x)
-        return self.relu(self.norm1(self.conv1(x)))
+            return sequential_conv_norm(self.stem, x, self._fast)
+        return self.relu(conv_norm(self.conv1, self.norm1, x, self._fast))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the maps of ``out_indices`` (C2..C5), in order."""

@@ -1,5 +1,7 @@
 """Parity with mmdet's ResNet / ResNetV1d: same kwargs -> same keys, outputs and grads.
 
+These run the reference mode (``fast=False``), which promises bitwise equality.
+
 Every case builds mmdet's model and ours with the same keyword arguments, randomises
 mmdet's weights and BN statistics, loads them into ours with ``strict=True``, and
 compares eval outputs bitwise (``torch.equal``) and train-mode gradients bitwise. The
@@ -49,7 +51,7 @@ def assert_same_outputs(ref, ours, x):
 def build_pair(depth: int, **kwargs):
     kwargs = dict(base_channels=4, **kwargs)
     ref = randomize_(ResNet(depth=depth, **copy.deepcopy(kwargs)))
-    ours = ResNetV1Custom(depth=depth, **copy.deepcopy(kwargs))
+    ours = ResNetV1Custom(depth=depth, fast=False, **copy.deepcopy(kwargs))  # reference mode
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours
 
@@ -87,7 +89,7 @@ def test_outputs_and_grads_bitwise_equal(depth, style, stem, variant):
 def test_resnetv1d_preset_matches_mmdet_resnetv1d():
     from resnet_backbone import ResNetV1dCustom
     ref = randomize_(ResNetV1d(depth=50, base_channels=4))
-    ours = ResNetV1dCustom(depth=50, base_channels=4)
+    ours = ResNetV1dCustom(depth=50, base_channels=4, fast=False)
     ours.load_state_dict(ref.state_dict(), strict=True)
     assert_same_outputs(ref, ours, torch.rand(1, 3, 64, 64))
 
@@ -125,7 +127,7 @@ def test_dcn_matches_mmdet_and_imports_ops_only_when_asked():
     dcn = dict(type='DCN', deform_groups=1, fallback_on_stride=False)
     kwargs = dict(dcn=dcn, stage_with_dcn=(False, True, True, True))
     ref = randomize_(ResNet(depth=50, base_channels=4, **copy.deepcopy(kwargs)))
-    ours = ResNetV1Custom(depth=50, base_channels=4, **kwargs)  # the caller's dict itself
+    ours = ResNetV1Custom(depth=50, base_channels=4, fast=False, **kwargs)  # caller's dict
     ours.load_state_dict(ref.state_dict(), strict=True)
     assert type(ours.layer2[0].conv2).__name__ == 'DeformConv2dPack'
     assert type(ours.layer1[0].conv2).__name__ == 'Conv2d'

@@ -35,7 +35,8 @@ LEVELS = ['c1', 'c2', 'c3', 'c4', 'c5']
 def ours_from(sd, **kwargs):
     """Build our backbone from what the checkpoint implies, load strictly."""
     conv = convert(sd)
-    model = ResNetV1Custom(**{**{k: v for k, v in conv.implied.items() if v is not None},
+    model = ResNetV1Custom(fast=False,  # reference mode: features compared bitwise
+                           **{**{k: v for k, v in conv.implied.items() if v is not None},
                               **kwargs}).eval()
     report = load_pretrained(model, sd, strict=True)
     assert report.complete and report.coverage == 100.0
@@ -116,7 +117,7 @@ def test_detectron2_dialect_and_pkl_roundtrip(tmp_path):
     with pytest.raises(PermissionError, match='is a pickle'):
         read_checkpoint(pkl)
     with pytest.warns(UserWarning, match='pickle can run code'):
-        again = ResNetV1Custom(depth=50, style='caffe').eval()
+        again = ResNetV1Custom(depth=50, style='caffe', fast=False).eval()
         load_pretrained(again, str(pkl), allow_pickle=True)
     with torch.no_grad():
         for a, b in zip(again(X), model(X)):
@@ -199,7 +200,7 @@ def test_init_cfg_pretrained_converts_on_load(tmp_path):
     tm = randomize_(timm.create_model('resnet50d', pretrained=False)).eval()
     path = tmp_path / 'resnet50d_timm.pth'
     torch.save(tm.state_dict(), path)
-    model = ResNetV1Custom(depth=50, stem_type='deep', avg_down=True,
+    model = ResNetV1Custom(depth=50, stem_type='deep', avg_down=True, fast=False,
                            init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     assert model.load_report.source == 'timm' and model.load_report.coverage == 100.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from resnet_backbone.dump import collect_images, dump_features, load_levels, out
 from resnet_backbone.features import FeatureExtractor
 from resnet_backbone.training import load_config
 
-from .conftest import CONFIG, run_tool
+from .conftest import CONFIG, ROOT, run_tool
+
+ARTIFACTS = ROOT / 'test-artifacts'
 
 LEVELS = ['c1', 'c2', 'c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6', 'p7']
 
@@ -80,6 +83,9 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
         assert stats['max'] == pytest.approx(float(levels['c3'].max()))
         sheet = out / 'overlays' / f'{image.name}.sheet.png'
         assert sheet.is_file() and (out / 'overlays' / f'{image.name}.c2.png').is_file()
+    # keep one sheet where a person can look at it after the run (git-ignored)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(sheet, ARTIFACTS / 'dump_overlay_sheet.png')
 
     # re-run: nothing redone, the corrupt file reported again; --overwrite redoes all
     r = run_tool('dump_features.py', *args)
