@@ -1,0 +1,311 @@
+"""Side-by-side timing of ResNetV1Custom against mmdet's ResNet and torchvision's resnet.
+
+All models get identical weights. Timings are interleaved (one step of each model in
+turn, ``repeats`` times, after ``warmup`` steps each), so that drift on a shared machine
+hits every model alike; ratios are of medians, taken in the same run. Besides time per
+batch (mean ± sd, median) it reports the bytes saved for backward in a train step
+(counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once; exact and
+deterministic), peak CUDA memory on a GPU, and achieved GFLOP/s (FLOPs from
+``torch.utils.flop_counter``) next to this machine's measured fp32 matmul throughput.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Variant:
+    """One model in one mode (``eval`` forward or ``train`` step)."""
+
+    name: str
+    mode: str
+    times: list[float] = field(default_factory=list)
+    saved_bytes: int | None = None
+    peak_cuda_bytes: int | None = None
+    gflop: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def row(self, baseline: Variant | None) -> dict:
+        mean = statistics.fmean(self.times)
+        sd = statistics.stdev(self.times) if len(self.times) > 1 else 0.0
+        out = dict(name=self.name, mode=self.mode, mean_s=mean, sd_s=sd, median_s=self.median,
+                   repeats=len(self.times), saved_bytes=self.saved_bytes,
+                   peak_cuda_bytes=self.peak_cuda_bytes, gflop=self.gflop,
+                   gflops_per_s=(self.gflop / self.median) if self.gflop else None)
+        if baseline is not None:
+            out['time_vs_mmdet'] = self.median / baseline.median
+            if self.saved_bytes is not None and baseline.saved_bytes:
+                out['saved_vs_mmdet'] = self.saved_bytes / baseline.saved_bytes
+        return out
+
+
+class _TorchvisionFeatures(nn.Module):
+    """torchvision's resnet run as a C2-C5 feature extractor (the same work as ours)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        import torchvision
+        net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+        del net.fc
+        self.net = net
+
+    def forward(self, x):
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        outs = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            outs.append(x)
+        return tuple(outs)
+
+
+def _freeze_like_mmdet(model: nn.Module, frozen_stages: int, norm_eval: bool) -> None:
+    """Freeze torchvision's stem + first stages and keep its BNs in eval, like mmdet."""
+    n = model.net
+    parts = [n.conv1, n.bn1] if frozen_stages >= 0 else []
+    parts += [getattr(n, f'layer{i}') for i in range(1, frozen_stages + 1)]
+    for m in parts:
+        for p in m.parameters():
+            p.requires_grad = False
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and (norm_eval or any(m is q for p in parts
+                                                                for q in p.modules())):
+            m.eval()
+
+
+def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
+                 with_cp: bool = False, include: tuple[str, ...] = ('mmdet', 'ours-fast',
+                                                                   'ours-ref', 'torchvision'),
+                 seed: int = 0) -> dict[str, nn.Module]:
+    """The models to compare, sharing one set of weights (mmdet's seeded init)."""
+    from mmdet.models.backbones import ResNet
+
+    from .resnet import ResNetV1Custom
+    kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
+              norm_eval=norm_eval)
+    torch.manual_seed(seed)
+    ref = ResNet(**kw)
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')  # mmdet's init logs one INFO line per parameter
+    try:
+        ref.init_weights()
+    finally:
+        logger.setLevel(level)
+    with torch.no_grad():  # not zero-init: make every residual branch do real work
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.running_mean.normal_(0, 0.1)
+    sd = ref.state_dict()
+    models: dict[str, nn.Module] = {}
+    if 'mmdet' in include:
+        models['mmdet'] = ResNet(with_cp=with_cp, **kw)
+        models['mmdet'].load_state_dict(sd)
+    for name, fast in (('ours-fast', True), ('ours-ref', False)):
+        if name in include:
+            models[name] = ResNetV1Custom(fast=fast, with_cp=with_cp, **kw)
+            models[name].load_state_dict(sd)
+    if 'torchvision' in include and not with_cp:
+        tv = _TorchvisionFeatures(depth)
+        tv.net.load_state_dict(sd, strict=False)
+        _freeze_like_mmdet(tv, frozen_stages, norm_eval)
+        models['torchvision'] = tv
+    return models
+
+
+def saved_bytes_of(step: Callable[[], None]) -> int:
+    """Bytes of the distinct storages autograd saves for backward during ``step``."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # e.g. sparse or meta tensors
+            seen[(id(t), 0)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def matmul_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply throughput (median of ``repeats``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, ...] = (
+        'eval', 'train'), with_cp: bool = False, channels_last: bool = False,
+        amp_dtype: str | None = None, device: str = 'cpu', repeats: int = 5, warmup: int = 2,
+        frozen_stages: int = 1, norm_eval: bool = True,
+        include: tuple[str, ...] = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision'),
+        log: Callable[[str], None] = print) -> dict:
+    """Benchmark and return a JSON-ready report (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                          with_cp=with_cp, include=include)
+    # channels_last is part of *our* fast path; the baselines run as users run them
+    ours_fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_default = torch.rand(batch, 3, size, size, device=device)
+    x_ours = x_default.to(memory_format=ours_fmt)
+    inputs = {}
+    for name, m in models.items():
+        fmt = ours_fmt if name.startswith('ours') else torch.contiguous_format
+        m.to(device=device, memory_format=fmt)
+        inputs[name] = x_ours if name.startswith('ours') else x_default
+    autocast = (lambda: torch.autocast(device_type=str(device).split(':')[0],
+                                       dtype=getattr(torch, amp_dtype))) if amp_dtype \
+        else contextlib.nullcontext
+
+    def eval_step(m, x):
+        with torch.no_grad(), autocast():
+            m(x)
+
+    def train_step(m, x):
+        with autocast():
+            loss = sum(o.float().mean() for o in m(x))
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+
+    variants: list[tuple[Variant, Callable[[], None]]] = []
+    for mode in modes:
+        for name, m in models.items():
+            x = inputs[name]
+            step = eval_step if mode == 'eval' else train_step
+            m.train(mode == 'train')
+            fn = partial(step, m, x)
+            variant = Variant(name, mode)
+            variants.append((variant, fn))
+            if mode == 'train':
+                variant.saved_bytes = saved_bytes_of(partial(_forward, m, x, autocast))
+            else:
+                with FlopCounterMode(display=False) as fc:
+                    eval_step(m, x)
+                variant.gflop = fc.get_total_flops() / 1e9
+    # each variant keeps its own train/eval state between turns
+    states = {id(v): (v.mode == 'train') for v, _ in variants}
+    models_of = {id(v): models[v.name] for v, _ in variants}
+    log(f'warm-up: {warmup} steps x {len(variants)} variants')
+    for v, fn in variants:
+        models_of[id(v)].train(states[id(v)])
+        for _ in range(warmup):
+            fn()
+    for r in range(repeats):
+        for v, fn in variants:
+            m = models_of[id(v)]
+            m.train(states[id(v)])
+            if str(device).startswith('cuda'):
+                torch.cuda.reset_peak_memory_stats()
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            v.times.append(time.perf_counter() - t0)
+            if str(device).startswith('cuda'):
+                v.peak_cuda_bytes = max(v.peak_cuda_bytes or 0, torch.cuda.max_memory_allocated())
+        log(f'repeat {r + 1}/{repeats} done')
+    rows = []
+    for v, _ in variants:
+        base = next((b for b, _ in variants if b.name == 'mmdet' and b.mode == v.mode), None)
+        rows.append(v.row(base))
+    machine = matmul_gflops(device)
+    for row in rows:
+        if row['gflops_per_s']:
+            row['fraction_of_matmul'] = row['gflops_per_s'] / machine
+    settings = dict(depth=depth, batch=batch, size=size, modes=list(modes), with_cp=with_cp,
+                    channels_last_ours=channels_last, amp_dtype=amp_dtype, device=device,
+                    repeats=repeats, warmup=warmup, frozen_stages=frozen_stages,
+                    norm_eval=norm_eval, torch=torch.__version__,
+                    threads=torch.get_num_threads())
+    return dict(settings=settings, matmul_gflops_per_s=machine, results=rows)
+
+
+def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
+    """A train-mode forward (what it saves for backward is what is counted)."""
+    with autocast():
+        sum(o.float().mean() for o in m(x))
+
+
+def table(report: dict) -> str:
+    """A plain-text table of a report."""
+    head = (f"{'model':<12} {'mode':<6} {'mean±sd (s)':>17} {'median':>8} {'vs mmdet':>9} "
+            f"{'saved MB':>9} {'saved vs':>9} {'GFLOP/s':>8} {'of matmul':>9}")
+    lines = [head, '-' * len(head)]
+    for r in report['results']:
+        saved = f"{r['saved_bytes'] / 2**20:.1f}" if r['saved_bytes'] else '-'
+        lines.append(
+            f"{r['name']:<12} {r['mode']:<6} {r['mean_s']:>8.3f}±{r['sd_s']:<8.3f} "
+            f"{r['median_s']:>8.3f} {r.get('time_vs_mmdet', float('nan')):>9.3f} {saved:>9} "
+            f"{r.get('saved_vs_mmdet', float('nan')):>9.3f} "
+            f"{(r['gflops_per_s'] or float('nan')):>8.1f} "
+            f"{r.get('fraction_of_matmul', float('nan')):>9.3f}")
+    lines.append(f"machine fp32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s; "
+                 f"settings: {json.dumps(report['settings'])}")
+    return '\n'.join(lines)
+
+
+def plot(report: dict, path: str | Path) -> Path:
+    """Bar chart of median times (and saved bytes) relative to mmdet."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = [r for r in report['results'] if 'time_vs_mmdet' in r]
+    labels = [f"{r['name']}\n{r['mode']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.1), 4))
+    ax.bar(range(len(rows)), [r['time_vs_mmdet'] for r in rows], color=[
+        '#888' if r['name'] == 'mmdet' else '#2a7' if r['name'].startswith('ours') else '#57c'
+        for r in rows])
+    ax.axhline(1.0, color='k', lw=0.8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel('median time / mmdet')
+    s = report['settings']
+    ax.set_title(f"R{s['depth']} {s['batch']}x3x{s['size']}x{s['size']} on {s['device']}"
+                 f"{' (ours channels_last)' if s['channels_last_ours'] else ''}"
+                 f"{' with_cp' if s['with_cp'] else ''}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_json(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return path
+

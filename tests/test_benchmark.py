@@ -1,0 +1,69 @@
+"""tools/benchmark.py: the harness runs, and its deterministic figures are right.
+
+No timing is asserted (timings on a shared 2-core machine are noise); what is checked
+is exact: same weights, same FLOPs, and the saved-for-backward bytes of the reference
+mode equal mmdet's (same ops, same saved tensors).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_backbone.benchmark import build_models, run, saved_bytes_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_models_share_weights():
+    import torch
+    models = build_models(18)
+    x = torch.rand(1, 3, 64, 64)
+    outs = {}
+    for name, m in models.items():
+        m.eval()
+        with torch.no_grad():
+            outs[name] = m(x)
+    for name in ('ours-ref', 'torchvision'):
+        for a, b in zip(outs[name], outs['mmdet']):
+            assert torch.equal(a, b), name
+    for a, b in zip(outs['ours-fast'], outs['mmdet']):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_report_figures(tmp_path):
+    report = run(depth=18, batch=1, size=64, repeats=2, warmup=0, log=lambda s: None)
+    rows = {(r['name'], r['mode']): r for r in report['results']}
+    assert set(rows) == {(n, m) for n in ('mmdet', 'ours-fast', 'ours-ref', 'torchvision')
+                         for m in ('eval', 'train')}
+    assert rows['mmdet', 'eval']['time_vs_mmdet'] == 1.0
+    assert rows['ours-ref', 'train']['saved_bytes'] == rows['mmdet', 'train']['saved_bytes']
+    gflop = {r['gflop'] for r in report['results'] if r['mode'] == 'eval'}
+    assert len(gflop) == 1 and gflop.pop() > 0
+    assert report['matmul_gflops_per_s'] > 0
+    assert all(r['repeats'] == 2 and r['mean_s'] > 0 for r in report['results'])
+
+
+def test_saved_bytes_counts_each_storage_once():
+    import torch
+    w = torch.ones(1000, requires_grad=True)
+    assert saved_bytes_of(lambda: (w * w).sum()) == 4000  # saved twice, one storage
+    assert saved_bytes_of(lambda: (w * w.clone()).sum()) == 8000
+
+
+@pytest.mark.integration
+def test_tool_writes_json_and_plot(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--depth', '18',
+                        '--size', '64', '--repeats', '1', '--warmup', '0', '--modes', 'eval',
+                        '--json', str(tmp_path / 'b.json'), '--plot', str(tmp_path / 'b.png')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'ours-fast' in r.stdout and 'vs mmdet' in r.stdout
+    assert json.loads((tmp_path / 'b.json').read_text())['settings']['depth'] == 18
+    assert (tmp_path / 'b.png').stat().st_size > 1000
+    bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "allowed values: eval, train" in bad.stderr
