@@ -91,7 +91,11 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
                  with_cp: bool = False, include: tuple[str, ...] = ('mmdet', 'ours-fast',
                                                                    'ours-ref', 'torchvision'),
                  seed: int = 0) -> dict[str, nn.Module]:
-    """The models to compare, sharing one set of weights (mmdet's seeded init)."""
+    """The models to compare, sharing one set of weights (mmdet's seeded init).
+
+    A name with a ``-cp`` suffix (``mmdet-cp``, ``ours-fast-cp``) is that model with
+    gradient checkpointing, so that cp on and off are compared within one run.
+    """
     from mmdet.models.backbones import ResNet
 
     from .resnet import ResNetV1Custom
@@ -115,18 +119,22 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
                 m.running_mean.normal_(0, 0.1)
     sd = ref.state_dict()
     models: dict[str, nn.Module] = {}
-    if 'mmdet' in include:
-        models['mmdet'] = ResNet(with_cp=with_cp, **kw)
-        models['mmdet'].load_state_dict(sd)
-    for name, fast in (('ours-fast', True), ('ours-ref', False)):
-        if name in include:
-            models[name] = ResNetV1Custom(fast=fast, with_cp=with_cp, **kw)
-            models[name].load_state_dict(sd)
-    if 'torchvision' in include and not with_cp:
-        tv = _TorchvisionFeatures(depth)
-        tv.net.load_state_dict(sd, strict=False)
-        _freeze_like_mmdet(tv, frozen_stages, norm_eval)
-        models['torchvision'] = tv
+    for name in include:
+        base, cp = (name[:-3], True) if name.endswith('-cp') else (name, with_cp)
+        if base == 'mmdet':
+            models[name] = ResNet(with_cp=cp, **kw)
+        elif base in ('ours-fast', 'ours-ref'):
+            models[name] = ResNetV1Custom(fast=base == 'ours-fast', with_cp=cp, **kw)
+        elif base == 'torchvision' and not cp:  # torchvision has no checkpointing
+            tv = _TorchvisionFeatures(depth)
+            tv.net.load_state_dict(sd, strict=False)
+            _freeze_like_mmdet(tv, frozen_stages, norm_eval)
+            models[name] = tv
+            continue
+        else:
+            raise ValueError(f'unknown model {name!r}; allowed values: mmdet, ours-fast, '
+                             'ours-ref, torchvision, each but torchvision also with -cp')
+        models[name].load_state_dict(sd)
     return models
 
 

@@ -67,3 +67,11 @@ def test_tool_writes_json_and_plot(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "allowed values: eval, train" in bad.stderr
+
+
+def test_cp_variants_in_one_run():
+    models = build_models(18, include=('mmdet', 'mmdet-cp', 'ours-fast-cp'))
+    assert not models['mmdet'].with_cp and models['mmdet-cp'].with_cp
+    assert models['ours-fast-cp'].with_cp == (True,) * 4 and models['ours-fast-cp'].fast
+    with pytest.raises(ValueError, match="unknown model 'torchvision-cp'"):
+        build_models(18, include=('torchvision-cp',))

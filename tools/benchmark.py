@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--frozen-stages', type=int, default=1)
-    p.add_argument('--models', default=','.join(MODELS))
+    p.add_argument('--models', default=','.join(MODELS),
+                   help='comma-separated; add -cp for a checkpointed copy, e.g. ours-fast-cp')
     p.add_argument('--json', help='write the report as JSON here')
     p.add_argument('--plot', help='write a PNG bar chart here')
     a = p.parse_args(argv)
@@ -44,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [m for m in a.modes if m not in ('eval', 'train')]
     if bad:
         p.error(f'--modes {bad} not supported; allowed values: eval, train')
-    bad = [m for m in a.models if m not in MODELS]
+    allowed = MODELS + tuple(f'{m}-cp' for m in MODELS if m != 'torchvision')
+    bad = [m for m in a.models if m not in allowed]
     if bad:
-        p.error(f'--models {bad} not supported; allowed values: {", ".join(MODELS)}')
+        p.error(f'--models {bad} not supported; allowed values: {", ".join(allowed)}')
     if a.repeats < 1 or a.warmup < 0:
         p.error('--repeats must be >= 1 and --warmup >= 0')
     return a
