@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .compat import quiet_init_logging
+
 
 @dataclass
 class Variant:
@@ -103,14 +105,8 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
               norm_eval=norm_eval)
     torch.manual_seed(seed)
     ref = ResNet(**kw)
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel('WARNING')  # mmdet's init logs one INFO line per parameter
-    try:
+    with quiet_init_logging():
         ref.init_weights()
-    finally:
-        logger.setLevel(level)
     with torch.no_grad():  # not zero-init: make every residual branch do real work
         for m in ref.modules():
             if isinstance(m, nn.BatchNorm2d):

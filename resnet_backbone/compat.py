@@ -7,10 +7,26 @@
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 
 def silence_dependency_warnings() -> None:
     """Ignore the known, harmless warnings our pinned dependencies emit on every run."""
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                             category=UserWarning)
+
+
+@contextlib.contextmanager
+def quiet_init_logging() -> Iterator[None]:
+    """Hold mmengine's current logger at WARNING: ``init_weights`` of a top-level
+    module outside a Runner logs one INFO line per parameter."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -120,6 +120,15 @@ def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def read_meta(path: Path) -> dict:
+    """The JSON record of a dumped file, without reading its arrays where the format
+    allows (npz members and safetensors metadata are read on their own)."""
+    if path.suffix == '.npz':
+        with np.load(path) as z:
+            return json.loads(str(z['__meta__']))
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        with safe_open(str(path), framework='pt') as f:
+            return json.loads(f.metadata()['meta'])
     return load_levels(path)[1]
 
 

@@ -142,7 +142,6 @@ class FeatureExtractor:
         """
         from mmengine.config import Config
         from mmengine.registry import DefaultScope
-        from mmengine.runner import load_checkpoint
 
         from .training import setup_environment
         setup_environment()
@@ -151,15 +150,16 @@ class FeatureExtractor:
             from mmdet.registry import MODELS
             torch.manual_seed(seed)
             model = MODELS.build(cfg.model)
-            weights = cls._init_or_load(model, cfg, checkpoint, seed, load_checkpoint)
+            weights = cls._init_or_load(model, cfg, checkpoint, seed)
         model.to(device)
         fx = cls(model, pipeline=inference_pipeline(cfg), levels=levels)
         fx.weights = weights
         return fx
 
     @staticmethod
-    def _init_or_load(model, cfg, checkpoint, seed, load_checkpoint) -> dict:
+    def _init_or_load(model, cfg, checkpoint, seed) -> dict:
         if checkpoint is not None:
+            from mmengine.runner import load_checkpoint
             ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
             meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
             if 'dataset_meta' in meta:
@@ -174,14 +174,9 @@ class FeatureExtractor:
             pretrained_note = f'{pretrained} not available locally'
         else:
             pretrained_note = None
-        from mmengine.logging import MMLogger
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel('WARNING')  # no per-parameter init lines (mmengine's default dump)
-        try:
+        from .compat import quiet_init_logging
+        with quiet_init_logging():
             model.init_weights()
-        finally:
-            logger.setLevel(level)
         if pretrained is not None and pretrained_note is None:
             return {'source': 'pretrained-backbone', 'checkpoint': str(pretrained),
                     'note': 'backbone from init_cfg, the rest randomly initialised'}

@@ -22,8 +22,6 @@ from .checkpoint_io import (
 from .compat import silence_dependency_warnings
 from .distributed import init_cpu_process_group
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def setup_environment() -> None:
     """Registries, warning filters and checkpoint I/O fixes; idempotent."""

@@ -327,14 +327,3 @@ def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,
     converted = convert(ckpt, source=source, target_cfg=target)
     return load_state_dict(model, converted.state_dict, source=converted.source,
                            strict=strict)
-
-
-# Backwards-compatible helpers used by earlier code and tests.
-def from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm ``resnet*`` (classic or deep stem) -> ``ResNetV1Custom`` keys, head dropped."""
-    return convert(state_dict, source='timm').state_dict
-
-
-def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision ``resnet*`` -> ``ResNetV1Custom`` keys (same layout), ``fc.*`` dropped."""
-    return convert(state_dict, source='torchvision').state_dict

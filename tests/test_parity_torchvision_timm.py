@@ -9,7 +9,7 @@ from conftest import randomize_
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.weights import from_timm, from_torchvision
+from resnet_backbone.weights import convert
 
 TV_DEPTHS = [18, 34, 50, 101, 152]
 
@@ -19,7 +19,8 @@ def test_torchvision_weights_give_equal_features(depth):
     tv = randomize_(getattr(torchvision.models, f'resnet{depth}')(weights=None)).eval()
     sd = tv.state_dict()
     ours = ResNetV1Custom(depth=depth, fast=False).eval()  # reference mode: bitwise
-    missing, unexpected = ours.load_state_dict(from_torchvision(sd), strict=True)
+    converted = convert(sd, source='torchvision').state_dict
+    missing, unexpected = ours.load_state_dict(converted, strict=True)
     assert not missing and not unexpected
     assert {k for k in sd if not k.startswith('fc.')} == set(ours.state_dict())
     extractor = create_feature_extractor(
@@ -46,7 +47,7 @@ def test_timm_weights_give_equal_features(name, kwargs):
     sd = timm.create_model(name, pretrained=False).state_dict()
     sd.update(tm.state_dict())
     ours = ResNetV1Custom(depth=50, fast=False, **kwargs).eval()  # reference mode
-    ours.load_state_dict(from_timm(sd), strict=True)
+    ours.load_state_dict(convert(sd, source='timm').state_dict, strict=True)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = tm(x)  # [act1 (stride 2), layer1..layer4]

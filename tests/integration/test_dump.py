@@ -10,7 +10,7 @@ import torch
 from mmcv.transforms import Compose
 from mmengine.registry import DefaultScope
 
-from resnet_backbone.dump import collect_images, dump_features, load_levels, output_path
+from resnet_backbone.dump import collect_images, dump_features, load_levels, output_path, read_meta
 from resnet_backbone.features import FeatureExtractor
 from resnet_backbone.training import load_config
 
@@ -95,14 +95,16 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
     assert 'dumped 4, already there 0, skipped 1 unreadable' in r.stderr
 
 
-@pytest.mark.parametrize('fmt', ['pt', 'safetensors'])
+@pytest.mark.parametrize('fmt', ['npz', 'pt', 'safetensors'])
 def test_formats_and_float16(tiny_shapes, checkpoint, tmp_path, fmt):
     fx = FeatureExtractor.from_config(CONFIG, str(checkpoint), levels=['c2', 'p3'])
     images, root = collect_images(tiny_shapes / 'val')
     summary = dump_features(fx, images[:1], root, tmp_path, fmt=fmt, dtype='float16',
                             progress=False)
     assert summary.dumped == 1
-    levels, meta = load_levels(output_path(images[0], root, tmp_path, fmt))
+    path = output_path(images[0], root, tmp_path, fmt)
+    levels, meta = load_levels(path)
+    assert read_meta(path) == meta  # the index's reader agrees with the full reader
     ref = fx(images[0])
     for name in ('c2', 'p3'):
         assert levels[name].dtype == torch.float16
