@@ -24,7 +24,14 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from .checkpointing import checkpointed
-from .fast import conv_norm, sequential_conv_norm
+from .fast import (
+    conv_norm,
+    conv_norm_add_relu_,
+    conv_norm_relu_fused,
+    foldable,
+    fusion_ok,
+    sequential_conv_norm,
+)
 
 STYLES = ('pytorch', 'caffe')
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -68,13 +75,60 @@ class ResBlock(BaseModule):
             return x
         return sequential_conv_norm(self.downsample, x, self.fast)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+        """Run the block.
+
+        Args:
+            x: (N, C, H, W) input.
+            owns_input: The caller gives up ``x``: nothing else reads it afterwards, so
+                the fused inference path may reuse its memory for the output. The
+                owning ``ResLayer`` sets it for its own intermediate maps only.
+        """
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in self.parameters())):
             out = checkpointed(self._residual, x, self)
+        elif self._fusable(x):
+            return self._fused_forward(x, owns_input)
         else:
             out = self._residual(x)
         return self.relu(out)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return (self.fast and not self.with_plugins and not self.with_dcn
+                and all(foldable(c, n) for c, n in self._conv_norm_pairs())
+                and fusion_ok(x, self.parameters()))
+
+    def _fused_forward(self, x: torch.Tensor, owns_input: bool) -> torch.Tensor:
+        """The fast inference path: every conv + BN (+ ReLU) as one oneDNN kernel, and the
+        last conv accumulated in place into the shortcut (see :mod:`resnet_backbone.fast`).
+        """
+        *head, (conv, norm) = self._conv_norm_pairs()
+        out = x
+        for c, n in head:
+            out = conv_norm_relu_fused(c, n, out)
+        identity = self._shortcut(x)
+        if _reusable(identity, x, owns_input):
+            return conv_norm_add_relu_(conv, norm, out, identity)
+        out = conv_norm(conv, norm, out, True)
+        out += identity
+        return self.relu(out)
+
+
+def _reusable(identity: torch.Tensor, x: torch.Tensor, owns_input: bool) -> bool:
+    """May the block's output be written into ``identity``?
+
+    Yes for a fresh projection-shortcut output, and for the block input itself when the
+    caller gave it up. It must also be a dense map (either memory format) and writable.
+    """
+    if not owns_input and identity.untyped_storage().data_ptr() == \
+            x.untyped_storage().data_ptr():
+        return False
+    if identity.is_inference() and not torch.is_inference_mode_enabled():
+        return False
+    return identity.is_contiguous() or identity.is_contiguous(memory_format=torch.channels_last)
 
 
 def _check_style(style: str) -> None:
@@ -122,6 +176,9 @@ class BasicBlock(ResBlock):
         self.with_cp = with_cp
         self.with_dcn = False
         self.with_plugins = False
+
+    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.conv1, self.norm1), (self.conv2, self.norm2)]
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_norm(self.conv1, self.norm1, x, self.fast)
@@ -244,6 +301,9 @@ class Bottleneck(ResBlock):
     @property
     def norm3(self) -> nn.Module:
         return getattr(self, self.norm3_name)
+
+    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3)]
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_norm(self.conv1, self.norm1, x, self.fast)

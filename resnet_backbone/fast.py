@@ -14,6 +14,16 @@ padding, followed by a ``BatchNorm2d``/``SyncBatchNorm`` in eval mode (or our
 ``FrozenBatchNorm2d``). Everything else (train-mode BN, GN, DCN, custom convs) runs as
 usual. The result differs from the unfolded one only by float rounding (about 1e-6
 relative); ``fast=False`` on the backbone is the bitwise reference (mmdet's op order).
+
+Where autograd records nothing (``torch.no_grad``/inference, or frozen stages in a
+train step) on a CPU float32 tensor in eager mode, the folded convs also go through
+oneDNN's fused kernels: conv + bias + ReLU in one pass, and the block's last conv
+accumulated *into* its shortcut tensor with the ReLU fused (conv + add + ReLU, no new
+buffer). On CPU that matters more than the saved passes suggest: glibc serves every
+buffer above 32 MB with a fresh ``mmap``, so each one costs ~8k page faults. These are
+the kernels Inductor emits for the same pattern; results equal the unfused folded ops
+bitwise (same oneDNN convolution, same post-op order), and :func:`mkldnn_fusion` turns
+them off.
 """
 from __future__ import annotations
 
@@ -23,6 +33,67 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .norm import FrozenBatchNorm2d
+
+_MKLDNN_FUSION = True
+_MKLDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+
+
+class mkldnn_fusion:  # noqa: N801 - used like torch.no_grad
+    """Context manager (or plain call) to turn the oneDNN fused kernels off or on.
+
+    Example:
+        >>> with mkldnn_fusion(False):
+        ...     pass  # folded convs run as plain F.conv2d + add + relu here
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _MKLDNN_FUSION
+        self.prev, _MKLDNN_FUSION = _MKLDNN_FUSION, bool(enabled)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        global _MKLDNN_FUSION
+        _MKLDNN_FUSION = self.prev
+
+
+def fusion_ok(x: torch.Tensor, params) -> bool:
+    """True when the oneDNN fused inference kernels may run on ``x``.
+
+    Eager CPU float32 only, no autocast, and nothing for autograd to record (no grad
+    mode, or neither ``x`` nor any of ``params`` requires grad). Tracing, scripting,
+    ``torch.compile`` and ONNX export always take the plain ops, which they understand.
+    """
+    # Checked first: dynamo treats is_compiling() as a constant and never gets further.
+    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing() \
+            or torch.onnx.is_in_onnx_export():
+        return False
+    if not (_MKLDNN_FUSION and _MKLDNN_AVAILABLE and x.device.type == 'cpu'
+            and x.dtype == torch.float32) or torch.is_autocast_enabled('cpu'):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    return True
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
+def conv_norm_relu_fused(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``relu(norm(conv(x)))`` as one oneDNN kernel (callers check :func:`fusion_ok`)."""
+    weight, bias = folded_params(conv, norm)
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), 'relu',
+                                                   [], None)
+
+
+def conv_norm_add_relu_(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor,
+                        acc: torch.Tensor) -> torch.Tensor:
+    """``acc = relu(acc + norm(conv(x)))`` in place, as one oneDNN kernel; returns ``acc``."""
+    weight, bias = folded_params(conv, norm)
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        acc, x, weight, bias, *_geometry(conv), 'add', 1.0, 'relu', [], None)
 
 
 def foldable(conv: nn.Module, norm: nn.Module) -> bool:
@@ -55,15 +126,28 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool) -> 
     return norm(conv(x))
 
 
+def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.Tensor,
+                   fast: bool) -> torch.Tensor:
+    """``relu(norm(conv(x)))``: one fused kernel where possible, else folded or as is."""
+    if fast and foldable(conv, norm) and isinstance(relu, nn.ReLU) \
+            and fusion_ok(x, (*conv.parameters(), *norm.parameters())):
+        return conv_norm_relu_fused(conv, norm, x)
+    return relu(conv_norm(conv, norm, x, fast))
+
+
 def sequential_conv_norm(seq: nn.Sequential, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """Run ``seq`` (pool?, conv, norm, relu?, ...), folding each conv + norm pair."""
+    """Run ``seq`` (pool?, conv, norm, relu?, ...), folding each conv + norm (+ ReLU)."""
     mods = list(seq)
     i = 0
     while i < len(mods):
         m = mods[i]
         if fast and i + 1 < len(mods) and foldable(m, mods[i + 1]):
-            x = conv_norm(m, mods[i + 1], x, True)
-            i += 2
+            if i + 2 < len(mods) and isinstance(mods[i + 2], nn.ReLU):
+                x = conv_norm_relu(m, mods[i + 1], mods[i + 2], x, True)
+                i += 3
+            else:
+                x = conv_norm(m, mods[i + 1], x, True)
+                i += 2
         else:
             x = m(x)
             i += 1

@@ -17,7 +17,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
-from .fast import conv_norm, sequential_conv_norm
+from .fast import conv_norm_relu, sequential_conv_norm
 from .norm import FrozenBatchNorm2d, is_batch_norm
 from .stages import ResLayer
 from .stem import STEM_TYPES, build_stem
@@ -393,6 +393,8 @@ class ResNetV1Custom(BaseModule):
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are traced values there; the trace is fixed
+            return
         if x.dim() != 4:
             raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input; '
                              f'got shape {tuple(x.shape)}')
@@ -404,7 +406,7 @@ class ResNetV1Custom(BaseModule):
         """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""
         if self.stem_type == 'deep':
             return sequential_conv_norm(self.stem, x, self._fast)
-        return self.relu(conv_norm(self.conv1, self.norm1, x, self._fast))
+        return conv_norm_relu(self.conv1, self.norm1, self.relu, x, self._fast)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the maps of ``out_indices`` (C2..C5), in order."""

@@ -8,9 +8,11 @@ keeps mmdet's key layout (``downsample.1`` is the conv, ``downsample.2`` the nor
 """
 from __future__ import annotations
 
+import torch
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import Sequential
 from torch import nn
+from torch.nn.modules import module as _module
 
 from .blocks import ResBlock
 
@@ -70,3 +72,22 @@ class ResLayer(Sequential):
             layers.append(block(inplanes=inplanes, planes=planes, stride=1, conv_cfg=conv_cfg,
                                 norm_cfg=norm_cfg, **kwargs))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each block after the first gets a map only this loop holds, so the fused
+        # inference path may write its output there (``owns_input``) - unless a hook
+        # could be holding on to it.
+        prev = None
+        for block in self:
+            if prev is not None and isinstance(block, ResBlock) and not _hooked(prev, block):
+                x = block(x, owns_input=True)
+            else:
+                x = block(x)
+            prev = block
+        return x
+
+
+def _hooked(prev: nn.Module, block: nn.Module) -> bool:
+    """Could a forward hook see (and keep) the map passed from ``prev`` to ``block``?"""
+    return bool(prev._forward_hooks or block._forward_pre_hooks or block._forward_hooks
+                or _module._global_forward_hooks or _module._global_forward_pre_hooks)

@@ -7,6 +7,8 @@ from conftest import backward_outputs, grads_by_name, randomize_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom
+from resnet_backbone.export import trace
+from resnet_backbone.fast import mkldnn_fusion
 
 REL = 1e-5
 
@@ -127,3 +129,96 @@ def test_fast_flag_validation_and_switch():
     assert not any(b.fast for b in model.layer4)
     with pytest.raises(TypeError, match=r"^fast must be True or False; got 'yes'$"):
         model.fast = 'yes'
+
+
+# ---- oneDNN fused inference kernels (conv+BN+ReLU, conv+BN+add+ReLU in place) ----
+
+def fused_calls(model, x):
+    """Number of fused oneDNN kernel calls in one forward, counted by the dispatcher."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func).startswith('mkldnn._convolution_pointwise'):
+                calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        model(x)
+    return len(calls)
+
+
+@pytest.mark.parametrize('depth,stem,avg_down', [(18, 'classic', False), (50, 'classic', False),
+                                                 (50, 'deep', True), (34, 'small', False)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fused_kernels_equal_unfused_folded_ops(depth, stem, avg_down, channels_last):
+    """The fused kernels run the same oneDNN convolution with the add and ReLU as
+    post-ops, so they agree with F.conv2d + add + relu on the folded weights bitwise."""
+    ref, fast = pair(depth=depth, stem_type=stem, avg_down=avg_down)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fast = fast.to(memory_format=fmt).eval()
+    x = torch.rand(2, 3, 64, 64).to(memory_format=fmt)
+    with torch.no_grad():
+        assert fused_calls(fast, x) > 0
+        fused = fast(x)
+        with mkldnn_fusion(False):
+            assert fused_calls(fast, x) == 0
+            plain = fast(x)
+        for f, p, r in zip(fused, plain, ref.eval()(x)):
+            assert torch.equal(f, p)
+            assert rel_err(f, r) <= REL
+
+
+def test_fused_path_in_a_frozen_train_step():
+    """Frozen stages record nothing for autograd, so they take the fused kernels in a train
+    step too; the trainable stages do not, and gradients still match the reference."""
+    ref, fast = pair(depth=50, frozen_stages=1, norm_eval=True)
+    ref.train(), fast.train()
+    x = torch.rand(2, 3, 64, 64)
+    # the stem conv, then layer1's 3 blocks x (2 conv+ReLU + 1 conv+add+ReLU); nothing after
+    assert fused_calls(fast, x) == 1 + 3 * 3
+    outs_r, outs_f = ref(x), fast(x)
+    backward_outputs(outs_r)
+    backward_outputs(outs_f)
+    gr, gf = grads_by_name(ref), grads_by_name(fast)
+    for name in gr:
+        if gr[name] is not None:
+            assert rel_err(gf[name], gr[name]) <= REL, name
+
+
+def test_fused_path_leaves_callers_tensors_alone():
+    """The in-place add only ever writes into a map the block itself made, or one its own
+    ResLayer hands over - never into a tensor a caller or a forward hook still holds."""
+    _, fast = pair(depth=50)
+    fast.eval()
+    x = torch.rand(2, 3, 64, 64)
+    kept = []
+    handle = fast.layer1[0].register_forward_hook(lambda m, a, out: kept.append(out.clone())
+                                                  or kept.append(out))
+    with torch.no_grad():
+        fast(x)
+        handle.remove()
+        copy, live = kept
+        assert torch.equal(copy, live)  # the next block did not reuse the hooked output
+        block = fast.layer1[1]  # no downsample: the shortcut is the input itself
+        inp = torch.rand(2, 32, 16, 16)
+        before = inp.clone()
+        block(inp)
+        assert torch.equal(inp, before)
+    with torch.inference_mode():  # inference tensors are fine too
+        fast(torch.rand(1, 3, 32, 32))
+
+
+def test_fusion_off_where_other_tools_trace():
+    """jit.trace sees plain aten convolutions (which export and other backends know)."""
+    _, fast = pair(depth=18)
+    fast.eval()
+    x = torch.rand(1, 3, 32, 32)
+    traced = trace(fast, x)
+    graph = str(traced.inlined_graph)
+    assert 'mkldnn::_convolution_pointwise' not in graph and 'aten::_convolution' in graph
+    with torch.no_grad():
+        for a, b in zip(traced(x), fast(x)):
+            assert rel_err(a, b) <= REL
