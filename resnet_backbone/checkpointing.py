@@ -52,6 +52,11 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """
     norms = [m for m in module.modules()
              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    if not norms or torch.compiler.is_compiling():
+        # Nothing to restore; or torch.compile, which has no custom context_fn and
+        # replays buffer updates from the forward graph only (its recompute lives in the
+        # backward graph and does not touch the running statistics).
+        return checkpoint(fn, x, use_reentrant=False)
 
     def context_fn():
         return contextlib.nullcontext(), _running_stats_restored(norms)

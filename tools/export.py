@@ -1,0 +1,128 @@
+"""Export the backbone (optionally with its FPN) to ONNX or TorchScript, and check it.
+
+    python tools/export.py OUT.onnx [--config CFG [--checkpoint CKPT]] [--depth 50]
+        [--with-neck] [--size 512] [--batch 1] [--reference] [--static] [--no-check]
+    python tools/export.py OUT.pt --format torchscript ...
+
+Without ``--config`` the model is ``ResNetV1Custom(depth=...)`` (plus mmdet's FPN with
+``--with-neck``), randomly initialised unless ``--checkpoint`` names backbone weights in
+any dialect that ``tools/convert_weights.py`` reads. With ``--config`` the detector's
+backbone (and neck) are built from the config and ``--checkpoint`` is a detector
+checkpoint. ONNX files are checked with onnxruntime at three input shapes; the largest
+error relative to each output's scale must stay within 1e-4.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+import torch  # noqa: E402
+
+FORMATS = ('onnx', 'torchscript')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('out', help='output file (.onnx or .pt)')
+    p.add_argument('--format', choices=FORMATS, help='default: from the file extension')
+    p.add_argument('--config', help='an mmdet config whose backbone (and neck) to export')
+    p.add_argument('--checkpoint', help='weights: a detector checkpoint with --config, '
+                                        'else backbone weights in any supported dialect')
+    p.add_argument('--depth', type=int, default=50, choices=(18, 34, 50, 101, 152, 200))
+    p.add_argument('--with-neck', action='store_true', help="include the FPN neck")
+    p.add_argument('--size', type=int, default=512, help='example input height and width')
+    p.add_argument('--batch', type=int, default=1, help='example batch size')
+    p.add_argument('--reference', action='store_true',
+                   help="export the reference mode (fast=False: mmdet's op order)")
+    p.add_argument('--static', action='store_true', help='fixed input shape (ONNX)')
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
+    args = p.parse_args(argv)
+    fmt = args.format or {'.onnx': 'onnx', '.pt': 'torchscript', '.ts': 'torchscript'}.get(
+        Path(args.out).suffix)
+    if fmt is None:
+        p.error(f"--format: cannot tell it from {args.out!r}; allowed values: "
+                f"{', '.join(FORMATS)} (or name the file .onnx / .pt)")
+    args.format = fmt
+    for name in ('config', 'checkpoint'):
+        value = getattr(args, name)
+        if value is not None and '://' not in value and not Path(value).is_file():
+            p.error(f'--{name}: no such file: {value}')
+    if args.size < 32 or args.batch < 1:
+        p.error(f'--size must be >= 32 and --batch >= 1; got {args.size}, {args.batch}')
+    return args
+
+
+def build(args) -> torch.nn.Module:
+    from resnet_backbone.export import BackboneWithNeck, default_fpn
+    if args.config:
+        from resnet_backbone.features import FeatureExtractor
+        fx = FeatureExtractor.from_config(args.config, args.checkpoint)
+        print(f'[export] weights: {fx.weights["source"]} ({fx.weights.get("note", "")})'
+              .replace(' ()', ''))
+        detector = fx.model
+        backbone = detector.backbone
+        if args.with_neck:
+            if not getattr(detector, 'with_neck', False):
+                raise SystemExit(f'--with-neck: {args.config} has no neck')
+            return BackboneWithNeck(backbone, detector.neck)
+        return backbone
+    from resnet_backbone import ResNetV1Custom
+    torch.manual_seed(0)
+    backbone = ResNetV1Custom(depth=args.depth)
+    if args.checkpoint:
+        from resnet_backbone.weights import load_pretrained
+        report = load_pretrained(backbone, args.checkpoint)
+        print(f'[export] weights: {args.checkpoint}: {report.summary()}')
+    else:
+        from resnet_backbone.compat import quiet_init_logging
+        with quiet_init_logging():
+            backbone.init_weights()
+        print('[export] weights: random (seed 0); pass --checkpoint for real ones')
+    return BackboneWithNeck(backbone, default_fpn(backbone)) if args.with_neck else backbone
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from resnet_backbone.export import check_onnx, export_onnx, trace
+    model = build(args).eval()
+    backbone = model.backbone if hasattr(model, 'neck') else model
+    if hasattr(backbone, 'fast'):
+        backbone.fast = not args.reference
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    t0 = time.perf_counter()
+    if args.format == 'onnx':
+        print(f'[export] exporting to ONNX (torch.export, {"static" if args.static else "dynamic"}'
+              f' shapes) ...', flush=True)
+        path = export_onnx(model, args.out, x, dynamic=not args.static)
+    else:
+        print('[export] tracing to TorchScript ...', flush=True)
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trace(model, x).save(str(path))
+    print(f'[export] wrote {path} ({path.stat().st_size / 2**20:.1f} MB) in '
+          f'{time.perf_counter() - t0:.1f} s')
+    if args.format != 'onnx' or args.no_check:
+        return 0
+    s = args.size
+    shapes = [(args.batch, 3, s, s)] if args.static else [
+        (args.batch, 3, s, s), (2, 3, s // 2 + 32, s), (1, 3, s - 31, s // 2 + 1)]
+    print('[export] checking with onnxruntime ...', flush=True)
+    failed = False
+    for c in check_onnx(path, model, shapes):
+        print(f'[export]   input {c.shape}: max abs err {max(c.max_abs):.2e}, max rel err '
+              f'{max(c.max_rel):.2e} -> {"ok" if c.ok else "FAIL"}')
+        failed |= not c.ok
+    if failed:
+        print('[export] FAIL: onnxruntime differs from PyTorch by more than 1e-4 relative',
+              file=sys.stderr)
+        return 1
+    print('[export] onnxruntime matches PyTorch within 1e-4')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
