@@ -33,6 +33,7 @@ class Variant:
     name: str
     mode: str
     times: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)
     saved_bytes: int | None = None
     peak_cuda_bytes: int | None = None
     gflop: float | None = None
@@ -46,6 +47,7 @@ class Variant:
         sd = statistics.stdev(self.times) if len(self.times) > 1 else 0.0
         out = dict(name=self.name, mode=self.mode, mean_s=mean, sd_s=sd, median_s=self.median,
                    repeats=len(self.times), saved_bytes=self.saved_bytes,
+                   page_faults=int(statistics.median(self.faults)) if self.faults else None,
                    peak_cuda_bytes=self.peak_cuda_bytes, gflop=self.gflop,
                    gflops_per_s=(self.gflop / self.median) if self.gflop else None)
         if baseline is not None:
@@ -168,6 +170,32 @@ def matmul_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
+def _minor_faults() -> int:
+    """Page faults of this process so far. On CPU they are a real cost: glibc serves each
+    buffer above 32 MB with a fresh mmap, and every 4 KiB page of it faults once."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def tune_malloc() -> None:
+    """Keep freed memory in glibc's heap: no mmap per large buffer, no trimming.
+
+    Process-wide, so it applies to every model in the run alike. It takes the page-fault
+    cost out of the comparison (what jemalloc/tcmalloc do for PyTorch on CPU).
+    """
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library('c')
+    libc = ctypes.CDLL(name) if name else None
+    mallopt = getattr(libc, 'mallopt', None)
+    # M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4 (malloc.h)
+    if mallopt is None or not (mallopt(-4, 0) and mallopt(-1, 2**31 - 1)):
+        raise RuntimeError('--malloc-tuned needs glibc (mallopt); this C library has none')
+
+
 def _sync(device: str) -> None:
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
@@ -178,8 +206,10 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
         amp_dtype: str | None = None, device: str = 'cpu', repeats: int = 5, warmup: int = 2,
         frozen_stages: int = 1, norm_eval: bool = True,
         include: tuple[str, ...] = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision'),
-        log: Callable[[str], None] = print) -> dict:
+        malloc_tuned: bool = False, log: Callable[[str], None] = print) -> dict:
     """Benchmark and return a JSON-ready report (see the module docstring)."""
+    if malloc_tuned:
+        tune_malloc()
     from torch.utils.flop_counter import FlopCounterMode
     models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
                           with_cp=with_cp, include=include)
@@ -238,10 +268,12 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
             if str(device).startswith('cuda'):
                 torch.cuda.reset_peak_memory_stats()
             _sync(device)
+            f0 = _minor_faults()
             t0 = time.perf_counter()
             fn()
             _sync(device)
             v.times.append(time.perf_counter() - t0)
+            v.faults.append(_minor_faults() - f0)
             if str(device).startswith('cuda'):
                 v.peak_cuda_bytes = max(v.peak_cuda_bytes or 0, torch.cuda.max_memory_allocated())
         log(f'repeat {r + 1}/{repeats} done')
@@ -256,7 +288,7 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
     settings = dict(depth=depth, batch=batch, size=size, modes=list(modes), with_cp=with_cp,
                     channels_last_ours=channels_last, amp_dtype=amp_dtype, device=device,
                     repeats=repeats, warmup=warmup, frozen_stages=frozen_stages,
-                    norm_eval=norm_eval, torch=torch.__version__,
+                    norm_eval=norm_eval, malloc_tuned=malloc_tuned, torch=torch.__version__,
                     threads=torch.get_num_threads())
     return dict(settings=settings, matmul_gflops_per_s=machine, results=rows)
 
@@ -270,7 +302,7 @@ def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
 def table(report: dict) -> str:
     """A plain-text table of a report."""
     head = (f"{'model':<12} {'mode':<6} {'mean±sd (s)':>17} {'median':>8} {'vs mmdet':>9} "
-            f"{'saved MB':>9} {'saved vs':>9} {'GFLOP/s':>8} {'of matmul':>9}")
+            f"{'saved MiB':>9} {'saved vs':>9} {'GFLOP/s':>8} {'of matmul':>9} {'faults':>7}")
     lines = [head, '-' * len(head)]
     for r in report['results']:
         saved = f"{r['saved_bytes'] / 2**20:.1f}" if r['saved_bytes'] else '-'
@@ -279,7 +311,8 @@ def table(report: dict) -> str:
             f"{r['median_s']:>8.3f} {r.get('time_vs_mmdet', float('nan')):>9.3f} {saved:>9} "
             f"{r.get('saved_vs_mmdet', float('nan')):>9.3f} "
             f"{(r['gflops_per_s'] or float('nan')):>8.1f} "
-            f"{r.get('fraction_of_matmul', float('nan')):>9.3f}")
+            f"{r.get('fraction_of_matmul', float('nan')):>9.3f} "
+            f"{r['page_faults'] if r.get('page_faults') is not None else '-':>7}")
     lines.append(f"machine fp32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s; "
                  f"settings: {json.dumps(report['settings'])}")
     return '\n'.join(lines)

@@ -23,7 +23,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
 from torch import nn
 
-from .checkpointing import checkpointed
+from .checkpointing import checkpointed, recomputing
 from .fast import (
     conv_norm,
     conv_norm_add_relu_,
@@ -67,13 +67,19 @@ class ResBlock(BaseModule):
             p.requires_grad = False
         return self
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _head(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The branch up to (not including) its last conv."""
         raise NotImplementedError
 
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+    def _tail(self, out: torch.Tensor, output_unused: bool = False
+              ) -> torch.Tensor:  # pragma: no cover - abstract
+        """The branch's last conv + norm (+ plugins), before the shortcut is added."""
+        raise NotImplementedError
+
+    def _shortcut(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
         if self.downsample is None:
             return x
-        return sequential_conv_norm(self.downsample, x, self.fast)
+        return sequential_conv_norm(self.downsample, x, self.fast, output_unused)
 
     def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:  # pragma: no cover
         raise NotImplementedError
@@ -89,12 +95,27 @@ class ResBlock(BaseModule):
         """
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            out = checkpointed(self._residual, x, self)
-        elif self._fusable(x):
+            return self._checkpointed_forward(x)
+        if self._fusable(x):
             return self._fused_forward(x, owns_input)
-        else:
-            out = self._residual(x)
-        return self.relu(out)
+        return self.relu(self._residual(x))
+
+    def _checkpointed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole residual (branch, shortcut, add) under one checkpoint: only ``x`` is
+        kept. (Running the shortcut or the last conv outside it was measured and kept
+        more bytes for no time gain; see :mod:`resnet_backbone.checkpointing`.)"""
+        return self.relu(checkpointed(self._residual, x, self))
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        # In a checkpoint recompute the last conv and the shortcut feed only the add
+        # (which saves nothing): their convs save their inputs and skip the work.
+        unused = recomputing() and self._tail_feeds_only_the_add()
+        out = self._tail(self._head(x), unused)
+        out += self._shortcut(x, unused)
+        return out
+
+    def _tail_feeds_only_the_add(self) -> bool:
+        return True
 
     def _fusable(self, x: torch.Tensor) -> bool:
         return (self.fast and not self.with_plugins and not self.with_dcn
@@ -180,12 +201,11 @@ class BasicBlock(ResBlock):
     def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.conv1, self.norm1), (self.conv2, self.norm2)]
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = conv_norm(self.conv1, self.norm1, x, self.fast)
-        out = self.relu(out)
-        out = conv_norm(self.conv2, self.norm2, out, self.fast)
-        out += self._shortcut(x)
-        return out
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(conv_norm(self.conv1, self.norm1, x, self.fast))
+
+    def _tail(self, out: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
+        return conv_norm(self.conv2, self.norm2, out, self.fast, output_unused)
 
 
 class Bottleneck(ResBlock):
@@ -305,7 +325,7 @@ class Bottleneck(ResBlock):
     def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3)]
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_norm(self.conv1, self.norm1, x, self.fast)
         out = self.relu(out)
         if self.with_plugins:
@@ -314,8 +334,13 @@ class Bottleneck(ResBlock):
         out = self.relu(out)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv2_plugin_names)
-        out = conv_norm(self.conv3, self.norm3, out, self.fast)
+        return out
+
+    def _tail(self, out: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
+        out = conv_norm(self.conv3, self.norm3, out, self.fast, output_unused)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv3_plugin_names)
-        out += self._shortcut(x)
         return out
+
+    def _tail_feeds_only_the_add(self) -> bool:
+        return not (self.with_plugins and self.after_conv3_plugin_names)

@@ -106,24 +106,85 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
         and norm.running_mean is not None
 
 
-def folded_params(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of the single conv equal to ``norm(conv(.))``."""
+def fold_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` with ``norm(y) == y * scale + shift`` (eval mode)."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
     shift = -norm.running_mean * scale
     if norm.bias is not None:
         shift = shift + norm.bias
+    return scale, shift
+
+
+def folded_params(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the single conv equal to ``norm(conv(.))``."""
+    scale, shift = fold_scale_shift(norm)
     return conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype), shift
 
 
-def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``norm(conv(x))``, folded into one conv when ``fast`` and exactly equivalent."""
-    if fast and foldable(conv, norm):
-        weight, bias = folded_params(conv, norm)
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
-                        conv.groups)
-    return norm(conv(x))
+class _FoldedConv(torch.autograd.Function):
+    """``conv2d(x, weight * scale) + shift`` that keeps ``weight``, not the folded copy.
+
+    Plain autograd through ``weight * scale`` saves the folded weight for the conv's
+    backward *and* ``weight`` for the multiply's: two copies of every trainable conv
+    weight (89 MiB for ResNet-50's stages 2-4). This saves ``x``, ``weight`` and
+    ``scale`` and refolds the weight in backward (a weight-sized multiply). Forward and
+    gradient formulas are the ones autograd would use, in the same order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, shift, stride, padding, dilation, groups,
+                output_unused=False):
+        ctx.save_for_backward(x, weight, scale)
+        ctx.geometry = (stride, padding, dilation, groups)
+        if output_unused:  # a checkpoint recompute that only needs what is saved
+            return _empty_conv_output(x, weight, stride, padding, dilation)
+        folded = weight * scale.reshape(-1, 1, 1, 1)
+        return F.conv2d(x, folded, shift, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight, scale = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
+        folded = weight * scale.reshape(-1, 1, 1, 1)
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad_out, x, folded, [folded.shape[0]], stride, padding, dilation, False,
+            [0] * len(padding), groups, [need_x, need_w or need_scale, need_shift])
+        grad_w = gw * scale.reshape(-1, 1, 1, 1) if need_w else None
+        grad_scale = (gw * weight).sum((1, 2, 3)) if need_scale else None
+        return gx, grad_w, grad_scale, gb, None, None, None, None, None
+
+
+def _empty_conv_output(x, weight, stride, padding, dilation) -> torch.Tensor:
+    size = [x.shape[0], weight.shape[0]]
+    for i in range(2):
+        k = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        size.append((x.shape[2 + i] + 2 * padding[i] - k) // stride[i] + 1)
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+    return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
+              output_unused: bool = False) -> torch.Tensor:
+    """``norm(conv(x))``, folded into one conv when ``fast`` and exactly equivalent.
+
+    ``output_unused``: the caller is a checkpoint recompute that needs only what this conv
+    saves for backward, not its output; a folded conv then returns an empty tensor.
+    """
+    if not (fast and foldable(conv, norm)):
+        return norm(conv(x))
+    if torch.is_grad_enabled() and conv.weight.requires_grad \
+            and not torch.is_autocast_enabled(x.device.type):
+        scale, shift = fold_scale_shift(norm)
+        return _FoldedConv.apply(x, conv.weight, scale.to(conv.weight.dtype), shift,
+                                 conv.stride, conv.padding, conv.dilation, conv.groups,
+                                 output_unused)
+    weight, bias = folded_params(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.Tensor,
@@ -135,8 +196,12 @@ def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.T
     return relu(conv_norm(conv, norm, x, fast))
 
 
-def sequential_conv_norm(seq: nn.Sequential, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """Run ``seq`` (pool?, conv, norm, relu?, ...), folding each conv + norm (+ ReLU)."""
+def sequential_conv_norm(seq: nn.Sequential, x: torch.Tensor, fast: bool,
+                         output_unused: bool = False) -> torch.Tensor:
+    """Run ``seq`` (pool?, conv, norm, relu?, ...), folding each conv + norm (+ ReLU).
+
+    ``output_unused`` is passed to the last conv + norm when nothing follows it.
+    """
     mods = list(seq)
     i = 0
     while i < len(mods):
@@ -146,7 +211,7 @@ def sequential_conv_norm(seq: nn.Sequential, x: torch.Tensor, fast: bool) -> tor
                 x = conv_norm_relu(m, mods[i + 1], mods[i + 2], x, True)
                 i += 3
             else:
-                x = conv_norm(m, mods[i + 1], x, True)
+                x = conv_norm(m, mods[i + 1], x, True, output_unused and i + 2 == len(mods))
                 i += 2
         else:
             x = m(x)

@@ -76,3 +76,40 @@ def test_no_checkpoint_under_no_grad(monkeypatch):
     monkeypatch.setattr(ckpt, 'checkpoint', lambda *a, **k: pytest.fail('checkpointed'))
     with torch.no_grad():
         model(torch.rand(1, 3, 32, 32))
+
+
+def _convs_in_backward(model, x):
+    """aten convolutions run while backward runs (the checkpoint recomputes)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default:
+                calls.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    outs = model(x)
+    with Count():
+        backward_outputs(outs)
+    return calls
+
+
+@pytest.mark.parametrize('depth,per_block', [(18, 1), (50, 2)])
+def test_recompute_skips_the_tail(depth, per_block):
+    """Only the head of each branch is recomputed (conv1 for a BasicBlock, conv1 + conv2
+    for a Bottleneck); the last conv and the shortcut feed only the add."""
+    plain, cp = _pair(depth, frozen=1)
+    x = torch.rand(2, 3, 64, 64)
+    recomputed = _convs_in_backward(cp, x)
+    blocks = sum(len(getattr(cp, f'layer{i}')) for i in (2, 3, 4))
+    assert len(recomputed) == per_block * blocks
+    assert not _convs_in_backward(plain, x)  # (the counter sees forward convs only)
+
+
+def test_recompute_runs_the_tail_when_bn_trains():
+    """With train-mode BN the last conv's output is what BN saves: it is recomputed."""
+    _, cp = _pair(50, frozen=1, norm_eval=False)
+    recomputed = _convs_in_backward(cp, torch.rand(2, 3, 64, 64))
+    assert len(recomputed) == 3 * 13 + 3  # three convs per block + three shortcuts

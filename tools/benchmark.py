@@ -3,11 +3,13 @@
     python tools/benchmark.py [--depth 50] [--batch 2] [--size 512] [--modes eval,train]
         [--with-cp] [--channels-last] [--amp-dtype bfloat16] [--device cpu]
         [--repeats 7] [--warmup 2] [--models mmdet,ours-fast,ours-ref,torchvision]
-        [--json out.json] [--plot out.png]
+        [--malloc-tuned] [--json out.json] [--plot out.png]
 
 Identical weights, interleaved repeats after warm-up, medians compared within one run.
 Reports time per batch (mean ± sd), bytes saved for backward, peak CUDA memory on GPU,
-achieved GFLOP/s and its fraction of this machine's fp32 matmul throughput.
+achieved GFLOP/s and its fraction of this machine's fp32 matmul throughput, and the
+page faults per step (on CPU, glibc maps every buffer above 32 MB afresh; each 4 KiB
+page then faults once, which costs real time - ``--malloc-tuned`` takes that out).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--frozen-stages', type=int, default=1)
     p.add_argument('--models', default=','.join(MODELS),
                    help='comma-separated; add -cp for a checkpointed copy, e.g. ours-fast-cp')
+    p.add_argument('--malloc-tuned', action='store_true',
+                   help="keep freed memory in glibc's heap (no page faults per large buffer); "
+                        'applies to every model alike')
     p.add_argument('--json', help='write the report as JSON here')
     p.add_argument('--plot', help='write a PNG bar chart here')
     a = p.parse_args(argv)
@@ -59,7 +64,8 @@ def main(argv=None) -> dict:
     report = run(depth=a.depth, batch=a.batch, size=a.size, modes=a.modes, with_cp=a.with_cp,
                  channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
                  repeats=a.repeats, warmup=a.warmup, frozen_stages=a.frozen_stages,
-                 include=a.models, log=lambda s: print(f'[bench] {s}', file=sys.stderr))
+                 include=a.models, malloc_tuned=a.malloc_tuned,
+                 log=lambda s: print(f'[bench] {s}', file=sys.stderr))
     print(table(report))
     if a.json:
         print(f'json: {save_json(report, a.json)}')
