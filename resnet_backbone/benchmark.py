@@ -319,23 +319,34 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: str | Path) -> Path:
-    """Bar chart of median times (and saved bytes) relative to mmdet."""
+    """Bar charts relative to mmdet: median time (eval and train) and bytes saved for
+    backward (train), with the 1.0 line and each bar's value."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     rows = [r for r in report['results'] if 'time_vs_mmdet' in r]
-    labels = [f"{r['name']}\n{r['mode']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.1), 4))
-    ax.bar(range(len(rows)), [r['time_vs_mmdet'] for r in rows], color=[
-        '#888' if r['name'] == 'mmdet' else '#2a7' if r['name'].startswith('ours') else '#57c'
-        for r in rows])
-    ax.axhline(1.0, color='k', lw=0.8)
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel('median time / mmdet')
+    saved = [r for r in rows if r.get('saved_vs_mmdet') is not None]
+    panels = [('median time / mmdet', rows, 'time_vs_mmdet')]
+    if saved:
+        panels.append(('saved for backward / mmdet', saved, 'saved_vs_mmdet'))
+    widths = [max(3, len(p[1])) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) * 1.05 + 1, 4),
+                             gridspec_kw=dict(width_ratios=widths), squeeze=False)
+    for ax, (label, data, key) in zip(axes[0], panels):
+        values = [r[key] for r in data]
+        bars = ax.bar(range(len(data)), values, color=[
+            '#888' if r['name'].startswith('mmdet') else '#2a7' if r['name'].startswith('ours')
+            else '#57c' for r in data])
+        ax.bar_label(bars, [f'{v:.2f}' for v in values], fontsize=7)
+        ax.axhline(1.0, color='k', lw=0.8)
+        ax.set_xticks(range(len(data)), [f"{r['name']}\n{r['mode']}" for r in data],
+                      fontsize=7)
+        ax.set_ylabel(label)
     s = report['settings']
-    ax.set_title(f"R{s['depth']} {s['batch']}x3x{s['size']}x{s['size']} on {s['device']}"
+    fig.suptitle(f"R{s['depth']} {s['batch']}x3x{s['size']}x{s['size']} on {s['device']}"
                  f"{' (ours channels_last)' if s['channels_last_ours'] else ''}"
-                 f"{' with_cp' if s['with_cp'] else ''}", fontsize=10)
+                 f"{' with_cp' if s['with_cp'] else ''}; medians of {s['repeats']} "
+                 'interleaved repeats', fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ What works (torch 2.13, checked by ``tests/test_export.py`` and ``tools/export.p
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,16 +68,16 @@ def default_fpn(backbone: nn.Module, out_channels: int = 256, num_outs: int = 5)
 
 
 def output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """``c2..c5`` for a bare backbone (by its ``out_indices``), ``p<i>`` for a neck."""
-    if isinstance(model, BackboneWithNeck):
-        with torch.no_grad():
-            n = len(model(example))
-        first = 2 + min(getattr(model.backbone, 'out_indices', (0,)))
-        return [f'p{first + i}' for i in range(n)]
-    if hasattr(model, 'out_indices'):
-        return [f'c{i + 2}' for i in model.out_indices]
+    """``c<i>`` for a bare backbone, ``p<i>`` for a neck: level i has stride 2**i.
+
+    Levels are found from a 256x256 probe (every level's size divides it exactly).
+    """
+    prefix = 'p' if isinstance(model, BackboneWithNeck) else 'c'
+    probe = torch.zeros(1, example.shape[1], 256, 256, dtype=example.dtype,
+                        device=example.device)
     with torch.no_grad():
-        return [f'out{i}' for i in range(len(model(example)))]
+        outs = model(probe)
+    return [f'{prefix}{round(math.log2(256 / o.shape[-1]))}' for o in outs]
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,

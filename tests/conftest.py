@@ -31,6 +31,31 @@ def grads_by_name(model: nn.Module) -> dict[str, torch.Tensor | None]:
             for n, p in model.named_parameters()}
 
 
+class OpCounter:
+    """Context manager that records the aten/mkldnn ops dispatched while it is active
+    (``.ops``: one ``str(func)`` per call), e.g. to count convolutions."""
+
+    def __enter__(self) -> OpCounter:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = self.ops = []
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+    def count(self, prefix: str) -> int:
+        return sum(op.startswith(prefix) for op in self.ops)
+
+
 def backward_outputs(outs, seed: int = 1) -> None:
     """Backprop a random linear functional of the outputs (not just their sum)."""
     g = torch.Generator().manual_seed(seed)

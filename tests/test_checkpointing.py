@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import backward_outputs, grads_by_name, randomize_
+from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
 
 import resnet_backbone.checkpointing as ckpt
 from resnet_backbone import ResNetV1Custom
@@ -80,20 +80,10 @@ def test_no_checkpoint_under_no_grad(monkeypatch):
 
 def _convs_in_backward(model, x):
     """aten convolutions run while backward runs (the checkpoint recomputes)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    calls = []
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.convolution.default:
-                calls.append(tuple(args[1].shape))
-            return func(*args, **(kwargs or {}))
-
     outs = model(x)
-    with Count():
+    with OpCounter() as ops:
         backward_outputs(outs)
-    return calls
+    return [op for op in ops.ops if op == 'aten.convolution.default']
 
 
 @pytest.mark.parametrize('depth,per_block', [(18, 1), (50, 2)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import backward_outputs, grads_by_name, randomize_
+from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom
@@ -135,19 +135,9 @@ def test_fast_flag_validation_and_switch():
 
 def fused_calls(model, x):
     """Number of fused oneDNN kernel calls in one forward, counted by the dispatcher."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    calls = []
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if str(func).startswith('mkldnn._convolution_pointwise'):
-                calls.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Count():
+    with OpCounter() as ops:
         model(x)
-    return len(calls)
+    return ops.count('mkldnn._convolution_pointwise')
 
 
 @pytest.mark.parametrize('depth,stem,avg_down', [(18, 'classic', False), (50, 'classic', False),

@@ -1,0 +1,64 @@
+"""tools/export.py end to end, and torch.compile with Inductor (a real C++ build)."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+
+from .conftest import CONFIG, run_tool
+
+
+def test_export_tool_backbone_and_fpn_from_a_config(tmp_path):
+    out = tmp_path / 'retinanet_backbone_fpn.onnx'
+    r = run_tool('export.py', str(out), '--config', CONFIG, '--with-neck', '--size', '96')
+    assert r.returncode == 0, r.stderr[-3000:]
+    checks = re.findall(r'max rel err (\S+) -> ok', r.stdout)
+    assert len(checks) == 3 and all(float(e) <= 1e-4 for e in checks), r.stdout
+    assert 'onnxruntime matches PyTorch within 1e-4' in r.stdout
+    import onnx
+    names = [o.name for o in onnx.load(str(out)).graph.output]
+    assert names == ['p3', 'p4', 'p5', 'p6', 'p7']  # RetinaNet: FPN from C3, two extra levels
+    assert 'Warning' not in r.stdout + r.stderr
+
+
+def test_export_tool_torchscript_and_errors(tmp_path):
+    out = tmp_path / 'r18.pt'
+    r = run_tool('export.py', str(out), '--depth', '18', '--size', '64')
+    assert r.returncode == 0, r.stderr[-3000:]
+    with warnings.catch_warnings():  # torch 2.13 deprecates all of torch.jit
+        warnings.filterwarnings('ignore', '`torch.jit.load` is deprecated', DeprecationWarning)
+        loaded = torch.jit.load(str(out))
+    assert [tuple(t.shape) for t in loaded(torch.rand(1, 3, 64, 64))] == [
+        (1, 64, 16, 16), (1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+    bad = run_tool('export.py', str(tmp_path / 'x.bin'))
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "--format: cannot tell it from '" + str(tmp_path / 'x.bin') + "'; allowed values: "
+        'onnx, torchscript (or name the file .onnx / .pt)')
+    assert not (tmp_path / 'x.bin').exists()
+
+
+def test_inductor_compile_eval_and_train():
+    from conftest import backward_outputs, grads_by_name, randomize_
+
+    from resnet_backbone import ResNetV1Custom
+    ref = randomize_(ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1))
+    model = ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1)
+    model.load_state_dict(ref.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # Inductor: generates and builds C++
+    x = torch.rand(2, 3, 64, 64)
+    model.eval(), ref.eval()
+    def rel(a, b):  # largest error relative to the tensor's scale
+        return float((a - b).abs().max() / b.abs().max())
+
+    with torch.no_grad():
+        for a, b in zip(compiled(x), ref(x)):
+            assert rel(a, b) <= 1e-5
+    model.train(), ref.train()
+    backward_outputs(compiled(x))
+    backward_outputs(ref(x))
+    gm, gr = grads_by_name(model), grads_by_name(ref)
+    for name, g in gr.items():
+        if g is not None:
+            assert rel(gm[name], g) <= 1e-4, name
