@@ -31,6 +31,7 @@ from .fast import (
     foldable,
     fusion_ok,
     sequential_conv_norm,
+    worth_folding,
 )
 
 STYLES = ('pytorch', 'caffe')
@@ -118,9 +119,13 @@ class ResBlock(BaseModule):
         return True
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        return (self.fast and not self.with_plugins and not self.with_dcn
-                and all(foldable(c, n) for c, n in self._conv_norm_pairs())
-                and fusion_ok(x, self.parameters()))
+        if not (self.fast and not self.with_plugins and not self.with_dcn
+                and fusion_ok(x, self.parameters())):
+            return False
+        # every conv's output is at least as large as the block's (strided) output
+        positions = x.shape[0] * -(-x.shape[2] // self.stride) * -(-x.shape[3] // self.stride)
+        return all(foldable(c, n) and worth_folding(c, positions)
+                   for c, n in self._conv_norm_pairs())
 
     def _fused_forward(self, x: torch.Tensor, owns_input: bool) -> torch.Tensor:
         """The fast inference path: every conv + BN (+ ReLU) as one oneDNN kernel, and the

@@ -96,6 +96,50 @@ def conv_norm_add_relu_(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor,
         acc, x, weight, bias, *_geometry(conv), 'add', 1.0, 'relu', [], None)
 
 
+#: Fold only where the activation work it saves outweighs the weight-sized work it adds
+#: (refolding the weight each call, and in backward the weight gradient's chain rule):
+#: positions per image x batch x FOLD_MIN_RATIO >= weights per output channel. At
+#: detection sizes every conv of a ResNet folds; deep layers of small inputs do not.
+FOLD_MIN_RATIO = 1.0
+_FOLD_ALWAYS = False
+
+
+class always_fold:  # noqa: N801 - used like torch.no_grad
+    """Context manager: fold every foldable conv whatever the input size (tests, export).
+
+    Example:
+        >>> with always_fold():
+        ...     pass
+    """
+
+    def __enter__(self) -> None:
+        global _FOLD_ALWAYS
+        self.prev, _FOLD_ALWAYS = _FOLD_ALWAYS, True
+
+    def __exit__(self, *exc) -> None:
+        global _FOLD_ALWAYS
+        _FOLD_ALWAYS = self.prev
+
+
+def worth_folding(conv: nn.Conv2d, positions: int) -> bool:
+    """Is folding ``conv`` cheaper than running its BN, for ``positions`` output
+    positions (N x H_out x W_out)? Always yes while tracing, compiling or exporting."""
+    if _FOLD_ALWAYS or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+            or torch.onnx.is_in_onnx_export():
+        return True
+    per_channel = conv.weight[0].numel()
+    return positions * FOLD_MIN_RATIO >= per_channel
+
+
+def out_positions(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """N x H_out x W_out of ``conv`` applied to ``x``."""
+    n = x.shape[0]
+    for i in range(2):
+        k = conv.dilation[i] * (conv.kernel_size[i] - 1) + 1
+        n *= (x.shape[2 + i] + 2 * conv.padding[i] - k) // conv.stride[i] + 1
+    return n
+
+
 def foldable(conv: nn.Module, norm: nn.Module) -> bool:
     """True when ``norm(conv(x))`` can be computed as one conv, exactly."""
     if type(conv) is not nn.Conv2d or conv.bias is not None or conv.padding_mode != 'zeros':
@@ -153,9 +197,24 @@ class _FoldedConv(torch.autograd.Function):
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad_out, x, folded, [folded.shape[0]], stride, padding, dilation, False,
             [0] * len(padding), groups, [need_x, need_w or need_scale, need_shift])
-        grad_w = gw * scale.reshape(-1, 1, 1, 1) if need_w else None
-        grad_scale = (gw * weight).sum((1, 2, 3)) if need_scale else None
+        grad_scale = _per_channel_dot(gw, weight) if need_scale else None
+        # gw is ours: scale it in place (no second weight-sized buffer)
+        grad_w = gw.mul_(scale.reshape(-1, 1, 1, 1)) if need_w else None
         return gx, grad_w, grad_scale, gb, None, None, None, None, None
+
+
+def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum((1, 2, 3))`` without a weight-sized temporary (a batched dot)."""
+    if a.stride() == b.stride():
+        # same layout: the O dimension is outermost in both contiguous and channels_last
+        # weights, so each output channel's elements are one contiguous run of memory
+        n = a.shape[0]
+        run = a[0].numel()
+        if a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last):
+            flat_a = a.as_strided((n, 1, run), (run, run, 1))
+            flat_b = b.as_strided((n, run, 1), (run, 1, 1))
+            return torch.bmm(flat_a, flat_b).reshape(n)
+    return (a * b).sum((1, 2, 3))
 
 
 def _empty_conv_output(x, weight, stride, padding, dilation) -> torch.Tensor:
@@ -175,7 +234,7 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     ``output_unused``: the caller is a checkpoint recompute that needs only what this conv
     saves for backward, not its output; a folded conv then returns an empty tensor.
     """
-    if not (fast and foldable(conv, norm)):
+    if not (fast and foldable(conv, norm) and worth_folding(conv, out_positions(conv, x))):
         return norm(conv(x))
     if torch.is_grad_enabled() and conv.weight.requires_grad \
             and not torch.is_autocast_enabled(x.device.type):
@@ -191,7 +250,8 @@ def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.T
                    fast: bool) -> torch.Tensor:
     """``relu(norm(conv(x)))``: one fused kernel where possible, else folded or as is."""
     if fast and foldable(conv, norm) and isinstance(relu, nn.ReLU) \
-            and fusion_ok(x, (*conv.parameters(), *norm.parameters())):
+            and fusion_ok(x, (*conv.parameters(), *norm.parameters())) \
+            and worth_folding(conv, out_positions(conv, x)):
         return conv_norm_relu_fused(conv, norm, x)
     return relu(conv_norm(conv, norm, x, fast))
 

@@ -18,6 +18,11 @@ from resnet_backbone.export import (
 )
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest error relative to the reference's largest value."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
 def small(seed: int = 0, **kw) -> ResNetV1Custom:
     return randomize_(ResNetV1Custom(base_channels=8, **kw), seed=seed).eval()
 
@@ -55,8 +60,8 @@ def test_jit_trace_matches_eager():
         for a, b in zip(traced(torch.rand(1, 3, 96, 64)), model(torch.rand(1, 3, 96, 64))):
             assert a.shape == b.shape
         y = torch.rand(2, 3, 64, 64)
-        for a, b in zip(traced(y), model(y)):
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(traced(y), model(y)):  # traced: all folded; eager: by input size
+            assert rel(a, b) <= 1e-5
 
 
 def test_jit_script_is_reported_unsupported():
@@ -79,9 +84,9 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
     torch._dynamo.reset()
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad():  # compiled: every BN folded; eager: by input size
         for a, b in zip(compiled(x), ref(x)):
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+            assert rel(a, b) <= 1e-5
     model.train(), ref.train()
     backward_outputs(compiled(x))
     backward_outputs(ref(x))
@@ -92,4 +97,4 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
         if g is None:
             assert gm[name] is None, name
         else:
-            assert torch.allclose(gm[name], g, rtol=1e-4, atol=1e-6), name
+            assert rel(gm[name], g) <= 1e-4, name

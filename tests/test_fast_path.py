@@ -8,10 +8,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom
 from resnet_backbone.export import trace
-from resnet_backbone.fast import mkldnn_fusion
+from resnet_backbone.fast import always_fold, mkldnn_fusion
 
 REL = 1e-5
 
+
+
+@pytest.fixture(autouse=True)
+def _fold_every_size():
+    """Tiny inputs would not fold deep layers (see ``fast.worth_folding``); these
+    tests check the fold itself, so every eval BN folds."""
+    with always_fold():
+        yield
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach(), b.detach()
@@ -212,3 +220,18 @@ def test_fusion_off_where_other_tools_trace():
     with torch.no_grad():
         for a, b in zip(traced(x), fast(x)):
             assert rel_err(a, b) <= REL
+
+
+def test_small_inputs_fold_only_where_it_pays(monkeypatch):
+    """Folding adds weight-sized work per call; deep layers of a small input skip it and
+    run conv + BN as the reference does, with the same outputs."""
+    import resnet_backbone.fast as fast_mod
+    monkeypatch.setattr(fast_mod, '_FOLD_ALWAYS', False)  # undo the autouse fixture
+    ref, fast = pair(depth=50)
+    ref.eval(), fast.eval()
+    small = torch.rand(1, 3, 32, 32)  # layer4 runs at 1x1: 1 position vs 288+ weights
+    assert 0 < bn_calls(fast, small) < bn_calls(ref, small)
+    assert bn_calls(fast, torch.rand(1, 3, 1024, 1024)) == 0  # layer4: 32x32 >= 576
+    with torch.no_grad():
+        for r, f in zip(ref(small), fast(small)):
+            assert rel_err(f, r) <= REL
