@@ -181,7 +181,7 @@ def _minor_faults() -> int:
 
 
 def tune_malloc() -> None:
-    """Keep freed memory in glibc's heap: no mmap per large buffer, no trimming.
+    """Keep freed memory in glibc's heap: no mmap per large buffer, no trimming (idempotent).
 
     Process-wide, so it applies to every model in the run alike. It takes the page-fault
     cost out of the comparison (what jemalloc/tcmalloc do for PyTorch on CPU).

@@ -103,8 +103,9 @@ class ResBlock(BaseModule):
 
     def _checkpointed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The whole residual (branch, shortcut, add) under one checkpoint: only ``x`` is
-        kept. (Running the shortcut or the last conv outside it was measured and kept
-        more bytes for no time gain; see :mod:`resnet_backbone.checkpointing`.)"""
+        kept. (Running the shortcut or the last conv outside it was measured: more bytes
+        kept; the recompute skip in :meth:`_residual` saves that time without them. See
+        :mod:`resnet_backbone.checkpointing`.)"""
         return self.relu(checkpointed(self._residual, x, self))
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:

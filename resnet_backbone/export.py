@@ -18,7 +18,6 @@ What works (torch 2.13, checked by ``tests/test_export.py`` and ``tools/export.p
 """
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -29,8 +28,6 @@ import torch
 from torch import nn
 
 from .compat import quiet_init_logging
-
-logger = logging.getLogger(__name__)
 
 #: largest allowed error of onnxruntime vs eager, relative to the output's largest value
 ONNX_TOLERANCE = 1e-4

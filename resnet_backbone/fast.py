@@ -58,6 +58,12 @@ class mkldnn_fusion:  # noqa: N801 - used like torch.no_grad
         _MKLDNN_FUSION = self.prev
 
 
+def _capturing() -> bool:
+    """Is a graph being captured (trace, script, torch.compile/export, ONNX export)?"""
+    return torch.compiler.is_compiling() or torch.jit.is_scripting() \
+        or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def fusion_ok(x: torch.Tensor, params) -> bool:
     """True when the oneDNN fused inference kernels may run on ``x``.
 
@@ -65,9 +71,7 @@ def fusion_ok(x: torch.Tensor, params) -> bool:
     mode, or neither ``x`` nor any of ``params`` requires grad). Tracing, scripting,
     ``torch.compile`` and ONNX export always take the plain ops, which they understand.
     """
-    # Checked first: dynamo treats is_compiling() as a constant and never gets further.
-    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing() \
-            or torch.onnx.is_in_onnx_export():
+    if _capturing():  # checked first: dynamo treats it as a constant and stops here
         return False
     if not (_MKLDNN_FUSION and _MKLDNN_AVAILABLE and x.device.type == 'cpu'
             and x.dtype == torch.float32) or torch.is_autocast_enabled('cpu'):
@@ -126,20 +130,22 @@ class always_fold:  # noqa: N801 - used like torch.no_grad
 def worth_folding(conv: nn.Conv2d, positions: int) -> bool:
     """Is folding ``conv`` cheaper than running its BN, for ``positions`` output
     positions (N x H_out x W_out)? Always yes while tracing, compiling or exporting."""
-    if _FOLD_ALWAYS or torch.compiler.is_compiling() or torch.jit.is_tracing() \
-            or torch.onnx.is_in_onnx_export():
+    if _FOLD_ALWAYS or _capturing():
         return True
     per_channel = conv.weight[0].numel()
     return positions * FOLD_MIN_RATIO >= per_channel
 
 
+def _out_hw(x: torch.Tensor, kernel_size, stride, padding, dilation) -> list[int]:
+    """Output height and width of a conv applied to ``x``."""
+    return [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1)
+            // stride[i] + 1 for i in range(2)]
+
+
 def out_positions(conv: nn.Conv2d, x: torch.Tensor) -> int:
     """N x H_out x W_out of ``conv`` applied to ``x``."""
-    n = x.shape[0]
-    for i in range(2):
-        k = conv.dilation[i] * (conv.kernel_size[i] - 1) + 1
-        n *= (x.shape[2 + i] + 2 * conv.padding[i] - k) // conv.stride[i] + 1
-    return n
+    h, w = _out_hw(x, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    return x.shape[0] * h * w
 
 
 def foldable(conv: nn.Module, norm: nn.Module) -> bool:
@@ -220,10 +226,8 @@ def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _empty_conv_output(x, weight, stride, padding, dilation) -> torch.Tensor:
-    size = [x.shape[0], weight.shape[0]]
-    for i in range(2):
-        k = dilation[i] * (weight.shape[2 + i] - 1) + 1
-        size.append((x.shape[2 + i] + 2 * padding[i] - k) // stride[i] + 1)
+    size = [x.shape[0], weight.shape[0],
+            *_out_hw(x, weight.shape[2:], stride, padding, dilation)]
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
     return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=fmt)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from resnet_backbone.benchmark import plot, run, save_json, table  # noqa: E402
+from resnet_backbone.benchmark import plot, run, save_json, table, tune_malloc  # noqa: E402
 
 MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision')
 
@@ -56,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f'--models {bad} not supported; allowed values: {", ".join(allowed)}')
     if a.repeats < 1 or a.warmup < 0:
         p.error('--repeats must be >= 1 and --warmup >= 0')
+    if a.malloc_tuned:
+        try:
+            tune_malloc()  # here, so that a C library without mallopt is a one-line error
+        except RuntimeError as e:
+            p.error(str(e))
     return a
 
 
