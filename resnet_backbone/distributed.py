@@ -10,7 +10,9 @@ Everything else (samplers, gradient all-reduce, rank-0 checkpoints) is mmengine'
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -43,3 +45,18 @@ def init_cpu_process_group(launcher: str) -> bool:
                                                             '127.0.0.1'))
     dist.init_process_group(backend='gloo')
     return True
+
+
+@contextlib.contextmanager
+def process_group_closed() -> Iterator[None]:
+    """Destroy the default process group when the job ends, on success or error.
+
+    Left to interpreter exit, gloo's worker threads are sometimes torn down while still
+    joinable: the process aborts with "terminate called without an active exception"
+    (exit -6) after the job itself finished (seen once in a CI torchrun run).
+    """
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

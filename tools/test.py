@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
+from resnet_backbone.distributed import process_group_closed  # noqa: E402
 from resnet_backbone.training import build_runner, load_config, setup_environment  # noqa: E402
 
 
@@ -54,11 +55,12 @@ def main(argv=None) -> dict:
     if args.json_prefix:
         evaluator = cfg.test_evaluator
         evaluator.outfile_prefix = args.json_prefix
-    runner = build_runner(cfg)
-    if args.out:
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    with process_group_closed():
+        runner = build_runner(cfg)
+        if args.out:
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        return runner.test()
 
 
 if __name__ == '__main__':

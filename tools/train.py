@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
+from resnet_backbone.distributed import process_group_closed  # noqa: E402
 from resnet_backbone.training import (  # noqa: E402
     apply_train_options,
     build_runner,
@@ -60,7 +61,8 @@ def main(argv=None) -> None:
                             resume=args.resume)
     except ValueError as exc:  # a bad option: one line, not a traceback
         sys.exit(f'train.py: error: {exc}')
-    build_runner(cfg).train()
+    with process_group_closed():
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':
