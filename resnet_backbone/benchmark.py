@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -299,20 +300,27 @@ def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
         sum(o.float().mean() for o in m(x))
 
 
+def _cell(value, fmt: str, width: int) -> str:
+    """``value`` formatted, or ``-`` where the figure does not apply (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f'{value:>{width}{fmt}}'
+
+
 def table(report: dict) -> str:
-    """A plain-text table of a report."""
+    """A plain-text table of a report; ``-`` marks a cell that does not apply."""
     head = (f"{'model':<12} {'mode':<6} {'mean±sd (s)':>17} {'median':>8} {'vs mmdet':>9} "
             f"{'saved MiB':>9} {'saved vs':>9} {'GFLOP/s':>8} {'of matmul':>9} {'faults':>7}")
     lines = [head, '-' * len(head)]
     for r in report['results']:
-        saved = f"{r['saved_bytes'] / 2**20:.1f}" if r['saved_bytes'] else '-'
+        saved = r['saved_bytes'] / 2**20 if r['saved_bytes'] else None
         lines.append(
             f"{r['name']:<12} {r['mode']:<6} {r['mean_s']:>8.3f}±{r['sd_s']:<8.3f} "
-            f"{r['median_s']:>8.3f} {r.get('time_vs_mmdet', float('nan')):>9.3f} {saved:>9} "
-            f"{r.get('saved_vs_mmdet', float('nan')):>9.3f} "
-            f"{(r['gflops_per_s'] or float('nan')):>8.1f} "
-            f"{r.get('fraction_of_matmul', float('nan')):>9.3f} "
-            f"{r['page_faults'] if r.get('page_faults') is not None else '-':>7}")
+            f"{r['median_s']:>8.3f} {_cell(r.get('time_vs_mmdet'), '.3f', 9)} "
+            f"{_cell(saved, '.1f', 9)} {_cell(r.get('saved_vs_mmdet'), '.3f', 9)} "
+            f"{_cell(r['gflops_per_s'] or None, '.1f', 8)} "
+            f"{_cell(r.get('fraction_of_matmul'), '.3f', 9)} "
+            f"{_cell(r.get('page_faults'), 'd', 7)}")
     lines.append(f"machine fp32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s; "
                  f"settings: {json.dumps(report['settings'])}")
     return '\n'.join(lines)

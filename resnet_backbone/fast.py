@@ -17,13 +17,17 @@ relative); ``fast=False`` on the backbone is the bitwise reference (mmdet's op o
 
 Where autograd records nothing (``torch.no_grad``/inference, or frozen stages in a
 train step) on a CPU float32 tensor in eager mode, the folded convs also go through
-oneDNN's fused kernels: conv + bias + ReLU in one pass, and the block's last conv
-accumulated *into* its shortcut tensor with the ReLU fused (conv + add + ReLU, no new
-buffer). On CPU that matters more than the saved passes suggest: glibc serves every
-buffer above 32 MB with a fresh ``mmap``, so each one costs ~8k page faults. These are
-the kernels Inductor emits for the same pattern; results equal the unfused folded ops
-bitwise (same oneDNN convolution, same post-op order), and :func:`mkldnn_fusion` turns
-them off.
+oneDNN's fused kernels: conv + bias in one pass, and the block's last conv accumulated
+*into* its shortcut tensor (conv + add, no new buffer). On CPU that matters more than
+the saved passes suggest: glibc serves every buffer above 32 MB with a fresh ``mmap``,
+so each one costs ~8k page faults. Results equal the unfused folded ops bitwise (same
+oneDNN convolution, same post-op order), and :func:`mkldnn_fusion` turns them off.
+
+The ReLU is *not* a oneDNN post-op: oneDNN's ReLU is ``max(x, 0)`` with the zero as
+the operand an x86 ``max`` returns for a NaN, so it turns NaN into 0 (always for
+conv + ReLU, in channels_last for conv + add + ReLU). A NaN or Inf in the input or
+the weights must reach the loss as it does in the reference, so the ReLU runs as
+``torch.relu_`` on the fused kernel's output, in place (no new buffer).
 """
 from __future__ import annotations
 
@@ -86,18 +90,22 @@ def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
 
 
 def conv_norm_relu_fused(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``relu(norm(conv(x)))`` as one oneDNN kernel (callers check :func:`fusion_ok`)."""
+    """``relu(norm(conv(x)))``: conv + bias as one oneDNN kernel, then an in-place ReLU
+    that keeps NaN (callers check :func:`fusion_ok`)."""
     weight, bias = folded_params(conv, norm)
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), 'relu',
-                                                   [], None)
+    out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), 'none',
+                                                  [], None)
+    return out.relu_()  # not oneDNN's 'relu' post-op: it maps NaN to 0 (module docstring)
 
 
 def conv_norm_add_relu_(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor,
                         acc: torch.Tensor) -> torch.Tensor:
-    """``acc = relu(acc + norm(conv(x)))`` in place, as one oneDNN kernel; returns ``acc``."""
+    """``acc = relu(acc + norm(conv(x)))`` in place: conv + add as one oneDNN kernel, then
+    an in-place ReLU that keeps NaN; returns ``acc``."""
     weight, bias = folded_params(conv, norm)
-    return torch.ops.mkldnn._convolution_pointwise_.binary(
-        acc, x, weight, bias, *_geometry(conv), 'add', 1.0, 'relu', [], None)
+    torch.ops.mkldnn._convolution_pointwise_.binary(
+        acc, x, weight, bias, *_geometry(conv), 'add', 1.0, None, [], None)
+    return acc.relu_()  # oneDNN's fused ReLU maps NaN to 0 in channels_last
 
 
 #: Fold only where the activation work it saves can outweigh the weight-sized work it

@@ -75,3 +75,15 @@ def test_cp_variants_in_one_run():
     assert models['ours-fast-cp'].with_cp == (True,) * 4 and models['ours-fast-cp'].fast
     with pytest.raises(ValueError, match="unknown model 'torchvision-cp'"):
         build_models(18, include=('torchvision-cp',))
+
+
+def test_table_marks_cells_that_do_not_apply_with_a_dash():
+    """Eval rows have no saved bytes; a missing ratio is '-', never 'nan' (issue 16)."""
+    from resnet_backbone.benchmark import table
+    row = dict(name='ours-fast', mode='eval', mean_s=0.5, sd_s=0.01, median_s=0.5,
+               time_vs_mmdet=0.9, saved_bytes=None, saved_vs_mmdet=float('nan'),
+               gflops_per_s=None, fraction_of_matmul=float('nan'), page_faults=None)
+    text = table({'results': [row], 'matmul_gflops_per_s': 100.0, 'settings': {}})
+    assert 'nan' not in text.lower()
+    line = text.splitlines()[2].split()
+    assert line[4] == '0.900' and line[5:] == ['-'] * 5
