@@ -6,22 +6,40 @@ a JSON metadata record (geometry, strides, per-level stats, weights used). An in
 Writes are atomic, images already dumped are skipped (unless ``overwrite``), and an
 unreadable image is skipped with a one-line warning: an interrupted run is simply run
 again.
+
+**Fingerprints.** Each record stores ``meta['fingerprint']``, what produced it: the
+config (:func:`~resnet_backbone.features.config_digest`: the resolved model and test
+pipeline), the weights (sha256 of the checkpoint file; the seed for random weights; a
+digest of the tensors for a model passed in), the levels, the dtype, the format and the
+package version. A file already in the output folder is reused only if its fingerprint
+equals this run's. If any differs, the dump **stops before writing anything**, with one
+line naming the first such file, what differs, and ``--overwrite`` (which removes those
+stale records and redoes every image). Stale results are never reused, and earlier
+results are never replaced unless asked.
+
+**Completion marker.** The record (the arrays file) is written last, after the overlays,
+and every file is written atomically: an existing record means the image is complete,
+overlays included, so Ctrl-C or a kill at any moment leaves no partial file and no image
+with arrays but without its overlays; running the same command again continues.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .features import FeatureExtractor, level_stats, unpad_to_original
+from .cli import ToolError
+from .features import FeatureExtractor, level_stats, state_dict_digest, unpad_to_original
 from .fileio import atomic_path, atomic_write_bytes
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -132,18 +150,90 @@ def read_meta(path: Path) -> dict:
     return load_levels(path)[1]
 
 
+# ---------------------------------------------------------------- fingerprints
+def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
+    """What produces this run's records; a record is reused only if it stored the same."""
+    from . import __version__
+    w = fx.weights
+    if w.get('sha256'):
+        weights = {'file_sha256': w['sha256']}
+        if w.get('source') == 'pretrained-backbone':
+            weights['seed'] = w.get('seed')  # the rest of the detector is random
+    elif w.get('source') == 'random':
+        weights = {'random_seed': w.get('seed')}
+    else:  # a model passed in, or weights by URL: the tensors themselves
+        weights = {'state_sha256': state_dict_digest(fx.model)}
+    return {'config': fx.config_sha256, 'weights': weights, 'levels': list(fx.levels),
+            'dtype': dtype, 'format': fmt, 'tool': f'resnet_backbone {__version__}'}
+
+
+def fingerprint_difference(stored: dict | None, current: dict) -> str | None:
+    """None if ``stored`` equals ``current``; else what differs, in words."""
+    if not isinstance(stored, dict):
+        return 'an older version that stored no fingerprint'
+    if stored == current:
+        return None
+    words = {'config': 'another config (model or test pipeline)', 'weights': 'other weights'}
+    parts = []
+    for key in current:
+        old, new = stored.get(key), current[key]
+        if old == new:
+            continue
+        if key in words:
+            parts.append(words[key])
+        elif key == 'levels':
+            parts.append(f"levels {','.join(old or [])} (now {','.join(new)})")
+        else:
+            parts.append(f'{key} {old} (now {new})')
+    return ', '.join(parts) or 'another fingerprint'
+
+
+# ---------------------------------------------------------------- the output folder
+def check_out_dir(out_dir: str | Path) -> None:
+    """Raise one line naming ``out_dir`` if it cannot be created or written; writes nothing."""
+    out = Path(out_dir)
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ToolError(f'output folder {out} cannot be created: {probe} is a file, not a '
+                        'folder; choose another output folder (--out)')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        which = 'is' if probe == out else f'cannot be created: {probe} is'
+        raise ToolError(f'output folder {out} {which} not writable; choose a writable '
+                        'output folder (--out) or change its permissions')
+
+
+@contextlib.contextmanager
+def _writable(out_dir: Path) -> Iterator[None]:
+    """Turn an OS error while writing into one line naming the output folder."""
+    try:
+        yield
+    except OSError as exc:
+        if not str(exc.filename or '').startswith(str(out_dir)):
+            raise  # not about the output folder (e.g. an image PIL cannot read)
+        reason = exc.strerror or type(exc).__name__
+        raise ToolError(f'output folder {out_dir}: cannot write there ({reason}: '
+                        f'{exc.filename}); choose a writable output folder (--out)') from exc
+
+
 # ---------------------------------------------------------------- overlays
+def overlay_stem(image: Path, root: Path, out_dir: Path) -> Path:
+    rel = _relative(image, root)
+    return out_dir / 'overlays' / rel.parent / rel.name
+
+
 def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: dict[str, int],
                    meta: dict, stem: Path, mode: str = 'mean', topk: int = 9) -> Path:
-    """Per-level heatmaps on the original image, and the side-by-side sheet.
+    """Per-level heatmaps on the original image, and the side-by-side sheet (written
+    last; every PNG atomically).
 
     ``mean``: mean of |activation| over channels; ``topk``: the ``topk`` channels with
     the highest mean activation, one tile each, in a grid per level.
     """
     from PIL import Image
 
-    from .visualize import blend, channel_grid, feature_sheet
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    from .visualize import blend, channel_grid, feature_sheet, save_png
     image = np.asarray(Image.open(image_path).convert('RGB'))
     heats = {}
     for name, t in levels.items():
@@ -156,8 +246,15 @@ def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: d
                                  for c in order], [f'{name} ch{c}' for c in order],
                          stem.with_name(f'{stem.name}.{name}.topk.png'))
         else:
-            Image.fromarray(blend(image, heat)).save(stem.with_name(f'{stem.name}.{name}.png'))
+            save_png(Image.fromarray(blend(image, heat)),
+                     stem.with_name(f'{stem.name}.{name}.png'))
     return feature_sheet(image, heats, strides, stem.with_name(f'{stem.name}.sheet.png'))
+
+
+def _done(meta: dict, sheet: Path, overlay: bool, overlay_mode: str) -> bool:
+    """A record (matching fingerprint) is a complete image, unless overlays are asked
+    for and it was dumped without them (or in another mode)."""
+    return not overlay or (meta.get('overlay') == overlay_mode and sheet.is_file())
 
 
 # ---------------------------------------------------------------- the loop
@@ -165,7 +262,13 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                   fmt: str = 'npz', dtype: str = 'float32', overlay: bool = False,
                   overlay_mode: str = 'mean', overwrite: bool = False, config: str | None = None,
                   progress: bool = True) -> DumpSummary:
-    """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened."""
+    """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened.
+
+    Files already there are reused if their fingerprint matches this run's; a mismatch
+    raises :class:`~resnet_backbone.cli.ToolError` before anything is written, unless
+    ``overwrite`` (then stale records are removed first and every image is redone). See
+    the module docstring.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not supported; allowed values: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
@@ -175,7 +278,19 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                          f"{', '.join(OVERLAY_MODES)}")
     from tqdm import tqdm
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir)
+    fp = fingerprint(fx, dtype=dtype, fmt=fmt)
+    existing, stale = _existing_records(images, root, out_dir, fmt, fp)
+    if stale and not overwrite:
+        target, why = stale[0]
+        raise ToolError(f'{len(stale)} of the {len(existing) + len(stale)} files already in '
+                        f'{out_dir} were dumped with {why} (e.g. {target}); pass --overwrite '
+                        'to redo every image with these settings, or choose another output '
+                        'folder; nothing was written')
+    with _writable(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for target, _ in stale:  # overwrite: no stale record may outlive this run's start
+            target.unlink(missing_ok=True)
     summary = DumpSummary()
     entries = []
     t0 = time.time()
@@ -183,9 +298,12 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                dynamic_ncols=True)
     for image in bar:
         target = output_path(image, root, out_dir, fmt)
-        if target.exists() and not overwrite:
+        stem = overlay_stem(image, root, out_dir)
+        sheet = stem.with_name(f'{stem.name}.sheet.png')
+        meta = existing.get(target)
+        if meta is not None and not overwrite and _done(meta, sheet, overlay, overlay_mode):
             summary.already_there += 1
-            entries.append(_entry(image, target, read_meta(target)))
+            entries.append(_entry(image, target, meta))
             continue
         try:
             record = fx(image)
@@ -202,16 +320,43 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         meta['weights'] = fx.weights
         meta['config'] = config
         meta['format'] = fmt
-        save_levels(target, levels, meta, fmt)
-        if overlay:
-            rel = _relative(image, root)
-            write_overlays(image, record.levels, record.strides, meta,
-                           out_dir / 'overlays' / rel.parent / rel.name, mode=overlay_mode)
+        meta['fingerprint'] = fp
+        meta['overlay'] = overlay_mode if overlay else None
+        with _writable(out_dir):
+            if overlay:  # before the record: the record marks the image complete
+                write_overlays(image, record.levels, record.strides, meta, stem,
+                               mode=overlay_mode)
+            save_levels(target, levels, meta, fmt)
         entries.append(_entry(image, target, meta))
         summary.dumped += 1
     summary.seconds = time.time() - t0
-    summary.index = write_index(out_dir, entries, summary)
+    with _writable(out_dir):
+        summary.index = write_index(out_dir, entries, summary)
     return summary
+
+
+def _existing_records(images: Sequence[Path], root: Path, out_dir: Path, fmt: str,
+                      fp: dict) -> tuple[dict[Path, dict], list[tuple[Path, str]]]:
+    """Records already in ``out_dir`` for ``images``: {target: meta} of those matching
+    ``fp``, and [(target, what differs)] of the stale ones. An unreadable record (not
+    written by this module) counts as absent and is redone."""
+    existing, stale = {}, []
+    if not out_dir.is_dir():
+        return existing, stale
+    for image in images:
+        target = output_path(image, root, out_dir, fmt)
+        if not target.is_file():
+            continue
+        try:
+            meta = read_meta(target)
+        except Exception:  # noqa: BLE001 - unreadable: redo it
+            continue
+        why = fingerprint_difference(meta.get('fingerprint'), fp)
+        if why is None:
+            existing[target] = meta
+        else:
+            stale.append((target, why))
+    return existing, stale
 
 
 def _entry(image: Path, target: Path, meta: dict) -> dict:

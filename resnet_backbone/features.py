@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +118,7 @@ class FeatureExtractor:
             _BareBackboneDetector(model)
         self.model.eval()
         self.weights = {'source': 'as given', 'note': 'model passed in by the caller'}
+        self.config_sha256: str | None = None  # set by from_config (see config_digest)
         self.backbone = self.model.backbone
         self.neck = getattr(self.model, 'neck', None)
         from mmengine.registry import DefaultScope
@@ -146,6 +149,7 @@ class FeatureExtractor:
         from .training import setup_environment
         setup_environment()
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+        digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
             from mmdet.registry import MODELS
             torch.manual_seed(seed)
@@ -154,17 +158,25 @@ class FeatureExtractor:
         model.to(device)
         fx = cls(model, pipeline=inference_pipeline(cfg), levels=levels)
         fx.weights = weights
+        fx.config_sha256 = digest
         return fx
 
     @staticmethod
     def _init_or_load(model, cfg, checkpoint, seed) -> dict:
         if checkpoint is not None:
-            from mmengine.runner import load_checkpoint
-            ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+            from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+            from .weights import read_checkpoint
+
+            # our safe reader: an unreadable file is one line naming it, never torch's
+            # advice to retry with weights_only=False
+            ckpt = read_checkpoint(checkpoint)
+            _load_checkpoint_to_model(model, ckpt, strict=False, logger='silent')
             meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
             if 'dataset_meta' in meta:
                 model.dataset_meta = meta['dataset_meta']
-            return {'source': 'checkpoint', 'checkpoint': str(checkpoint)}
+            return {'source': 'checkpoint', 'checkpoint': str(checkpoint),
+                    'sha256': file_digest(checkpoint)}
         init = cfg.model.get('backbone', {}).get('init_cfg')
         pretrained = init.get('checkpoint') if isinstance(init, dict) and \
             init.get('type') == 'Pretrained' else None
@@ -179,6 +191,7 @@ class FeatureExtractor:
             model.init_weights()
         if pretrained is not None and pretrained_note is None:
             return {'source': 'pretrained-backbone', 'checkpoint': str(pretrained),
+                    'sha256': file_digest(pretrained), 'seed': seed,
                     'note': 'backbone from init_cfg, the rest randomly initialised'}
         return {'source': 'random', 'seed': seed,
                 'note': pretrained_note or 'no checkpoint given: random initialisation'}
@@ -270,6 +283,38 @@ class FeatureExtractor:
             'flip_direction': sample.metainfo.get('flip_direction'),
         }
         return FeatureRecord(feats, {lv: self.strides[lv] for lv in feats}, meta)
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file's bytes (hex), or None for a name that is no local file (a URL)."""
+    path = Path(str(path))
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_digest(cfg) -> str:
+    """sha256 (hex) of what a config contributes to the feature maps: the resolved
+    ``model`` (after ``_base_`` inheritance and ``--cfg-options``) and the inference
+    pipeline. Training-only settings (schedule, optimizer, data roots) do not change it.
+    """
+    text = json.dumps({'model': cfg.model, 'pipeline': inference_pipeline(cfg)},
+                      sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    """sha256 (hex) of a model's tensors (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)};'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def extract(model: nn.Module | FeatureExtractor, images: Iterable[str | Path | np.ndarray], *,

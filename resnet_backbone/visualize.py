@@ -1,6 +1,7 @@
 """Pictures a person would rather look at than read: detections drawn on images."""
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
     return pil
 
 
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Save ``image`` as a PNG atomically: the file is complete or absent, never cut
+    short by Ctrl-C or a kill."""
+    from .fileio import atomic_write_bytes
+    buf = io.BytesIO()
+    image.save(buf, format='PNG')
+    path = Path(path)
+    atomic_write_bytes(buf.getvalue(), path)
+    return path
+
+
 def save_grid(images: Sequence[Image.Image], path: str | Path, cols: int = 3) -> Path:
     """Tile equally sized images into one PNG."""
     w, h = images[0].size
@@ -36,10 +48,7 @@ def save_grid(images: Sequence[Image.Image], path: str | Path, cols: int = 3) ->
     sheet = Image.new('RGB', (cols * w, rows * h), (255, 255, 255))
     for i, im in enumerate(images):
         sheet.paste(im, ((i % cols) * w, (i // cols) * h))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return save_png(sheet, path)
 
 
 def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
@@ -101,10 +110,7 @@ def feature_sheet(image_rgb: np.ndarray, heats: dict[str, np.ndarray],
     for t in tiles:
         sheet.paste(t, (x, 0))
         x += t.width + 4
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return save_png(sheet, path)
 
 
 def channel_grid(image_rgb: np.ndarray, heats: Sequence[np.ndarray], titles: Sequence[str],

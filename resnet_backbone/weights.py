@@ -64,6 +64,10 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
     ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)`` (with the
     mmengine Runner allow-list). ``.pkl`` (detectron2) is only opened with
     ``allow_pickle=True`` and warns, because unpickling can run arbitrary code.
+
+    A file that cannot be read (empty, truncated, random bytes, refused objects) raises
+    :class:`CheckpointReadError`, one line naming the file; torch's advice to retry
+    with ``weights_only=False`` is never passed on.
     """
     path_str = str(path)
     if path_str.startswith(_URL_PREFIXES):
@@ -88,12 +92,61 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
                 'allow_pickle=True (tools: --allow-pickle) only for files you trust')
         warnings.warn(f'unpickling {path_str}: pickle can run code, only open trusted files',
                       UserWarning, stacklevel=2)
-        with open(path, 'rb') as f:
-            obj = pickle.load(f, encoding='latin1')
-        return obj
+        try:
+            with open(path, 'rb') as f:
+                return pickle.load(f, encoding='latin1')
+        except Exception as exc:  # noqa: BLE001 - any parse failure: one line naming the file
+            if isinstance(exc, OSError) and exc.filename is not None:
+                raise  # permission denied, a folder, ...: the message names the file
+            raise unreadable_checkpoint(path_str, exc) from None
     from .checkpoint_io import allow_runner_checkpoint_globals
     allow_runner_checkpoint_globals()
-    return torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure: one line naming the file
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # permission denied, a folder, ...: the message names the file
+        raise unreadable_checkpoint(path_str, exc) from None
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read: empty, truncated, not a checkpoint, or
+    holding objects a safe load refuses. The message is one line naming the file."""
+
+
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def unreadable_checkpoint(path: str | Path, exc: BaseException) -> CheckpointReadError:
+    """One line for a checkpoint that ``torch.load(weights_only=True)`` (or pickle)
+    could not read: the file, what is wrong with it, and the fix.
+
+    torch's own message is not passed on: it suggests re-running with
+    ``weights_only=False``, which lets the file run arbitrary code, and that is
+    dangerous advice for a file the user did not write.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, 'rb') as f:
+            head = f.read(4)
+    except OSError:
+        size, head = -1, b''
+    text = str(exc)
+    refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+    if size == 0:
+        why = 'the file is empty (0 bytes); re-download or re-save it'
+    elif refused:
+        why = (f'it holds a Python object ({refused.group(1)}) that a safe load refuses; '
+               'save only its tensors where it was made, e.g. '
+               'torch.save(model.state_dict(), path)')
+    elif head == _ZIP_MAGIC:
+        why = (f'it is truncated or corrupt ({size} bytes; its zip archive is incomplete); '
+               're-download or re-save it')
+    else:
+        why = (f'it is not a PyTorch checkpoint ({size} bytes, neither a torch.save archive '
+               'nor a tensor pickle); check the path, or re-download or re-save it')
+    return CheckpointReadError(f'checkpoint {str(path)!r} cannot be read: {why}')
 
 
 def unwrap_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:
@@ -312,6 +365,21 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
     else:
         print_log(report.summary().splitlines()[0], logger='current', level=logging.INFO)
     return report
+
+
+def loaded_state_dict(model: nn.Module, report: LoadReport) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` that ``report``'s load filled from the checkpoint, and
+    nothing else: what a converter may write.
+
+    Keys the checkpoint lacked (``report.missing``, or shape mismatches) are left out,
+    never written with the model's fresh random initialisation, so a later load of the
+    written file reports them missing instead of claiming full coverage. BatchNorm's
+    ``num_batches_tracked`` step counters, which are not weights (coverage ignores them),
+    are kept, so that a complete conversion also loads with ``load_state_dict(strict=True)``.
+    """
+    loaded = set(report.loaded)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if k in loaded or _OPTIONAL.search(k)}
 
 
 def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,

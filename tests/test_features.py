@@ -99,3 +99,74 @@ def test_neck_levels_named_by_position_at_odd_sizes(tmp_path):
     for name, t in rec.levels.items():
         s = rec.strides[name]
         assert tuple(t.shape[-2:]) == (-(-ph // s), -(-pw // s)), name
+
+
+def test_records_carry_a_fingerprint_of_what_made_them(fx, tmp_path):
+    """Issue 11: a record stored nothing that would tell a re-run with another config,
+    checkpoint, levels or dtype that it is stale."""
+    from resnet_backbone import __version__
+    from resnet_backbone.dump import dump_features, read_meta
+    img = tmp_path / 'in' / 'a.png'
+    img.parent.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    dump_features(fx, [img], img.parent, tmp_path / 'out', dtype='float16', progress=False)
+    meta = read_meta(tmp_path / 'out' / 'a.png.npz')
+    assert 'fingerprint' in meta, 'the record stores no fingerprint'
+    fp = meta['fingerprint']
+    from resnet_backbone.features import config_digest
+    cfg = load_config(SHAPES)
+    assert fp == {'config': config_digest(cfg), 'weights': {'random_seed': 0},
+                  'levels': fx.levels, 'dtype': 'float16', 'format': 'npz',
+                  'tool': f'resnet_backbone {__version__}'}
+    # the config hash follows the model and pipeline, not training-only settings
+    cfg.train_cfg.max_iters = 7
+    assert config_digest(cfg) == fp['config']
+    cfg.model.neck.out_channels = 64
+    assert config_digest(cfg) != fp['config']
+
+
+def test_stale_records_stop_with_one_line_naming_overwrite(fx, tmp_path):
+    """Issue 11: a re-run with other settings said 'already there' and kept stale files."""
+    from resnet_backbone.cli import ToolError
+    from resnet_backbone.dump import dump_features, read_meta
+    img = tmp_path / 'in' / 'a.png'
+    img.parent.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    out = tmp_path / 'out'
+    dump_features(fx, [img], img.parent, out, dtype='float32', progress=False)
+    before = (out / 'a.png.npz').read_bytes()
+    with pytest.raises(ToolError) as info:
+        dump_features(fx, [img], img.parent, out, dtype='float16', progress=False)
+    msg = str(info.value)
+    assert '\n' not in msg and '--overwrite' in msg and 'dtype float32 (now float16)' in msg
+    assert (out / 'a.png.npz').read_bytes() == before  # nothing written
+    s = dump_features(fx, [img], img.parent, out, dtype='float16', overwrite=True,
+                      progress=False)
+    assert s.dumped == 1 and read_meta(out / 'a.png.npz')['fingerprint']['dtype'] == 'float16'
+
+
+def test_interrupted_overlay_leaves_no_record(fx, tmp_path, monkeypatch):
+    """Issue 11: the record was written before the overlays, so Ctrl-C between them left
+    an image that a re-run counted as done, without its overlays."""
+    import resnet_backbone.dump as dump
+    img = tmp_path / 'in' / 'a.png'
+    img.parent.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    out = tmp_path / 'out'
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dump, 'write_overlays', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dump.dump_features(fx, [img], img.parent, out, overlay=True, progress=False)
+    assert not (out / 'a.png.npz').exists()  # not marked complete
+    monkeypatch.undo()
+    s = dump.dump_features(fx, [img], img.parent, out, overlay=True, progress=False)
+    assert s.dumped == 1 and (out / 'overlays' / 'a.png.sheet.png').is_file()
+    # a re-run that asks for overlays redoes an image dumped without them
+    s = dump.dump_features(fx, [img], img.parent, out, progress=False)
+    assert s.already_there == 1
+    (out / 'overlays' / 'a.png.sheet.png').unlink()
+    assert dump.dump_features(fx, [img], img.parent, out, overlay=True,
+                              progress=False).dumped == 1
+    assert not list(out.rglob('*.tmp'))

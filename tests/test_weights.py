@@ -249,3 +249,37 @@ def test_gn_target_gets_gn_key_names():
     gn_model = ResNetV1Custom(depth=18, norm_cfg=dict(type='GN', num_groups=8))
     assert {'gn1.weight', 'layer1.0.gn2.bias', 'layer2.0.downsample.1.weight'} <= keys
     assert set(gn_model.state_dict()) <= keys  # all GN affine params are provided
+
+
+def _convert_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('convert_weights_tool',
+                                                  ROOT / 'tools/convert_weights.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_strict_conversion_writes_only_what_loaded(tmp_path, capsys):
+    """Issue 11: --no-strict wrote every key of a fresh model, so a key missing from the
+    input came out random-initialised, and loading the output claimed 100% coverage."""
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    gone = 'layer2.0.conv2.weight'
+    del sd[gone]
+    src, out = tmp_path / 'in.pth', tmp_path / 'out.pth'
+    torch.save(sd, src)
+    tool = _convert_tool()
+    assert tool.main([str(src), str(out), '--no-strict']) == 0
+    written = torch.load(out, weights_only=True)
+    assert gone not in written, 'a key the input lacks was written (random-initialised)'
+    assert set(written) == set(sd) - {'fc.weight', 'fc.bias'}
+    assert f'not written: 1 tensors the input lacks ({gone})' in capsys.readouterr().out
+    model = ResNetV1Custom(depth=18)
+    report = load_pretrained(model, str(out), strict=False)
+    assert report.missing == [gone] and report.coverage < 100.0
+    with pytest.raises(IncompleteCheckpointError, match=re.escape(f"missing ['{gone}']")):
+        load_pretrained(ResNetV1Custom(depth=18), str(out), strict=True)
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--help'])
+    help_text = ' '.join(capsys.readouterr().out.split())
+    assert 'missing ones are left out of OUT (not random-initialised)' in help_text

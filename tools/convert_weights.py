@@ -7,6 +7,13 @@ clean ``ResNetV1Custom`` state dict, verify it with a strict load, print the loa
 The dialect, depth, stem and shortcut layout are inferred from the keys; flags override.
 OUT is a plain state dict (``torch.save``), loadable with ``weights_only=True`` and
 usable as ``init_cfg=dict(type='Pretrained', checkpoint=OUT)``.
+
+OUT holds only tensors read from IN: with ``--no-strict`` the keys IN lacks are left out
+(never written with a fresh random initialisation), so loading OUT later reports them
+missing. OUT is written atomically, and only after a successful load. An unreadable IN
+(empty, truncated, not a checkpoint) is one error line naming it. Errors print one
+line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback); exit 1, or 130 on
+Ctrl-C.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
+from resnet_backbone.fileio import atomic_path  # noqa: E402
 from resnet_backbone.resnet import ARCH_SETTINGS, ResNetV1Custom  # noqa: E402
 from resnet_backbone.stem import STEM_TYPES  # noqa: E402
 from resnet_backbone.weights import (  # noqa: E402
@@ -25,12 +34,17 @@ from resnet_backbone.weights import (  # noqa: E402
     IncompleteCheckpointError,
     convert,
     load_state_dict,
+    loaded_state_dict,
     read_checkpoint,
 )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Convert ResNet weights to ResNetV1Custom.')
+    p = argparse.ArgumentParser(
+        description='Convert ResNet weights to ResNetV1Custom. OUT holds only tensors read '
+                    'from INPUT, never random-initialised ones.',
+        epilog='Errors are one line; --debug (or RESNET_BACKBONE_DEBUG=1) shows the '
+               'traceback.')
     p.add_argument('input', help='checkpoint file (.pth, .pt, .bin; .pkl with --allow-pickle)')
     p.add_argument('output', help='where to write the converted state dict (.pth)')
     p.add_argument('--source', choices=SOURCES, help='dialect (default: detected)')
@@ -41,25 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow reading a pickled .pkl (detectron2); pickle can run code')
     p.add_argument('--no-strict', action='store_true',
-                   help='write what matched even if keys are missing (report says what)')
+                   help='write only the tensors that loaded even if keys are missing: the '
+                        'missing ones are left out of OUT (not random-initialised), so a '
+                        'later load of OUT reports them missing; the report lists them')
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        ckpt = read_checkpoint(args.input, allow_pickle=args.allow_pickle)
-        converted = convert(ckpt, source=args.source)
-    except (FileNotFoundError, PermissionError, ValueError) as exc:
-        sys.exit(f'convert_weights.py: error: {exc}')
+    ckpt = read_checkpoint(args.input, allow_pickle=args.allow_pickle)
+    converted = convert(ckpt, source=args.source)
     implied = dict(converted.implied)
     for key, flag in (('depth', args.depth), ('stem_type', args.stem),
                       ('avg_down', args.avg_down), ('style', args.style)):
         if flag is not None:
             implied[key] = flag
     if 'depth' not in implied:
-        sys.exit('convert_weights.py: error: cannot infer the depth from the keys; '
-                 f'pass --depth (allowed values: {", ".join(map(str, ARCH_SETTINGS))})')
+        raise ToolError('cannot infer the depth from the keys; pass --depth (allowed values: '
+                        f'{", ".join(map(str, ARCH_SETTINGS))})')
     kwargs = {k: v for k, v in implied.items() if v is not None}
     model = ResNetV1Custom(**kwargs)
     try:
@@ -67,19 +80,26 @@ def main(argv=None) -> int:
                                  strict=not args.no_strict)
     except IncompleteCheckpointError as exc:
         print(exc.report.summary(), file=sys.stderr)
-        sys.exit(f'convert_weights.py: error: {exc}')
+        raise ToolError(f'{exc}; nothing written (--no-strict writes only what loaded)') \
+            from None
     print(f'source: {converted.source}; backbone: ResNetV1Custom('
           + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) + ')')
     if converted.dropped:
         print(f'dropped {len(converted.dropped)} non-backbone keys '
               f'(e.g. {", ".join(converted.dropped[:3])})')
     print(report.summary())
+    state = loaded_state_dict(model, report)
+    left_out = report.missing + [k for k, _, _ in report.mismatched]
+    if left_out:
+        print(f'not written: {len(left_out)} tensors the input lacks ({", ".join(left_out)}); '
+              f'OUT holds only the {len(report.loaded)} loaded tensors, so loading it '
+              'reports them missing')
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out)
-    print(f'wrote {out}')
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    print(f'wrote {out} ({len(state)} tensors)')
     return 0
 
 
 if __name__ == '__main__':
-    main()
+    run_tool('convert_weights.py', main)

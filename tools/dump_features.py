@@ -10,6 +10,14 @@ scale factor, flip, stats, weights); DIR/index.json and DIR/index.csv list them 
 The maps are computed with the config's own test pipeline and data preprocessor, as
 inference computes them. Without CHECKPOINT the weights are random (or the backbone's
 local pretrained file), and the metadata says so.
+
+Each record stores a fingerprint of what produced it (config, weights file sha256,
+levels, dtype, format, package version). Files already in DIR are reused only if their
+fingerprint matches; if one differs, the tool stops before writing anything, with one
+line that names --overwrite (which redoes every image). The record is written after the
+overlays, and every file atomically, so Ctrl-C (exit 130) leaves no partial file: run
+the same command again to continue where it stopped. Errors are one line; --debug (or
+RESNET_BACKBONE_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
@@ -21,17 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
+from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
 from resnet_backbone.dump import (  # noqa: E402
     DTYPES,
     FORMATS,
     OVERLAY_MODES,
+    check_out_dir,
     collect_images,
     dump_features,
 )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Dump feature maps with their geometry.')
+    p = argparse.ArgumentParser(
+        description='Dump feature maps with their geometry.',
+        epilog='Files already in --out are reused only if their fingerprint (config, '
+               'weights, levels, dtype, format, version) matches; otherwise the tool stops '
+               'and names --overwrite. Ctrl-C: run the same command again to continue. '
+               '--debug (or RESNET_BACKBONE_DEBUG=1) shows tracebacks.')
     p.add_argument('config', help='mmdet config file')
     p.add_argument('checkpoint', nargs='?', help='checkpoint (default: random weights)')
     p.add_argument('--input', required=True, help='image, folder, or .txt list of images')
@@ -44,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--overlay-mode', default='mean', choices=OVERLAY_MODES,
                    help='channel mean, or the top-k channels in a grid')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--overwrite', action='store_true', help='redo images already dumped')
+    p.add_argument('--overwrite', action='store_true',
+                   help='redo every image, also those already dumped, and replace files '
+                        'dumped with other settings (whose fingerprint differs)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     args = p.parse_args(argv)
     if not Path(args.config).is_file():
@@ -58,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
+    check_out_dir(args.out)  # before the model is built: fail fast, write nothing
     from resnet_backbone.features import FeatureExtractor
     from resnet_backbone.training import load_config, setup_environment
     setup_environment()
@@ -67,10 +85,10 @@ def main(argv=None):
         fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=args.device,
                                           levels=levels)
     except ValueError as exc:  # e.g. an unknown level: one line, not a traceback
-        sys.exit(f'dump_features.py: error: {exc}')
+        raise ToolError(str(exc)) from exc
     images, root = collect_images(args.input)
     if not images:
-        sys.exit(f'dump_features.py: error: no images found in {args.input}')
+        raise ToolError(f'no images found in {args.input}')
     print(f'[dump] {len(images)} images, levels {", ".join(fx.levels)}, weights: '
           f"{fx.weights['source']}", file=sys.stderr)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
@@ -81,5 +99,12 @@ def main(argv=None):
     return summary
 
 
+def resume_hint(argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    if '--overwrite' in argv:
+        return 'run it again without --overwrite to continue where it stopped'
+    return 'run the same command again to continue where it stopped'
+
+
 if __name__ == '__main__':
-    main()
+    run_tool('dump_features.py', main, resume_hint=resume_hint())

@@ -1,0 +1,249 @@
+"""Faults around the dump and convert tools (issue 11): Ctrl-C during a dump, stale
+results, unreadable checkpoints, an unwritable output folder. Each ends with one line
+and writes nothing it should not.
+
+The tools run as on the command line: the SIGINT test in a subprocess, the others
+in-process through their ``__main__`` block (``runpy``), which is the same code path
+without paying the import time again.
+"""
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_backbone.dump import load_levels
+from resnet_backbone.features import FeatureExtractor
+
+from .conftest import CONFIG, ROOT
+
+DUMP = ROOT / 'tools' / 'dump_features.py'
+CONVERT = ROOT / 'tools' / 'convert_weights.py'
+TORCH_HINT = re.compile(r'weights_only`?\s*(=|set to)\s*`?False')
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """Two detector checkpoints of the shapes config with different weights."""
+    folder = tmp_path_factory.mktemp('ckpts')
+    paths = []
+    for seed in (7, 8):
+        fx = FeatureExtractor.from_config(CONFIG, seed=seed)
+        paths.append(folder / f'model{seed}.pth')
+        torch.save({'state_dict': fx.model.state_dict()}, paths[-1])
+    return paths
+
+
+def make_images(folder: Path, n: int, size: int = 64) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f'img{i:02d}.png')
+        Image.fromarray((rng.random((size, size + 16, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def cli(capsys, monkeypatch, tool: Path, *args: str) -> tuple[int, str, str]:
+    """Run ``tool`` as ``python tool args`` would (its ``__main__`` block), in-process."""
+    monkeypatch.setattr(sys, 'argv', [str(tool), *args])
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(tool), run_name='__main__')
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str, prefix: str) -> str:
+    """The tool's message: exactly one line starting with ``prefix``, the last one, and
+    no traceback."""
+    assert 'Traceback' not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    mine = [ln for ln in lines if ln.startswith(prefix)]
+    assert len(mine) == 1 and lines[-1] == mine[0], err[-2000:]
+    return mine[0]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob('*') if p.is_file()} if folder.exists() else set()
+
+
+def complete(out: Path, image: Path, levels: list[str]) -> bool:
+    """The image's record exists, loads, and its overlays are all there."""
+    record = out / f'{image.name}.npz'
+    if not record.is_file():
+        return False
+    arrays, meta = load_levels(record)
+    assert sorted(arrays) == sorted(levels) and meta['overlay'] == 'mean'
+    pngs = [out / 'overlays' / f'{image.name}.{lv}.png' for lv in levels]
+    sheet = out / 'overlays' / f'{image.name}.sheet.png'
+    assert sheet.is_file() and all(p.is_file() for p in pngs), image
+    return True
+
+
+# ---------------------------------------------------------------- Ctrl-C during a dump
+def test_sigint_during_dump_then_rerun_completes(checkpoints, tmp_path):
+    """Ctrl-C once the first record exists: exit 130 with one line and the resume hint,
+    no temporary or partial file, every record has its overlays; the same command run
+    again finishes the rest. (Before the fix: a traceback, exit 1, and the record was
+    written before the overlays.)"""
+    images = make_images(tmp_path / 'images', 10, size=80)
+    out = tmp_path / 'out'
+    levels = ['c2', 'c3', 'c4', 'c5', 'p3', 'p4', 'p5', 'p6', 'p7']
+    cmd = [sys.executable, str(DUMP), CONFIG, str(checkpoints[0]), '--input',
+           str(tmp_path / 'images'), '--out', str(out), '--levels', ','.join(levels),
+           '--overlay']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not list(out.glob('*.npz')) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, 'the dump ended before it could be interrupted'
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert one_error_line(err, 'dump_features.py:') == (
+        'dump_features.py: interrupted (Ctrl-C); run the same command again to continue '
+        'where it stopped')
+    left = files_under(out)
+    assert not [p for p in left if p.name.startswith('.') or p.suffix == '.tmp'], left
+    done = [im for im in images if complete(out, im, levels)]
+    assert 1 <= len(done) < len(images)
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'dumped {len(images) - len(done)}, already there {len(done)}' in r.stderr
+    assert all(complete(out, im, levels) for im in images)
+    assert not [p for p in files_under(out) if p.suffix == '.tmp']
+
+
+# ---------------------------------------------------------------- stale results
+def test_stale_results_other_checkpoint_or_levels_stop(checkpoints, tmp_path, capsys,
+                                                       monkeypatch):
+    """A re-run into the same folder with another checkpoint or other --levels stops
+    with one line naming --overwrite and writes nothing. (Before the fix: 'dumped 0,
+    already there 3', exit 0, the old maps kept.)"""
+    make_images(tmp_path / 'images', 3)
+    out = tmp_path / 'out'
+    base = ['--input', str(tmp_path / 'images'), '--out', str(out)]
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), *base,
+                       '--levels', 'c2,c3')
+    assert code == 0 and 'dumped 3, already there 0' in err, err[-2000:]
+    before = {p: p.read_bytes() for p in files_under(out)}
+
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[1]), *base,
+                       '--levels', 'c2,c3')
+    line = one_error_line(err, 'dump_features.py: error:')
+    assert code == 1 and 'were dumped with other weights' in line and '--overwrite' in line
+    assert {p: p.read_bytes() for p in files_under(out)} == before  # nothing written
+
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), *base,
+                       '--levels', 'c4')
+    line = one_error_line(err, 'dump_features.py: error:')
+    assert code == 1 and 'levels c2,c3 (now c4)' in line and '--overwrite' in line
+    assert {p: p.read_bytes() for p in files_under(out)} == before
+
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[1]), *base,
+                       '--levels', 'c2,c3', '--overwrite')
+    assert code == 0 and 'dumped 3, already there 0' in err, err[-2000:]
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[1]), *base,
+                       '--levels', 'c2,c3')
+    assert code == 0 and 'dumped 0, already there 3' in err, err[-2000:]
+
+
+# ---------------------------------------------------------------- unreadable checkpoints
+def bad_checkpoint(folder: Path, kind: str) -> Path:
+    path = folder / f'{kind}.pth'
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated':
+        good = folder / 'good.pth'
+        torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7)}, good)
+        data = good.read_bytes()
+        good.unlink()
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def assert_one_line_naming(msg: str, path: Path) -> None:
+    assert '\n' not in msg.strip() and str(path) in msg, msg
+    assert not TORCH_HINT.search(msg), msg  # never advise weights_only=False
+
+
+@pytest.mark.parametrize('kind', ['empty', 'truncated', 'random'])
+def test_unreadable_checkpoint_convert_weights(kind, tmp_path, capsys, monkeypatch):
+    """(Before the fix: a traceback; for random bytes ending in torch's advice to retry
+    with weights_only=False.)"""
+    path = bad_checkpoint(tmp_path, kind)
+    code, _, err = cli(capsys, monkeypatch, CONVERT, str(path), str(tmp_path / 'out.pth'))
+    assert code == 1
+    assert_one_line_naming(one_error_line(err, 'convert_weights.py: error:'), path)
+    assert files_under(tmp_path) == {path}  # nothing written
+
+
+def test_unreadable_checkpoint_convert_weights_subprocess(tmp_path):
+    """The same through a real process: the tool's __main__ block prints the one line."""
+    path = bad_checkpoint(tmp_path, 'random')
+    r = subprocess.run([sys.executable, str(CONVERT), str(path), str(tmp_path / 'out.pth')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert_one_line_naming(one_error_line(r.stderr, 'convert_weights.py: error:'), path)
+    assert files_under(tmp_path) == {path}
+
+
+@pytest.mark.parametrize('kind', ['empty', 'truncated', 'random'])
+def test_unreadable_checkpoint_init_cfg_pretrained(kind, tmp_path):
+    """init_cfg=dict(type='Pretrained', checkpoint=...): one line naming the file.
+    (Before the fix: torch's message, naming no file, for random bytes multi-line with
+    the weights_only=False advice.)"""
+    from resnet_backbone import ResNetV1Custom
+    path = bad_checkpoint(tmp_path, kind)
+    model = ResNetV1Custom(depth=18, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ValueError) as info:
+        model.init_weights()
+    assert_one_line_naming(str(info.value), path)
+    assert files_under(tmp_path) == {path}
+
+
+# ---------------------------------------------------------------- unwritable output
+@pytest.mark.parametrize('how', ['read-only folder', 'path under a file'])
+def test_unwritable_output_folder_is_one_line(how, checkpoints, tmp_path, capsys,
+                                              monkeypatch):
+    """(Before the fix: a PermissionError / NotADirectoryError traceback.)"""
+    make_images(tmp_path / 'images', 1)
+    if how == 'read-only folder':
+        out = tmp_path / 'ro'
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):
+            out.chmod(0o755)
+            pytest.skip('running as root: chmod does not make a folder read-only')
+    else:
+        (tmp_path / 'afile').write_text('x')
+        out = tmp_path / 'afile' / 'out'
+    before = files_under(tmp_path)
+    try:
+        code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]),
+                           '--input', str(tmp_path / 'images'), '--out', str(out))
+    finally:
+        if how == 'read-only folder':
+            out.chmod(0o755)
+    assert code == 1
+    line = one_error_line(err, 'dump_features.py: error:')
+    assert f'output folder {out}' in line, line
+    assert files_under(tmp_path) == before  # nothing written
