@@ -2,13 +2,99 @@
 
 ``import resnet_backbone`` registers ``ResNetV1Custom`` (and the V1c/V1d presets) in
 mmdet's ``MODELS`` registry. It imports neither ``mmdet.models`` nor ``mmcv.ops``.
+
+When the torch / mmengine / mmcv stack is broken, ``import resnet_backbone`` raises one
+``ImportError`` that names the broken package and the fix. The one exception is
+``python -m resnet_backbone.doctor``: Python imports this package before the doctor, and
+the doctor must run whatever is broken, so there the error is kept (and raised on first
+use of a name from this package) instead.
 """
-from . import registry  # noqa: E402,F401  (registers the backbones)
-from .blocks import BasicBlock, Bottleneck
-from .norm import FrozenBatchNorm2d
-from .resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom, ShapeSpec
-from .stages import ResLayer
+from __future__ import annotations
+
+import sys
 
 __version__ = '0.1.0'
 __all__ = ['ARCH_SETTINGS', 'BasicBlock', 'Bottleneck', 'FrozenBatchNorm2d', 'ResLayer',
            'ResNetV1Custom', 'ResNetV1cCustom', 'ResNetV1dCustom', 'ShapeSpec']
+
+#: ``python -m <this>`` may import the package while its dependencies are broken
+DOCTOR = 'resnet_backbone.doctor'
+#: options of the python executable that take a separate argument (``-X dev``)
+_PY_OPTS_WITH_ARG = ('-W', '-X', '--check-hash-based-pycs')
+
+
+def _started_as_doctor(argv: list[str] | None = None) -> bool:
+    """Was this interpreter started as ``python [options] -m resnet_backbone.doctor``?"""
+    argv = list(getattr(sys, 'orig_argv', ()) if argv is None else argv)
+    it = iter(argv[1:])
+    for arg in it:
+        if arg == '-m':
+            return next(it, None) == DOCTOR
+        if arg.startswith('-m'):
+            return arg[2:] == DOCTOR
+        if arg in _PY_OPTS_WITH_ARG:
+            next(it, None)
+        elif arg == '-c' or arg == '-' or not arg.startswith('-'):
+            return False  # -c CODE, a script, or stdin: not the doctor
+    return False
+
+
+def _culprit(exc: BaseException) -> str:
+    """The top-level package whose import failed (``mmcv`` for ``mmcv.cnn``).
+
+    '' when the failure is in this package's own code: that is a bug, not a broken stack.
+    """
+    name = getattr(exc, 'name', None)
+    if isinstance(exc, ImportError) and name and name.split('.')[0] != __name__:
+        return name.split('.')[0]
+    if isinstance(exc, SyntaxError) and exc.filename:  # no frame of the broken file
+        parts = exc.filename.replace('\\', '/').split('/')
+        for i, part in enumerate(parts[:-1]):
+            if part in ('site-packages', 'dist-packages') and parts[i + 1] != __name__:
+                return parts[i + 1].removesuffix('.py')
+        return ''
+    culprit = ''
+    tb = exc.__traceback__
+    while tb is not None:  # the first frame outside this package and importlib
+        module = str(tb.tb_frame.f_globals.get('__name__', ''))
+        top = module.split('.')[0]
+        if top and top not in (__name__, 'importlib') and not top.startswith('_frozen'):
+            culprit = top
+            break
+        tb = tb.tb_next
+    return culprit
+
+
+def _import_error(exc: BaseException) -> ImportError:
+    """One line: which dependency is broken, what it said, and the fix."""
+    culprit = _culprit(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ''
+    said = f'{type(exc).__name__}: {first}' if first else type(exc).__name__
+    err = ImportError(f'resnet_backbone cannot be imported: {culprit} is broken ({said}); '
+                      f"run 'bash tools/setup.sh' from the repo root, or "
+                      f"'python -m resnet_backbone.doctor' to see what is wrong")
+    err.name = culprit
+    return err
+
+
+try:
+    from . import registry  # noqa: F401  (registers the backbones)
+    from .blocks import BasicBlock, Bottleneck
+    from .norm import FrozenBatchNorm2d
+    from .resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom, ShapeSpec
+    from .stages import ResLayer
+except Exception as _exc:  # noqa: BLE001 - a broken stack fails in many ways (OSError, ...)
+    if not _started_as_doctor():
+        if not _culprit(_exc):
+            raise  # a bug in this package itself: its own traceback says where
+        raise _import_error(_exc) from _exc
+    _IMPORT_ERROR = _import_error(_exc) if _culprit(_exc) else _exc
+
+    def __getattr__(name: str):
+        # Only reached in the doctor's process: any name of the package re-raises the error.
+        if name.startswith('__'):
+            raise AttributeError(name)
+        raise _IMPORT_ERROR
+else:
+    _IMPORT_ERROR = None

@@ -4,6 +4,10 @@ Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine,
 (and whether its compiled ops load), mmdet and numpy, whether CUDA is available, and
 whether ``ResNetV1Custom`` resolves in mmdet's registry. Exits 1 on a broken stack,
 with one ``FIX:`` line per broken piece.
+
+It must run whatever is broken, since that is when it is needed: it imports only the
+standard library at the top, and ``resnet_backbone/__init__.py`` (which Python imports
+first) keeps its import error instead of raising it when started as this module.
 """
 from __future__ import annotations
 
@@ -57,6 +61,12 @@ def _torchvision() -> str:
     return f'{torchvision.__version__} (ops load)'
 
 
+def _mmcv() -> str:
+    version = _version('mmcv')
+    importlib.import_module('mmcv.cnn')  # what the backbone builds its layers with
+    return f'{version} (mmcv.cnn loads)'
+
+
 def _mmcv_ext() -> str:
     importlib.import_module('mmcv._ext')
     return 'compiled ops load'
@@ -72,7 +82,8 @@ def _cuda() -> str:
 def _registry() -> str:
     from mmdet.registry import MODELS
 
-    import resnet_backbone  # noqa: F401  (registers)
+    from resnet_backbone import ResNetV1Custom  # noqa: F401  (registers; re-raises a
+    # failed import of the package, kept by its __init__ in the doctor's process)
     cls = MODELS.get('ResNetV1Custom')
     if cls is None:
         raise LookupError("ResNetV1Custom is not in mmdet's MODELS registry")
@@ -87,7 +98,7 @@ def run_checks() -> list[Check]:
         _guard('torchvision', "torchvision's ops need the registry build of torch, not the "
                "local '+cpu' wheel: " + SETUP, _torchvision),
         _guard('mmengine', SETUP, lambda: _version('mmengine')),
-        _guard('mmcv', SETUP + ' (builds mmcv from source)', lambda: _version('mmcv')),
+        _guard('mmcv', SETUP + ' (builds mmcv from source)', _mmcv),
         _guard('mmcv._ext', "mmcv was installed without its compiled ops: 'pip uninstall -y "
                "mmcv' and " + SETUP + ' (it builds mmcv with MMCV_WITH_OPS=1)', _mmcv_ext),
         _guard('mmdet', SETUP, lambda: _version('mmdet')),
@@ -108,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if broken:
         print()
         for c in broken:
-            # a failure that only repeats an earlier one's missing module gets no FIX line
+            # a failure that only repeats an earlier one (names its module, or says the
+            # same thing) gets no FIX line
             cause = next((b.name for b in broken[:broken.index(c)]
-                          if re.search(rf'\b{re.escape(b.name)}\b', c.detail)), None)
+                          if re.search(rf'\b{re.escape(b.name)}\b', c.detail)
+                          or b.detail == c.detail), None)
             if cause is None:
                 print(f'FIX: {c.name} is broken ({c.detail}); {c.fix}')
         return 1
@@ -119,4 +132,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from resnet_backbone.cli import run_tool  # stdlib only, like this module
+    sys.exit(run_tool('python -m resnet_backbone.doctor', main))

@@ -6,10 +6,13 @@ and registered as ``norm_cfg=dict(type='FrozenBN')``.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -63,3 +66,49 @@ def is_batch_norm(module: nn.Module) -> bool:
         return True
     buffers = module._buffers
     return 'running_mean' in buffers and 'running_var' in buffers and hasattr(module, 'momentum')
+
+
+_NORM_BASES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
+
+
+def _is_norm_class(cls) -> bool:
+    return inspect.isclass(cls) and (issubclass(cls, _NORM_BASES)
+                                     or getattr(cls, '_abbr_', None) in ('bn', 'gn', 'ln', 'in'))
+
+
+def norm_types() -> list[str]:
+    """Names of the norm layers ``norm_cfg=dict(type=...)`` resolves in the current scope."""
+    names: set[str] = set()
+    with MODELS.switch_scope_and_registry(None) as registry:
+        while registry is not None:
+            names.update(n for n, c in registry.module_dict.items() if _is_norm_class(c))
+            registry = registry.parent
+    return sorted(names, key=lambda n: (n not in ('BN', 'SyncBN', 'GN', 'FrozenBN'), n))
+
+
+def check_norm_cfg(norm_cfg: dict) -> None:
+    """Raise a one-line error for a ``norm_cfg`` that mmcv's ``build_norm_layer`` rejects.
+
+    mmcv says ``Cannot find None in registry`` for an unknown type (it prints the lookup
+    result, not the name) and fails a bare ``assert`` for GN without ``num_groups``. The
+    lookup here is mmcv's: the current default scope's ``MODELS``, then its parents.
+    """
+    if not isinstance(norm_cfg, dict):
+        raise TypeError(f'norm_cfg must be a dict such as dict(type=\'BN\'); got {norm_cfg!r}')
+    layer_type = norm_cfg.get('type')
+    if inspect.isclass(layer_type):
+        cls = layer_type
+    else:
+        cls = None
+        if isinstance(layer_type, str):
+            try:
+                with MODELS.switch_scope_and_registry(None) as registry:
+                    cls = registry.get(layer_type)
+            except (KeyError, ImportError):
+                cls = None
+        if cls is None:
+            raise ValueError(f'norm_cfg type={layer_type!r} is not a registered norm layer; '
+                             f"allowed values: {', '.join(repr(n) for n in norm_types())}")
+    if cls is nn.GroupNorm and 'num_groups' not in norm_cfg:
+        raise ValueError(f'norm_cfg type={layer_type!r} needs num_groups, e.g. '
+                         f'dict(type={layer_type!r}, num_groups=32, requires_grad=True)')

@@ -10,10 +10,14 @@ It also adds a child registry with scope ``resnet_backbone``, so the fully-quali
 """
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Mapping
+
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
-from .resnet import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+from .resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
 
 try:
     from mmdet.registry import MODELS as PARENT
@@ -28,3 +32,50 @@ for _cls in BACKBONES:
     for _registry in (PARENT, MODELS):
         if _cls.__name__ not in _registry.module_dict:
             _registry.register_module(module=_cls)
+
+
+def _allowed_keys() -> list[str]:
+    params = inspect.signature(ResNetV1Custom.__init__).parameters
+    return [n for n, p in params.items()
+            if n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
+                          prefix: str = 'model.backbone') -> None:
+    """One-line ``ValueError`` for an unknown or missing key of one of our backbones.
+
+    Configs (and ``--cfg-options model.backbone.dept=50``) fail late and at length
+    otherwise. Types that are not ours (mmdet's ``ResNet``, ...) are not checked.
+
+    Args:
+        type_name: the config's ``type``: ``'ResNetV1Custom'``, ``'ResNetV1dCustom'``,
+            ``'resnet_backbone.ResNetV1cCustom'``, or one of the classes.
+        kwargs: the other keys of the backbone config (a ``type`` key is ignored).
+        prefix: where the keys live in the config, for the message.
+
+    Example:
+        >>> try:
+        ...     check_backbone_kwargs('ResNetV1Custom', dict(dept=50))
+        ... except ValueError as exc:
+        ...     print(str(exc).split(' (allowed keys')[0])
+        model.backbone.dept: unknown key for ResNetV1Custom; did you mean 'depth'?
+    """
+    names = {cls.__name__: cls for cls in BACKBONES}
+    if inspect.isclass(type_name):
+        cls = type_name if type_name in BACKBONES else None
+    else:
+        cls = names.get(str(type_name).removeprefix('resnet_backbone.'))
+    if cls is None:
+        return
+    allowed = _allowed_keys()
+    unknown = [k for k in kwargs if k != 'type' and k not in allowed]
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f'; did you mean {close[0]!r}?' if close else ''
+            parts.append(f'{prefix}.{key}: unknown key for {cls.__name__}{hint}')
+        raise ValueError(f"{'; '.join(parts)} (allowed keys: {', '.join(allowed)})")
+    if 'depth' not in kwargs:
+        raise ValueError(f'{prefix}.depth is missing: {cls.__name__} needs it; allowed '
+                         f"values: {', '.join(str(d) for d in ARCH_SETTINGS)}")

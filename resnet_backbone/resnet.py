@@ -18,7 +18,7 @@ from torch import nn
 
 from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
 from .fast import conv_norm_relu, sequential_conv_norm
-from .norm import FrozenBatchNorm2d, is_batch_norm
+from .norm import FrozenBatchNorm2d, check_norm_cfg, is_batch_norm
 from .stages import ResLayer
 from .stem import STEM_TYPES, build_stem
 
@@ -38,6 +38,11 @@ class ShapeSpec(NamedTuple):
 
     channels: int
     stride: int
+
+
+#: dtype -> the Tensor/Module method that converts to it (for the dtype-mismatch error)
+_CAST = {torch.float16: 'half', torch.bfloat16: 'bfloat16', torch.float32: 'float',
+         torch.float64: 'double'}
 
 
 def _fmt(values: Sequence) -> str:
@@ -181,6 +186,15 @@ class ResNetV1Custom(BaseModule):
         if stage_with_dcn is None:
             stage_with_dcn = (False,) * num_stages
         stage_with_dcn = _as_stage_tuple('stage_with_dcn', stage_with_dcn, num_stages, bool)
+        if dcn is not None and ARCH_SETTINGS[depth][0] is BasicBlock:
+            raise ValueError(f'dcn is only supported by Bottleneck blocks (depth >= 50); '
+                             f'got dcn with depth={depth}')
+        if dcn is not None and not any(stage_with_dcn):
+            # mmdet (default stage_with_dcn=(False,)*4) silently builds no DCN here
+            example = tuple(i > 0 or num_stages == 1 for i in range(num_stages))
+            raise ValueError(f'dcn is set but stage_with_dcn={stage_with_dcn!r} selects no '
+                             f'stage, so no DCN would be built; set stage_with_dcn, e.g. '
+                             f'stage_with_dcn={example!r}, or drop dcn')
         if init_cfg and pretrained:
             raise ValueError('init_cfg and pretrained cannot both be set; use only '
                              "init_cfg=dict(type='Pretrained', checkpoint=...)")
@@ -198,6 +212,7 @@ class ResNetV1Custom(BaseModule):
             # checkpoints fail a strict load); under default_scope='mmdet' the string would
             # resolve to it. Ours is the one this backbone documents and tests.
             norm_cfg['type'] = FrozenBatchNorm2d
+        check_norm_cfg(norm_cfg)
 
         # ---- init config, exactly as mmdet
         block, stage_blocks = ARCH_SETTINGS[depth]
@@ -401,6 +416,21 @@ class ResNetV1Custom(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'input has {x.shape[1]} channels but in_channels='
                              f'{self.in_channels}; pass (N, {self.in_channels}, H, W)')
+        weight = self._first_conv.weight
+        if x.dtype != weight.dtype and not (
+                x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+            # else the first conv fails with a long dtype-mismatch traceback
+            to_w = f'x.{_CAST[weight.dtype]}()' if weight.dtype in _CAST else \
+                f'x.to({weight.dtype})'
+            to_x = f'model.{_CAST[x.dtype]}()' if x.dtype in _CAST else f'model.to({x.dtype})'
+            fix = (f'pass {to_w}, convert the model with {to_x}, or run under torch.autocast'
+                   if x.is_floating_point() else f'pass {to_w}')
+            raise TypeError(f'input dtype is {x.dtype} but the model\'s parameters are '
+                            f'{weight.dtype}; {fix}')
+
+    @property
+    def _first_conv(self) -> nn.Module:
+        return self.stem[0] if self.stem_type == 'deep' else self.conv1
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""

@@ -1,6 +1,10 @@
 """``python -m resnet_backbone.doctor`` on the good stack and on a broken one."""
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from resnet_backbone import doctor
 
@@ -31,3 +35,70 @@ def test_doctor_names_missing_module(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert '[BAD] torchvision' in out
     assert any(line.startswith('FIX: torchvision is broken') for line in out.splitlines())
+
+
+# ---------------------------------------------------------------- a broken stack
+# The doctor runs in a subprocess whose PYTHONPATH puts a fake package first. Python
+# imports resnet_backbone/__init__.py (and with it mmcv.cnn, mmengine, torch) before
+# the doctor; that import must not crash it.
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKES = {
+    # mmcv whose import fails (e.g. built against another torch)
+    'mmcv': ('mmcv', "raise ImportError('mmcv is broken: undefined symbol _ZN3c10')"),
+    # mmcv-like package without mmcv.cnn (a half-removed install)
+    'mmcv-no-cnn': ('mmcv', "__version__ = '2.1.0'"),
+    'torch': ('torch', "raise OSError('libtorch_cpu.so: cannot open shared object file')"),
+    'mmengine': ('mmengine', "raise ImportError('mmengine is broken')"),
+}
+
+
+def _with_fake(tmp_path: Path, which: str, *args: str) -> subprocess.CompletedProcess:
+    package, body = FAKES[which]
+    (tmp_path / package).mkdir()
+    (tmp_path / package / '__init__.py').write_text(body + '\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    env.pop('RESNET_BACKBONE_DEBUG', None)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize('which,bad,fix', [
+    ('mmcv', 'mmcv', 'FIX: mmcv is broken (ImportError: mmcv is broken'),
+    ('mmcv-no-cnn', 'mmcv', "FIX: mmcv is broken (ModuleNotFoundError: No module named "
+                            "'mmcv.cnn')"),
+    ('torch', 'torch', 'FIX: torch is broken (OSError: libtorch_cpu.so'),
+    ('mmengine', 'mmengine', 'FIX: mmengine is broken (ImportError: mmengine is broken)'),
+])
+def test_doctor_runs_whatever_is_broken(tmp_path, which, bad, fix):
+    """Before: a traceback through resnet_backbone/__init__.py, no [BAD] or FIX: line."""
+    r = _with_fake(tmp_path, which, '-m', 'resnet_backbone.doctor')
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert 'Traceback' not in out, out
+    assert f'[BAD] {bad} ' in r.stdout, out
+    fixes = [line for line in r.stdout.splitlines() if line.startswith('FIX:')]
+    assert fixes and fixes[0].startswith(fix) and 'tools/setup.sh' in fixes[0], out
+
+
+def test_import_still_fails_loudly_with_broken_mmcv(tmp_path):
+    """Regular users get one ImportError naming mmcv and the fix, not a silent package."""
+    r = _with_fake(tmp_path, 'mmcv', '-c', 'import resnet_backbone')
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('ImportError: resnet_backbone cannot be imported: mmcv is broken '
+                           '(ImportError: mmcv is broken'), r.stderr
+    assert "'bash tools/setup.sh'" in last and "'python -m resnet_backbone.doctor'" in last
+
+
+@pytest.mark.parametrize('argv,doctor', [
+    (['python', '-m', 'resnet_backbone.doctor'], True),
+    (['python', '-X', 'dev', '-mresnet_backbone.doctor', '--debug'], True),
+    (['python', '-m', 'resnet_backbone.doctor_x'], False),
+    (['python', '-m', 'pytest', '-m', 'resnet_backbone.doctor'], False),
+    (['python', 'script.py', '-m', 'resnet_backbone.doctor'], False),
+    (['python', '-c', 'import resnet_backbone', '-m', 'resnet_backbone.doctor'], False),
+])
+def test_started_as_doctor(argv, doctor):
+    import resnet_backbone
+    assert resnet_backbone._started_as_doctor(argv) is doctor

@@ -1,10 +1,14 @@
 """Every bad argument gets a one-line ValueError/TypeError naming it and the allowed values."""
 from __future__ import annotations
 
+import runpy
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from resnet_backbone import ResNetV1Custom, ResNetV1dCustom
+from resnet_backbone import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
 
 BAD = [
     (dict(depth=42), ValueError, r"^depth=42 is not supported; allowed values: 18, 34, 50, "
@@ -77,3 +81,141 @@ def test_forward_features_level_error():
     with pytest.raises(ValueError, match=r"^levels \['c5'\] are not available; allowed "
                                          r"values: 'c1', 'c2', 'c3', 'c4'$"):
         model.forward_features(torch.rand(1, 3, 32, 32), levels=['c2', 'c5'])
+
+
+# ---------------------------------------------------------------- issue 11, finding 6
+BAD_11 = [
+    # mmcv said "Cannot find None in registry" (its lookup result, not the name)
+    (dict(depth=18, norm_cfg=dict(type='Nope')), ValueError,
+     r"^norm_cfg type='Nope' is not a registered norm layer; allowed values: 'BN', "
+     r"'FrozenBN', 'GN', 'SyncBN', .*'LN'"),
+    # mmcv: a bare assert
+    (dict(depth=18, norm_cfg=dict(type='GN')), ValueError,
+     r"^norm_cfg type='GN' needs num_groups, e\.g\. dict\(type='GN', num_groups=32"),
+    # mmdet (and before: this backbone) built no DCN at all, silently
+    (dict(depth=50, dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False)),
+     ValueError, r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no "
+                 r"stage, so no DCN would be built; set stage_with_dcn, e\.g\. "
+                 r"stage_with_dcn=\(False, True, True, True\), or drop dcn$"),
+    (dict(depth=101, dcn=dict(type='DCNv2'), stage_with_dcn=(False,) * 4), ValueError,
+     r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no stage"),
+    (dict(depth=34, dcn=dict(type='DCN')), ValueError,
+     r"^dcn is only supported by Bottleneck blocks \(depth >= 50\); got dcn with depth=34$"),
+]
+
+
+@pytest.mark.parametrize('kwargs,exc,pattern', BAD_11, ids=[str(b[0])[:60] for b in BAD_11])
+def test_constructor_errors_issue11(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern) as info:
+        ResNetV1Custom(**kwargs)
+    assert '\n' not in str(info.value)
+
+
+def test_registered_norm_types_still_build():
+    for cfg in (dict(type='BN'), dict(type='SyncBN'), dict(type='FrozenBN'),
+                dict(type='GN', num_groups=2), dict(type=torch.nn.BatchNorm2d)):
+        ResNetV1Custom(depth=18, base_channels=4, norm_cfg=cfg)
+
+
+@pytest.mark.parametrize('dtype,model_dtype,fix', [
+    (torch.float16, torch.float32, r'pass x\.float\(\), convert the model with model\.half\(\), '
+                                   r'or run under torch\.autocast$'),
+    (torch.float64, torch.float32, r'pass x\.float\(\), convert the model with model\.double'),
+    (torch.float32, torch.bfloat16, r'pass x\.bfloat16\(\), convert the model with '
+                                    r'model\.float\(\)'),
+    (torch.uint8, torch.float32, r'pass x\.float\(\)$'),
+])
+@pytest.mark.parametrize('stem_type', ['classic', 'deep'])
+def test_forward_dtype_mismatch_is_one_line(dtype, model_dtype, fix, stem_type):
+    """Before: a 23-line traceback from the first conv ('Input type ... should be the same')."""
+    model = ResNetV1Custom(depth=18, base_channels=4, stem_type=stem_type).to(model_dtype)
+    x = (torch.rand(1, 3, 32, 32) * 255).to(dtype)
+    pattern = (rf"^input dtype is {dtype} but the model's parameters are {model_dtype}; "
+               + fix)
+    for call in (model, model.forward_features):
+        with pytest.raises(TypeError, match=pattern) as info:
+            call(x)
+        assert '\n' not in str(info.value)
+        # raised by the backbone, before any conv ran
+        assert info.traceback[-1].name == '_check_input'
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('train', [False, True])
+def test_forward_matching_dtypes_still_work(dtype, train):
+    model = ResNetV1Custom(depth=18, base_channels=4).to(dtype).train(train)
+    outs = model(torch.rand(2, 3, 32, 32, dtype=dtype))
+    assert all(o.dtype == dtype for o in outs)
+
+
+def test_forward_under_autocast_takes_other_dtypes():
+    model = ResNetV1Custom(depth=18, base_channels=4).eval()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.rand(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert outs[-1].dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- config key typos
+def test_check_backbone_kwargs():
+    from resnet_backbone.registry import check_backbone_kwargs
+    with pytest.raises(ValueError, match=r"^model\.backbone\.dept: unknown key for "
+                                         r"ResNetV1Custom; did you mean 'depth'\? \(allowed "
+                                         r"keys: depth, in_channels, .*, fast\)$"):
+        check_backbone_kwargs('ResNetV1Custom', dict(type='ResNetV1Custom', dept=50))
+    with pytest.raises(ValueError, match=r"^backbone\.norm_evl: unknown key for "
+                                         r"ResNetV1dCustom; did you mean 'norm_eval'\?; "
+                                         r"backbone\.zzz: unknown key for ResNetV1dCustom \("):
+        check_backbone_kwargs('resnet_backbone.ResNetV1dCustom',
+                              dict(depth=50, norm_evl=True, zzz=1), prefix='backbone')
+    with pytest.raises(ValueError, match=r"^model\.backbone\.depth is missing: ResNetV1cCustom "
+                                         r"needs it; allowed values: 18, 34, 50"):
+        check_backbone_kwargs(ResNetV1cCustom, dict(base_channels=8))
+    check_backbone_kwargs('ResNetV1Custom', dict(depth=50, frozen_stages=1, fast=False))
+    check_backbone_kwargs('ResNet', dict(dept=50))  # not ours: mmdet's own errors
+
+
+# ---------------------------------------------------------------- tools/export.py
+EXPORT = Path(__file__).resolve().parents[1] / 'tools' / 'export.py'
+
+
+def _run_export(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, 'argv', [str(EXPORT), *argv])
+    monkeypatch.delenv('RESNET_BACKBONE_DEBUG', raising=False)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(EXPORT), run_name='__main__')
+    return info.value.code, capsys.readouterr().err
+
+
+def test_export_tool_error_is_one_line(tmp_path, monkeypatch, capsys):
+    """Before: a traceback ending in FileExistsError (the output's parent is a file)."""
+    (tmp_path / 'file').write_text('')
+    out = tmp_path / 'file' / 'm.pt'
+    code, err = _run_export(monkeypatch, capsys, str(out), '--depth', '18', '--size', '32')
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('export.py: error: '), err
+    assert str(tmp_path / 'file') in lines[0] and lines[0].endswith(
+        '(full traceback: --debug or RESNET_BACKBONE_DEBUG=1)'), err
+
+
+def test_export_tool_debug_shows_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(OSError):
+        _run_export(monkeypatch, capsys, str(tmp_path / 'file' / 'm.pt'), '--depth', '18',
+                    '--size', '32', '--debug')
+
+
+def test_export_tool_ctrl_c_exits_130_without_partial_file(tmp_path, monkeypatch, capsys):
+    import resnet_backbone.export as export_lib
+
+    class Traced:
+        def save(self, path):
+            Path(path).write_bytes(b'half a file')
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_lib, 'trace', lambda model, x: Traced())
+    code, err = _run_export(monkeypatch, capsys, str(tmp_path / 'm.pt'), '--depth', '18',
+                            '--size', '32')
+    assert code == 130, err
+    assert err.strip().splitlines()[-1].startswith('export.py: interrupted (Ctrl-C)'), err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())

@@ -4,6 +4,9 @@
         [--with-neck] [--size 512] [--batch 1] [--reference] [--static] [--no-check]
     python tools/export.py OUT.pt --format torchscript ...
 
+Any error prints one line and exits 1; Ctrl-C exits 130 and leaves no partial output
+file; ``--debug`` (or ``RESNET_BACKBONE_DEBUG=1``) prints the full traceback.
+
 Without ``--config`` the model is ``ResNetV1Custom(depth=...)`` (plus mmdet's FPN with
 ``--with-neck``), randomly initialised unless ``--checkpoint`` names backbone weights in
 any dialect that ``tools/convert_weights.py`` reads. With ``--config`` the detector's
@@ -100,9 +103,11 @@ def main(argv=None) -> int:
         path = export_onnx(model, args.out, x, dynamic=not args.static)
     else:
         print('[export] tracing to TorchScript ...', flush=True)
+        from resnet_backbone.fileio import atomic_path
         path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trace(model, x).save(str(path))
+        traced = trace(model, x)
+        with atomic_path(path) as tmp:  # complete or absent, also after Ctrl-C
+            traced.save(str(tmp))
     print(f'[export] wrote {path} ({path.stat().st_size / 2**20:.1f} MB) in '
           f'{time.perf_counter() - t0:.1f} s')
     if args.format != 'onnx' or args.no_check:
@@ -125,4 +130,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        from resnet_backbone.cli import run_tool
+    except ImportError as exc:  # the package names the broken dependency and the fix
+        sys.exit(f'export.py: error: {exc}')
+    sys.exit(run_tool('export.py', main))
