@@ -12,6 +12,7 @@ whatever else is broken.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,8 +46,10 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, KeyError) and text.startswith(("'", '"')):
         text = text[1:-1] if len(text) > 1 else text
+    if 'Weights only load failed' in text:
+        return weights_only_refusal(text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if 'weights_only=False' not in ln] or lines
+    lines = [ln for ln in lines if 'weights_only' not in ln] or lines
     if not lines:
         return type(exc).__name__
     line = lines[0]
@@ -54,6 +57,21 @@ def one_line(exc: BaseException) -> str:
                         PermissionError, OSError, KeyError)):
         return line
     return f'{type(exc).__name__}: {line}'
+
+
+def weights_only_refusal(text: str, path: str = '') -> str:
+    """One line for torch's "Weights only load failed" error, without its advice.
+
+    torch suggests re-running with ``weights_only=False``, which executes whatever code
+    the file carries: dangerous advice for a file the user did not write. Instead this
+    names the refused class and says what to do with a file one trusts.
+    """
+    m = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    what = f'it pickles {m.group(1)}' if m else 'it pickles Python objects'
+    where = f'{path}: ' if path else ''
+    return (f'{where}not a plain weights file ({what}, which a safe weights-only load '
+            'refuses); if you trust it, re-save it as a state dict: '
+            'torch.save(model.state_dict(), path)')
 
 
 def run_tool(name: str, main: Callable[[list[str] | None], Any],

@@ -1,0 +1,58 @@
+"""resnet_backbone.cli: how every tool ends (one line, exit codes, --debug)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from resnet_backbone.cli import DEBUG_ENV, one_line, run_tool
+
+
+def _fail(exc):
+    def main(argv):
+        raise exc
+    return main
+
+
+def test_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_tool('x.py', _fail(ValueError('--foo: bad value; use 3\nsecond line')), argv=[])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('x.py: error: --foo: bad value; use 3')
+
+
+def test_ctrl_c_is_exit_130_with_the_resume_hint(capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_tool('x.py', _fail(KeyboardInterrupt()), argv=[], resume_hint='run it again')
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == 'x.py: interrupted (Ctrl-C); run it again'
+
+
+def test_debug_flag_and_env_show_the_traceback(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    seen = []
+    with pytest.raises(ValueError):
+        run_tool('x.py', lambda argv: seen.append(argv) or _fail(ValueError('x'))(argv),
+                 argv=['a', '--debug'])
+    assert seen == [['a']]  # the tool's own parser never sees --debug
+    monkeypatch.setenv(DEBUG_ENV, '1')
+    with pytest.raises(ValueError):
+        run_tool('x.py', _fail(ValueError('x')), argv=[])
+
+
+def test_torch_weights_only_advice_is_never_passed_on():
+    """torch's hint to retry with weights_only=False would run the file's code."""
+    class Custom:
+        pass
+    buf = io.BytesIO()
+    torch.save({'a': Custom()}, buf)
+    buf.seek(0)
+    with pytest.raises(Exception) as e:
+        torch.load(buf, weights_only=True)
+    line = one_line(e.value)
+    assert 'weights_only' not in line and '\n' not in line
+    assert 'Custom' in line and 'state_dict' in line
