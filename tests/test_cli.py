@@ -44,10 +44,12 @@ def test_debug_flag_and_env_show_the_traceback(monkeypatch):
         run_tool('x.py', _fail(ValueError('x')), argv=[])
 
 
+class Custom:
+    """A class a weights-only load refuses."""
+
+
 def test_torch_weights_only_advice_is_never_passed_on():
     """torch's hint to retry with weights_only=False would run the file's code."""
-    class Custom:
-        pass
     buf = io.BytesIO()
     torch.save({'a': Custom()}, buf)
     buf.seek(0)
