@@ -250,8 +250,10 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     """
     if not (fast and foldable(conv, norm) and worth_folding(conv, out_positions(conv, x))):
         return norm(conv(x))
+    # jit.trace records a custom autograd Function as an opaque node whose value names
+    # change between invocations, so its default check_trace fails: trace plain ops
     if torch.is_grad_enabled() and conv.weight.requires_grad \
-            and not torch.is_autocast_enabled(x.device.type):
+            and not torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing():
         scale, shift = fold_scale_shift(norm)
         return _FoldedConv.apply(x, conv.weight, scale.to(conv.weight.dtype), shift,
                                  conv.stride, conv.padding, conv.dilation, conv.groups,

@@ -98,3 +98,16 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
             assert gm[name] is None, name
         else:
             assert rel(gm[name], g) <= 1e-4, name
+
+
+def test_plain_jit_trace_with_its_default_check():
+    """``torch.jit.trace(model.eval(), x)`` as users call it: gradients enabled and the
+    default ``check_trace=True`` (issue 21: the graphs differed across invocations)."""
+    model = ResNetV1Custom(depth=18, base_channels=8).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
+        traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        for a, b in zip(traced(x), model(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
