@@ -46,6 +46,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 FORMATS = ('npz', 'pt', 'safetensors')
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
 OVERLAY_MODES = ('mean', 'topk')
+NO_SUCH_FILE = 'no such file'
 
 
 @dataclass
@@ -59,7 +60,20 @@ class DumpSummary:
     def line(self) -> str:
         per = f', {self.seconds / self.dumped:.2f} s/image' if self.dumped else ''
         return (f'dumped {self.dumped}, already there {self.already_there}, '
-                f'skipped {len(self.skipped)} unreadable{per}; index: {self.index}')
+                f'skipped {self.skipped_words()}{per}; index: {self.index}')
+
+    def skipped_words(self) -> str:
+        """``'2 unreadable'``, ``'1 no such file'`` or ``'3 (2 unreadable, 1 no such file)'``."""
+        missing = sum(reason == NO_SUCH_FILE for _, reason in self.skipped)
+        unreadable = len(self.skipped) - missing
+        if missing and unreadable:
+            return f'{len(self.skipped)} ({unreadable} unreadable, {missing} {NO_SUCH_FILE})'
+        return f'{missing} {NO_SUCH_FILE}' if missing else f'{unreadable} unreadable'
+
+    @property
+    def nothing_dumped(self) -> bool:
+        """Every image was skipped: nothing dumped now, nothing there from before."""
+        return bool(self.skipped) and not (self.dumped or self.already_there)
 
 
 def collect_images(path: str | Path) -> tuple[list[Path], Path]:
@@ -157,8 +171,8 @@ def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
     w = fx.weights
     if w.get('sha256'):
         weights = {'file_sha256': w['sha256']}
-        if w.get('source') == 'pretrained-backbone':
-            weights['seed'] = w.get('seed')  # the rest of the detector is random
+        if w.get('seed') is not None:
+            weights['seed'] = w['seed']  # part of the detector is random (seeded)
     elif w.get('source') == 'random':
         weights = {'random_seed': w.get('seed')}
     else:  # a model passed in, or weights by URL: the tensors themselves
@@ -306,6 +320,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
             entries.append(_entry(image, target, meta))
             continue
         try:
+            if not image.is_file():  # e.g. a stale line of a .txt list
+                raise FileNotFoundError(NO_SUCH_FILE)
             record = fx(image)
         except Exception as exc:  # noqa: BLE001 - a bad image must not stop the run
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

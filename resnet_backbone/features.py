@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -127,6 +128,8 @@ class FeatureExtractor:
                                     else _default_pipeline())
         self.strides = self._probe_strides()
         default = [f'c{int(math.log2(s))}' for s in self._backbone_out_strides()]
+        if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
+            levels = [lv.strip() for lv in levels.split(',')]
         self.levels = list(levels) if levels is not None else default
         unknown = [lv for lv in self.levels if lv not in self.strides]
         if unknown:
@@ -136,12 +139,23 @@ class FeatureExtractor:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, config, checkpoint: str | None = None, *, device: str = 'cpu',
-                    levels: Sequence[str] | None = None, seed: int = 0) -> FeatureExtractor:
+                    levels: Sequence[str] | None = None, seed: int = 0,
+                    strict: bool = True) -> FeatureExtractor:
         """Build the detector of ``config`` and load ``checkpoint`` (if any).
 
-        Without a checkpoint the model keeps its ``init_cfg`` initialisation (a local
-        ``Pretrained`` backbone file is loaded; otherwise weights are random, seeded);
-        :attr:`weights` says which.
+        The checkpoint is loaded strictly, with the same load report as
+        ``init_cfg=dict(type='Pretrained')``: a detector checkpoint must fit the whole
+        detector; a backbone-only file (from ``tools/convert_weights.py``, torchvision,
+        timm, ... in any dialect of :mod:`resnet_backbone.weights`) must fit the backbone,
+        and the neck and heads keep their seeded random initialisation. Anything else
+        raises :class:`CheckpointMismatchError`, one line naming the file and the
+        missing and unexpected counts. ``strict=False`` loads whatever fits, and says
+        what did not. :attr:`weights` records what was loaded and its coverage.
+
+        Without a checkpoint the model keeps its ``init_cfg`` initialisation: a
+        ``Pretrained`` backbone file is loaded, a local path or a ``torchvision://`` /
+        ``open-mmlab://`` name found where mmengine's loader looks for it (torch.hub's
+        cache); otherwise the weights are random (seeded), and :attr:`weights` says why.
         """
         from mmengine.config import Config
         from mmengine.registry import DefaultScope
@@ -154,7 +168,11 @@ class FeatureExtractor:
             from mmdet.registry import MODELS
             torch.manual_seed(seed)
             model = MODELS.build(cfg.model)
-            weights = cls._init_or_load(model, cfg, checkpoint, seed)
+            if checkpoint is not None:
+                weights = load_detector_checkpoint(model, checkpoint, seed=seed,
+                                                   strict=strict)
+            else:
+                weights = cls._init(model, cfg, seed)
         model.to(device)
         fx = cls(model, pipeline=inference_pipeline(cfg), levels=levels)
         fx.weights = weights
@@ -162,39 +180,39 @@ class FeatureExtractor:
         return fx
 
     @staticmethod
-    def _init_or_load(model, cfg, checkpoint, seed) -> dict:
-        if checkpoint is not None:
-            from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
-            from .weights import read_checkpoint
-
-            # our safe reader: an unreadable file is one line naming it, never torch's
-            # advice to retry with weights_only=False
-            ckpt = read_checkpoint(checkpoint)
-            _load_checkpoint_to_model(model, ckpt, strict=False, logger='silent')
-            meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-            if 'dataset_meta' in meta:
-                model.dataset_meta = meta['dataset_meta']
-            return {'source': 'checkpoint', 'checkpoint': str(checkpoint),
-                    'sha256': file_digest(checkpoint)}
+    def _init(model, cfg, seed) -> dict:
+        """The config's own initialisation; what it loaded, or why the weights are random."""
+        from .compat import quiet_init_logging
+        from .weights import _URL_PREFIXES, cached_checkpoint_file
         init = cfg.model.get('backbone', {}).get('init_cfg')
         pretrained = init.get('checkpoint') if isinstance(init, dict) and \
             init.get('type') == 'Pretrained' else None
-        if pretrained is not None and not Path(str(pretrained)).is_file():
-            # a URL (torchvision://, open-mmlab://) cannot be fetched offline: random init
-            model.backbone.init_cfg = None
-            pretrained_note = f'{pretrained} not available locally'
-        else:
-            pretrained_note = None
-        from .compat import quiet_init_logging
+        note = local = None
+        if pretrained is not None:
+            name = str(pretrained)
+            local = cached_checkpoint_file(name) if name.startswith(_URL_PREFIXES) \
+                else Path(name)
+            if local is None or not local.is_file():
+                # never downloaded here: only what mmengine's loader would find locally
+                model.backbone.init_cfg = None
+                note = (f'{name} is not in the local cache ({local}): random '
+                        'initialisation; fetch it once with network access (training does) '
+                        'or pass a checkpoint' if name.startswith(_URL_PREFIXES) else
+                        f'{name}: no such file: random initialisation')
         with quiet_init_logging():
             model.init_weights()
-        if pretrained is not None and pretrained_note is None:
-            return {'source': 'pretrained-backbone', 'checkpoint': str(pretrained),
-                    'sha256': file_digest(pretrained), 'seed': seed,
-                    'note': 'backbone from init_cfg, the rest randomly initialised'}
+        if pretrained is not None and note is None:
+            report = getattr(model.backbone, 'load_report', None)
+            weights = {'source': 'pretrained-backbone', 'checkpoint': str(pretrained),
+                       'file': str(local), 'sha256': file_digest(local), 'seed': seed,
+                       'note': 'backbone from init_cfg, the rest randomly initialised'}
+            if report is not None:
+                weights['coverage'] = {'backbone': round(report.coverage, 4),
+                                       'detector': round(_share(model, model.backbone,
+                                                                report), 4)}
+            return weights
         return {'source': 'random', 'seed': seed,
-                'note': pretrained_note or 'no checkpoint given: random initialisation'}
+                'note': note or 'no checkpoint given: random initialisation'}
 
     # ---------------------------------------------------------------- geometry
     def _backbone_out_strides(self) -> tuple[int, ...]:
@@ -214,7 +232,7 @@ class FeatureExtractor:
         size = 512
         x = torch.zeros(1, 3, size, size, device=self._device())
         with torch.no_grad():
-            c_outs, p_outs, stem = self._raw_forward(x, want_neck=True)
+            c_outs, p_outs, stem = self._raw_forward(x, want_neck=True, check_size=size)
         name = lambda t: int(math.log2(size // t.shape[-1]))  # noqa: E731
         self._names = ([f'c{name(t)}' for t in c_outs], [f'p{name(t)}' for t in p_outs])
         strides = {k: size // v.shape[-1] for k, v in stem.items()}
@@ -223,8 +241,10 @@ class FeatureExtractor:
         return dict(sorted(strides.items(), key=lambda kv: (kv[0][0], kv[1])))
 
     # ---------------------------------------------------------------- forward
-    def _raw_forward(self, x: torch.Tensor, want_neck: bool):
-        """(backbone stage outputs, neck outputs, {'c1': stem} or {})."""
+    def _raw_forward(self, x: torch.Tensor, want_neck: bool, check_size: int | None = None):
+        """(backbone stage outputs, neck outputs, {'c1': stem} or {}); ``check_size``: the
+        input is (1, 3, check_size, check_size), and a backbone whose output is no tuple
+        of feature maps raises one line (a classifier passed as a backbone)."""
         stem = {}
         if hasattr(self.backbone, 'forward_features'):
             every = [f'c{i + 2}' for i in range(self.backbone.num_stages)]
@@ -233,7 +253,10 @@ class FeatureExtractor:
             c_outs = tuple(feats.values())
             backbone_outs = tuple(c_outs[i] for i in self.backbone.out_indices)
         else:
-            c_outs = backbone_outs = tuple(self.backbone(x))
+            out = self.backbone(x)
+            if check_size is not None:
+                _check_feature_maps(self.backbone, out, check_size)
+            c_outs = backbone_outs = tuple(out)
         p_outs = tuple(self.neck(backbone_outs)) if self.neck is not None and want_neck else ()
         return c_outs, p_outs, stem
 
@@ -246,34 +269,39 @@ class FeatureExtractor:
         out.update(zip(self._names[1], p_outs))
         return {lv: out[lv] for lv in levels}
 
-    def preprocess(self, image: str | Path | np.ndarray) -> dict:
+    def preprocess(self, image: ImageInput) -> dict:
         """Run the test pipeline and the data preprocessor on one image.
 
-        ``image`` is a file path, or an (H, W, 3) uint8 array in BGR order (as
-        ``mmcv.imread`` returns).
+        ``image`` is anything :func:`as_image_array` accepts: a file path, a numpy array
+        (BGR, as ``mmcv.imread`` returns), a PIL image or a tensor (RGB, as torchvision
+        reads them), grayscale or with alpha, with pixel values 0-255.
         """
-        if isinstance(image, np.ndarray):
-            data = dict(img=image, img_id=0, img_path=None, ori_shape=image.shape[:2],
-                        img_shape=image.shape[:2])
+        if isinstance(image, (str, Path)):
+            if not Path(image).is_file():
+                raise FileNotFoundError(f'image {str(image)!r}: no such file')
+            data = self.pipeline(dict(img_path=str(image), img_id=0))
+        else:
+            array = as_image_array(image)
+            data = dict(img=array, img_id=0, img_path=None, ori_shape=array.shape[:2],
+                        img_shape=array.shape[:2])
             transforms = [t for t in self.pipeline.transforms
                           if 'LoadImage' not in type(t).__name__]
             for t in transforms:
                 data = t(data)
-        else:
-            data = self.pipeline(dict(img_path=str(image), img_id=0))
         if data is None:
-            raise ValueError(f'the test pipeline dropped image {image!r}')
+            raise ValueError(f'the test pipeline dropped image {_describe(image)}')
         batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
         return self.model.data_preprocessor(batch, False)
 
     @torch.no_grad()
-    def __call__(self, image: str | Path | np.ndarray) -> FeatureRecord:
+    def __call__(self, image: ImageInput) -> FeatureRecord:
+        """The maps of one image (see :meth:`preprocess` for what ``image`` may be)."""
         batch = self.preprocess(image)
         inputs = batch['inputs']
         sample = batch['data_samples'][0]
         feats = self._forward(inputs, self.levels)
         meta = {
-            'image': str(image) if not isinstance(image, np.ndarray) else None,
+            'image': str(image) if isinstance(image, (str, Path)) else None,
             'ori_shape': _as_tuple(sample.metainfo.get('ori_shape')),
             'img_shape': _as_tuple(sample.metainfo.get('img_shape')),
             'pad_shape': _as_tuple(sample.metainfo.get('pad_shape')),
@@ -283,6 +311,246 @@ class FeatureExtractor:
             'flip_direction': sample.metainfo.get('flip_direction'),
         }
         return FeatureRecord(feats, {lv: self.strides[lv] for lv in feats}, meta)
+
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+#: what :meth:`FeatureExtractor.preprocess` accepts (see :func:`as_image_array`)
+ImageInput = Union[str, Path, np.ndarray, torch.Tensor, 'PILImage']
+
+
+def _describe(image) -> str:
+    if isinstance(image, (str, Path)):
+        return repr(str(image))
+    shape = getattr(image, 'shape', None) or getattr(image, 'size', None)
+    return f'({type(image).__name__}, shape {tuple(shape) if shape is not None else "?"})'
+
+
+def as_image_array(image) -> np.ndarray:
+    """One image as the (H, W, 3) BGR array, 0-255, that mmdet's test pipeline expects.
+
+    Accepted, with pixel values **0-255** (the model normalises them itself):
+
+    - numpy arrays in **BGR** order (as ``mmcv.imread``/``cv2.imread`` return): (H, W)
+      grayscale, (H, W, 1), (H, W, 2) gray + alpha, (H, W, 3) BGR, (H, W, 4) BGRA;
+    - PIL images (any mode that converts to RGB: L, RGB, RGBA, P, ...);
+    - tensors in **RGB** order, channels first (as ``torchvision.io.read_image``
+      returns): (H, W), (C, H, W) or (1, C, H, W) with C = 1, 2, 3 or 4.
+
+    uint8 is taken as is; other integer and float dtypes must hold 0-255 values. Alpha is
+    dropped and grayscale is repeated into three channels. Refused, with one line saying
+    what to pass: a float image whose values lie in [0, 1] (scale it: ``img * 255``),
+    negative values (already normalised: pass the raw image), values above 255 (e.g.
+    16-bit: scale to 8 bits), NaN/Inf, channels-first numpy arrays, a batch of several
+    images, and any other type.
+    """
+    order = 'BGR'
+    if isinstance(image, np.ndarray):
+        array, what = image, 'numpy array'
+    elif isinstance(image, torch.Tensor):
+        what, order = 'tensor', 'RGB'
+        t = image.detach().cpu()
+        if t.dim() == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f'got a batch of {t.shape[0]} images (tensor of shape '
+                                 f'{tuple(t.shape)}); pass one image at a time, e.g. '
+                                 'extract(fx, list(batch))')
+            t = t[0]
+        if t.dim() == 3:
+            if t.shape[0] not in (1, 2, 3, 4):
+                raise ValueError(f'tensor images are channels first, (C, H, W) with C = 1, '
+                                 f'2, 3 or 4; got shape {tuple(image.shape)} (for an (H, W, '
+                                 'C) tensor pass t.permute(2, 0, 1))')
+            t = t.permute(1, 2, 0)
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        array = t.numpy()
+    elif _is_pil(image):
+        what, order = 'PIL image', 'RGB'
+        if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+            array = np.asarray(image)  # 16/32-bit values: checked below, not clipped
+        else:
+            array = np.asarray(image.convert('RGB'))
+    else:
+        many = ('; for several images use extract(fx, images)'
+                if isinstance(image, (list, tuple)) else '')
+        raise TypeError(f'cannot read an image from a {type(image).__name__}; pass a file '
+                        'path, a numpy array (H, W[, C]) in BGR order, a PIL image, or a '
+                        f'(C, H, W) tensor in RGB order, with pixel values 0-255{many}')
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        hint = ''
+        if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4):
+            hint = ' (this one looks channels first: pass array.transpose(1, 2, 0))'
+        elif array.ndim == 4 and array.shape[0] == 1:
+            hint = ' (a batch of one: pass array[0])'
+        raise ValueError(f'a {what} image must be (H, W) or (H, W, C) with C = 1, 2, 3 or '
+                         f'4 channels; got shape {tuple(array.shape)}{hint}')
+    if 0 in array.shape[:2]:
+        raise ValueError(f'the {what} image is empty: shape {tuple(array.shape)}')
+    array = _check_pixel_values(array, what)
+    channels = array.shape[-1]
+    if channels in (2, 4):
+        array = array[..., :channels - 1]  # drop alpha
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif order == 'RGB':
+        array = array[..., ::-1]
+    return np.ascontiguousarray(array)
+
+
+def _is_pil(image) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL comes with mmcv
+        return False
+    return isinstance(image, Image.Image)
+
+
+def _check_pixel_values(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as uint8 or float32 holding 0-255 values; one line for anything else."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f'a {what} image of dtype {array.dtype} is not supported; pass '
+                        'uint8 (or float) pixel values 0-255')
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f'the {what} image holds NaN or Inf values; pass finite pixel '
+                         'values 0-255')
+    lo, hi = float(array.min()), float(array.max())
+    if lo < 0:
+        raise ValueError(f'the {what} image has negative values (min {lo:.3g}): it looks '
+                         'already normalised; pass the raw pixel values 0-255 (the model '
+                         'normalises them with its own mean and std)')
+    if hi > 255:
+        raise ValueError(f'the {what} image has values up to {hi:.6g}, beyond 0-255 (e.g. '
+                         '16-bit): scale it to 8-bit pixel values 0-255 first')
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.uint8)
+    if 0 < hi <= 1:
+        raise ValueError(f'the {what} image is float with values in [0, 1] (max {hi:.3g}); '
+                         'pass pixel values 0-255, e.g. img * 255 (values in [0, 1] would '
+                         'be read as almost black)')
+    return array.astype(np.float32)
+
+
+def _check_feature_maps(backbone: nn.Module, out, size: int) -> None:
+    """Raise one line unless ``out`` (the backbone's output for a (1, 3, size, size)
+    input) is a tuple of (N, C, H, W) maps, e.g. for a classifier passed as a backbone."""
+    ok = isinstance(out, (tuple, list)) and out and all(
+        isinstance(t, torch.Tensor) and t.dim() == 4 and 0 < t.shape[-1] <= size
+        and size % t.shape[-1] == 0 for t in out)
+    if ok:
+        return
+    got = (f'a tensor of shape {tuple(out.shape)}' if isinstance(out, torch.Tensor)
+           else f'a {type(out).__name__}')
+    raise TypeError(
+        f'{type(backbone).__name__} returns {got} for a (1, 3, {size}, {size}) input, not '
+        'feature maps: FeatureExtractor takes an mmdet detector or a backbone that returns '
+        'a tuple of (N, C, H, W) maps; for a torchvision or timm ResNet, load its weights '
+        'into ours: m = ResNetV1Custom(depth=...); '
+        'resnet_backbone.weights.load_pretrained(m, model.state_dict())')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the config's model; the message is one line naming
+    the file, the missing and unexpected counts, and ``--no-strict``/``strict=False``."""
+
+
+def _share(model: nn.Module, part: nn.Module, report) -> float:
+    """% of ``model``'s parameter and buffer elements that ``report``'s load into
+    ``part`` filled (step counters excluded, as in the load report)."""
+    from .weights import _OPTIONAL
+    total = sum(t.numel() for k, t in model.state_dict().items() if not _OPTIONAL.search(k))
+    own = part.state_dict()
+    covered = sum(own[k].numel() for k in report.loaded if not _OPTIONAL.search(k))
+    return 100.0 * covered / max(total, 1)
+
+
+def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: int = 0,
+                             strict: bool = True) -> dict:
+    """Load ``checkpoint`` into the detector ``model``; returns the weights record.
+
+    A detector checkpoint (keys of the neck or heads besides ``backbone.``) is loaded
+    into the whole detector, a backbone-only file (any dialect; see
+    :mod:`resnet_backbone.weights`) into ``model.backbone`` after the rest was
+    initialised from the config (seeded). Both strictly unless ``strict=False``, with
+    the load report of ``init_cfg=dict(type='Pretrained')`` in the log. A strict load
+    that does not fit raises :class:`CheckpointMismatchError` (one line).
+    """
+    import logging
+
+    from mmengine.logging import print_log
+
+    from .compat import quiet_init_logging
+    from .weights import (
+        IncompleteCheckpointError,
+        UnknownDialectError,
+        convert,
+        load_state_dict,
+        read_checkpoint,
+        unwrap_state_dict,
+    )
+    name = str(checkpoint)
+    ckpt = read_checkpoint(checkpoint)  # one line naming an unreadable file
+    sd = unwrap_state_dict(ckpt)
+    parts = {n for n, _ in model.named_children()} - {'backbone', 'data_preprocessor'}
+    detector_file = any(k.split('.', 1)[0] in parts for k in sd)
+    fix = ('pass a checkpoint made with this config (or its backbone alone), or '
+           '--no-strict (strict=False) to load only the tensors that fit')
+    record = {'source': 'checkpoint', 'checkpoint': name, 'sha256': file_digest(checkpoint)}
+    try:
+        if detector_file:
+            report = load_state_dict(model, sd, source='detector checkpoint', strict=strict,
+                                     checkpoint=name)
+            record.update(loaded='detector', coverage={'detector': round(report.coverage, 4)})
+        else:
+            backbone = model.backbone
+            try:
+                converted = convert(ckpt, target_cfg={
+                    'norm_cfg': getattr(backbone, 'norm_cfg', None) or {}})
+            except UnknownDialectError as exc:
+                raise CheckpointMismatchError(
+                    f'{name}: neither a detector checkpoint nor backbone weights: '
+                    f'{exc.message("the file converted with tools/convert_weights.py")}'
+                ) from None
+            # the rest of the detector: the config's initialisation, seeded; the
+            # backbone's own init_cfg is skipped (the file replaces it)
+            backbone.init_cfg = None
+            torch.manual_seed(seed)
+            with quiet_init_logging():
+                model.init_weights()
+            report = load_state_dict(backbone, converted.state_dict,
+                                     source=f'backbone-only {converted.label} checkpoint',
+                                     strict=strict, checkpoint=name)
+            share = _share(model, backbone, report)
+            record.update(source='backbone-checkpoint', loaded='backbone',
+                          dialect=converted.label, seed=seed,
+                          coverage={'backbone': round(report.coverage, 4),
+                                    'detector': round(share, 4)},
+                          note=f'backbone-only checkpoint: {report.coverage:.2f}% of the '
+                               f'backbone loaded from it ({share:.2f}% of the detector); '
+                               f'the neck and heads are randomly initialised (seed {seed})')
+            print_log(f'{name}: {record["note"]}', logger='current', level=logging.WARNING)
+    except IncompleteCheckpointError as exc:
+        r = exc.report
+        what = 'detector' if detector_file else 'backbone'
+        raise CheckpointMismatchError(
+            f'checkpoint {name} does not fit this config\'s {what}: {len(r.missing)} '
+            f'missing, {len(r.unexpected)} unexpected, {len(r.mismatched)} shape-mismatched '
+            f'tensors (coverage {r.coverage:.2f}%, e.g. '
+            f'{(r.missing or r.unexpected or [k for k, _, _ in r.mismatched])[0]}); {fix}'
+        ) from None
+    if not report.complete:  # strict=False: say what did not load, keep the counts
+        record.update(strict=False, seed=seed, missing=len(report.missing),
+                      unexpected=len(report.unexpected), mismatched=len(report.mismatched))
+    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+    if isinstance(meta, dict) and 'dataset_meta' in meta:
+        model.dataset_meta = meta['dataset_meta']
+    return record
 
 
 def file_digest(path: str | Path) -> str | None:

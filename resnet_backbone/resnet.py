@@ -152,6 +152,9 @@ class ResNetV1Custom(BaseModule):
                              '1, 2, 3, 4')
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'in_channels must be a positive int; got {in_channels!r}')
+        if not isinstance(base_channels, int) or isinstance(base_channels, bool) or \
+                base_channels < 1:
+            raise ValueError(f'base_channels must be a positive int; got {base_channels!r}')
         if style not in STYLES:
             raise ValueError(f'style={style!r} is not supported; allowed values: {_fmt(STYLES)}')
         if stem_type is None:
@@ -460,6 +463,8 @@ class ResNetV1Custom(BaseModule):
                 ``out_indices`` maps.
         """
         built = ['c1'] + [f'c{i + 2}' for i in range(self.num_stages)]
+        if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
+            levels = [lv.strip() for lv in levels.split(',')]
         if levels is None:
             levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
         unknown = [lv for lv in levels if lv not in built]

@@ -4,7 +4,10 @@ Dialects (``source``) and how their keys map onto ``ResNetV1Custom``:
 
 - ``torchvision`` / ``timm`` (classic stem) / ``mmdet`` bare backbone: the same layout
   (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``layer1.0.downsample.0/1``);
-  the classifier (``fc.*``) is dropped.
+  the classifier (``fc.*``) is dropped. torchvision and timm files are told apart by the
+  module names a saved state dict records (timm's ``act1``/``global_pool``, torchvision's
+  ``relu``/``avgpool``); a file without them is reported as
+  ``'torchvision/timm (identical keys)'``.
 - ``timm`` deep stem (``resnet50c/d``): ``conv1 = Sequential(conv, bn, act, conv, bn,
   act, conv)`` plus a top-level ``bn1``. The documented mapping:
 
@@ -29,6 +32,10 @@ Dialects (``source``) and how their keys map onto ``ResNetV1Custom``:
 - ``mmpretrain``: classifier checkpoints, ``backbone.`` prefix and a ``head``; its
   V1c/V1d stems are ConvModules (``stem.0.conv``/``stem.0.bn`` -> ``stem.0``/``stem.1``).
 - ``mmdet``: detector checkpoints: the ``backbone.`` part of ``state_dict``.
+
+``torchvision://``, ``open-mmlab://`` and URL names are read from the file mmengine's
+loader uses (torch.hub's cache, see :func:`cached_checkpoint_file`), safely; only a name
+not cached there is fetched through mmengine.
 """
 from __future__ import annotations
 
@@ -71,21 +78,26 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
     """
     path_str = str(path)
     if path_str.startswith(_URL_PREFIXES):
-        # mmengine resolves these names and reuses torch.hub's cache; offline, that fails
+        # the file mmengine's loader would read: torch.hub's cache (or mmengine's home)
+        local = cached_checkpoint_file(path_str)
+        if local is not None and local.is_file():
+            return read_checkpoint(local, allow_pickle=allow_pickle)
+        # not cached: mmengine downloads it into that cache; offline, that fails
         from mmengine.runner.checkpoint import CheckpointLoader
         try:
             return CheckpointLoader.load_checkpoint(path_str, map_location='cpu',
                                                     logger='silent')
         except Exception as exc:  # noqa: BLE001 - any fetch failure gets the same advice
             cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            where = f' (its local copy would be {local})' if local is not None else ''
             raise FileNotFoundError(
-                f'checkpoint {path_str!r} could not be fetched ({cause}); download it where '
-                'there is network access, convert it with tools/convert_weights.py, and set '
-                "checkpoint='path/to/file.pth'") from None
+                f'checkpoint {path_str!r} could not be fetched ({cause}){where}; download '
+                'it where there is network access, convert it with '
+                "tools/convert_weights.py, and set checkpoint='path/to/file.pth'") from None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path_str!r}: no such file')
-    if path.suffix == '.pkl':
+    if path.suffix == '.pkl' and not _is_torch_save_file(path):
         if not allow_pickle:
             raise PermissionError(
                 f'{path_str} is a pickle (.pkl): opening it can run arbitrary code; pass '
@@ -107,6 +119,53 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
         if isinstance(exc, OSError) and exc.filename is not None:
             raise  # permission denied, a folder, ...: the message names the file
         raise unreadable_checkpoint(path_str, exc) from None
+
+
+def cached_checkpoint_file(name: str) -> Path | None:
+    """The local file that mmengine's checkpoint loader reads for a URL-like ``name``
+    (whether or not it is there yet), or None for a scheme it does not cache this way.
+
+    The same lookup as ``mmengine.runner.checkpoint``: ``torchvision://NAME`` (and
+    ``modelzoo://``) through ``get_torchvision_models()``, ``open-mmlab://NAME`` through
+    ``get_external_models()`` (deprecated names renamed; a relative entry lives in
+    mmengine's home folder), and every URL in ``<torch.hub.get_dir()>/checkpoints``
+    under the URL's file name, as ``torch.hub.load_state_dict_from_url`` keeps it
+    (``TORCH_HOME`` moves it).
+    """
+    import os
+    from urllib.parse import urlparse
+
+    from mmengine.runner import checkpoint as mmckpt
+    scheme, _, model = name.partition('://')
+    if scheme in ('torchvision', 'modelzoo'):
+        url = mmckpt.get_torchvision_models().get(model)
+    elif scheme in ('open-mmlab', 'openmmlab'):
+        model = mmckpt.get_deprecated_model_names().get(model, model)
+        url = mmckpt.get_external_models().get(model)
+        if url is not None and not url.startswith(('http://', 'https://')):
+            return Path(mmckpt._get_mmengine_home()) / url
+    elif scheme in ('http', 'https'):
+        url = name
+    else:
+        return None
+    if url is None:
+        return None
+    return Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(urlparse(url).path)
+
+
+def _is_torch_save_file(path: Path) -> bool:
+    """A ``torch.save`` file (zip archive, or the legacy format whose pickle refers to
+    tensor storages), whatever its name: such a ``.pkl`` is read as a ``.pth``."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+            if head == _ZIP_MAGIC:
+                return True
+            f.seek(0)
+            # the legacy format starts with pickled magic number 0x1950a86a20f9469cfc6c
+            return f.read(16).startswith(b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19')
+    except OSError:
+        return False
 
 
 class CheckpointReadError(ValueError):
@@ -137,8 +196,9 @@ def unreadable_checkpoint(path: str | Path, exc: BaseException) -> CheckpointRea
     if size == 0:
         why = 'the file is empty (0 bytes); re-download or re-save it'
     elif refused:
-        why = (f'it holds a Python object ({refused.group(1)}) that a safe load refuses; '
-               'save only its tensors where it was made, e.g. '
+        why = (f'it holds a pickled Python object ({refused.group(1)}), e.g. a whole model '
+               'saved with torch.save(model), which a safe load refuses; save '
+               'model.state_dict() instead, where it was made: '
                'torch.save(model.state_dict(), path)')
     elif head == _ZIP_MAGIC:
         why = (f'it is truncated or corrupt ({size} bytes; its zip archive is incomplete); '
@@ -169,21 +229,71 @@ def unwrap_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- dialects
-def detect_source(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The dialect of ``state_dict`` (after :func:`unwrap_state_dict`), from its keys."""
+class UnknownDialectError(ValueError):
+    """No known ResNet layout in a checkpoint's keys. :meth:`message` words the fix for
+    the caller: ``source=...`` for the API, ``--source`` for the tools."""
+
+    def __init__(self, keys: list[str], how: str = 'source=...') -> None:
+        self.keys = keys
+        super().__init__(self.message(how))
+
+    def message(self, how: str) -> str:
+        resnet_like = any(re.search(r'(^|\.)(layer\d|res\d)\.', k) for k in self.keys)
+        what = ('its stem keys match no known ResNet layout' if resnet_like else
+                'it does not look like a ResNet checkpoint (no conv1, stem or layer1 keys)')
+        return (f'cannot tell the dialect of this checkpoint from its keys (e.g. '
+                f'{self.keys[:3]}): {what}; if it is a ResNet, pass {how} (allowed values: '
+                f'{", ".join(SOURCES)})')
+
+
+def module_names(ckpt) -> set[str]:
+    """Module names recorded in a saved state dict (``state_dict()._metadata``, which
+    ``torch.save`` keeps): they tell libraries apart whose parameter names are equal,
+    e.g. timm's ``act1``/``global_pool`` against torchvision's ``relu``/``avgpool``.
+    Empty when the file does not carry them."""
+    sd = ckpt
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    meta = getattr(sd, '_metadata', None)
+    return {k[len('module.'):] if k.startswith('module.') else k for k in meta} \
+        if isinstance(meta, Mapping) else set()
+
+
+#: the source label of a classic-layout classifier file that records no module names:
+#: torchvision's and timm's resnet18..152 have identical keys and identical weights layout
+AMBIGUOUS_TV_TIMM = 'torchvision/timm (identical keys)'
+
+
+def detect_source(state_dict: Mapping[str, torch.Tensor],
+                  modules: set[str] | None = None) -> str:
+    """The dialect of ``state_dict`` (after :func:`unwrap_state_dict`), from its keys and,
+    where keys are equal across libraries, the module names of :func:`module_names`."""
     keys = list(state_dict)
+    modules = modules or set()
     if any(k.startswith('backbone.') for k in keys):
         return 'mmdet' if any(k.startswith(_DETECTION_PARTS) for k in keys) else 'mmpretrain'
     if 'stem.conv1.weight' in state_dict or any(k.startswith('res2.') for k in keys):
         return 'detectron2'
     if 'conv1.0.weight' in state_dict:
         return 'timm'
-    if 'conv1.weight' in state_dict and 'fc.weight' in state_dict:
+    if 'conv1.weight' in state_dict and ('act1' in modules or 'global_pool' in modules):
+        return 'timm'  # timm's classic-stem resnets: torchvision's keys, its own modules
+    if 'conv1.weight' in state_dict and ('fc.weight' in state_dict or 'avgpool' in modules):
         return 'torchvision'
     if 'conv1.weight' in state_dict or 'stem.0.weight' in state_dict:
         return 'mmdet'  # a bare mmdet ResNet / ResNetV1Custom state dict
-    raise ValueError('cannot tell the dialect of this checkpoint from its keys (e.g. '
-                     f'{keys[:3]}); pass source=... (allowed values: {", ".join(SOURCES)})')
+    raise UnknownDialectError(keys)
+
+
+def source_label(source: str, state_dict: Mapping[str, torch.Tensor],
+                 modules: set[str]) -> str:
+    """``source`` as reports print it: a torchvision-layout file that records no module
+    names may as well be timm's (the keys are identical), and is labelled so."""
+    if source == 'torchvision' and not modules and 'fc.weight' in state_dict:
+        return AMBIGUOUS_TV_TIMM
+    return source
 
 
 def _rename(key: str, table: Mapping[str, str]) -> str:
@@ -216,6 +326,10 @@ class Converted:
     source: str
     implied: dict = field(default_factory=dict)  # depth, stem_type, avg_down, style
     dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys
+    label: str = ''  # the source as reports print it (see source_label)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.source
 
 
 def convert(state_dict: Mapping, source: str | None = None,
@@ -225,9 +339,12 @@ def convert(state_dict: Mapping, source: str | None = None,
     ``target_cfg`` (ResNetV1Custom kwargs) only informs the norm-layer names: GN targets
     get ``gnK`` instead of ``bnK``.
     """
+    modules = module_names(state_dict)
     sd = unwrap_state_dict(state_dict)
+    label = None
     if source is None:
-        source = detect_source(sd)
+        source = detect_source(sd, modules)
+        label = source_label(source, sd, modules)
     elif source not in SOURCES:
         raise ValueError(f'source={source!r} is not supported; allowed values: '
                          f'{", ".join(SOURCES)}')
@@ -252,7 +369,7 @@ def convert(state_dict: Mapping, source: str | None = None,
         out[key] = value
     if ((target_cfg or {}).get('norm_cfg') or {}).get('type') == 'GN':
         out = {re.sub(r'(^|\.)bn(\d)\.', r'\1gn\2.', k): v for k, v in out.items()}
-    return Converted(out, source, infer_architecture(out, source), dropped)
+    return Converted(out, source, infer_architecture(out, source), dropped, label or source)
 
 
 def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
@@ -315,21 +432,39 @@ class LoadReport:
         return '\n'.join(lines)
 
 
-class IncompleteCheckpointError(RuntimeError):
-    """A strict load found missing, unexpected or mismatched keys (the report says which)."""
+def _some(items: list, n: int = 3) -> str:
+    """``repr`` of a list, its first ``n`` entries only when it is longer."""
+    if len(items) <= n:
+        return repr(list(items))
+    return repr(list(items[:n]))[:-1] + f', ... {len(items) - n} more]'
 
-    def __init__(self, report: LoadReport) -> None:
+
+class IncompleteCheckpointError(RuntimeError):
+    """A strict load found missing, unexpected or mismatched keys (the report says which).
+
+    The message is one line: the file (when known), the counts, and the first few keys
+    of each kind; ``report.summary()`` lists them all.
+    """
+
+    def __init__(self, report: LoadReport, checkpoint: str | None = None) -> None:
         self.report = report
+        self.checkpoint = checkpoint
         parts = []
         if report.missing:
-            parts.append(f'missing {report.missing}')
+            parts.append(f'missing {_some(report.missing)}')
         if report.unexpected:
-            parts.append(f'unexpected {report.unexpected}')
+            parts.append(f'unexpected {_some(report.unexpected)}')
         if report.mismatched:
-            parts.append('shape mismatch ' + ', '.join(
-                f'{k}: checkpoint {tuple(a)} vs model {tuple(b)}' for k, a, b in report.mismatched))
-        super().__init__(f'strict load from {report.source} weights failed '
-                         f'(coverage {report.coverage:.2f}%): ' + '; '.join(parts))
+            shown = [f'{k}: checkpoint {tuple(a)} vs model {tuple(b)}'
+                     for k, a, b in report.mismatched[:3]]
+            more = len(report.mismatched) - len(shown)
+            parts.append('shape mismatch ' + ', '.join(shown)
+                         + (f', ... {more} more' if more else ''))
+        where = f'{checkpoint}: ' if checkpoint else ''
+        super().__init__(
+            f'{where}strict load from {report.source} weights failed (coverage '
+            f'{report.coverage:.2f}%; {len(report.missing)} missing, {len(report.unexpected)} '
+            f'unexpected, {len(report.mismatched)} shape mismatches): ' + '; '.join(parts))
 
 
 # BatchNorm's step counter is not a weight: checkpoints from other libraries lack it.
@@ -337,8 +472,14 @@ _OPTIONAL = re.compile(r'(^|\.)num_batches_tracked$')
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                    source: str = 'ours', strict: bool = True) -> LoadReport:
-    """Load converted weights into ``model`` and report; strict raises on any gap."""
+                    source: str = 'ours', strict: bool = True, log: bool = True,
+                    checkpoint: str | None = None) -> LoadReport:
+    """Load converted weights into ``model`` and report; strict raises on any gap
+    (:class:`IncompleteCheckpointError`, naming ``checkpoint`` when given).
+
+    The report goes to mmengine's current logger unless ``log=False`` (a caller that
+    prints it itself, e.g. ``tools/convert_weights.py``).
+    """
     own = model.state_dict()
     loadable, unexpected, mismatched = {}, [], []
     for key, value in state_dict.items():
@@ -356,11 +497,13 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
     report = LoadReport(source, sorted(loadable), missing, unexpected, mismatched,
                         100.0 * covered / max(total, 1))
     if strict and not report.complete:
-        raise IncompleteCheckpointError(report)
+        raise IncompleteCheckpointError(report, checkpoint)
     with torch.no_grad():
         for key, value in loadable.items():
             own[key].copy_(value.to(own[key].dtype))
-    if report.coverage < 100.0 or not report.complete:
+    if not log:
+        pass
+    elif report.coverage < 100.0 or not report.complete:
         print_log(report.summary(), logger='current', level=logging.WARNING)
     else:
         print_log(report.summary().splitlines()[0], logger='current', level=logging.INFO)
@@ -385,7 +528,8 @@ def loaded_state_dict(model: nn.Module, report: LoadReport) -> dict[str, torch.T
 def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,
                     source: str | None = None, strict: bool = True, prefix: str | None = None,
                     allow_pickle: bool = False) -> LoadReport:
-    """Read (a local file), convert (any dialect), load (strict by default), report."""
+    """Read (a local file or a cached ``torchvision://``/``open-mmlab://`` name), convert
+    (any dialect), load (strict by default), report."""
     ckpt = read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
         if not isinstance(checkpoint, Mapping) else checkpoint
     if prefix:
@@ -393,5 +537,27 @@ def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,
         ckpt = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     target = {'norm_cfg': getattr(model, 'norm_cfg', None) or {}}
     converted = convert(ckpt, source=source, target_cfg=target)
-    return load_state_dict(model, converted.state_dict, source=converted.source,
-                           strict=strict)
+    name = None if isinstance(checkpoint, Mapping) else str(checkpoint)
+    return load_state_dict(model, converted.state_dict, source=converted.label,
+                           strict=strict, checkpoint=name)
+
+
+def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | None = None,
+                            allow_pickle: bool = False, **overrides):
+    """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
+    widths; ``overrides`` win, None means infer), and the :class:`Converted` weights.
+
+    The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
+    when the depth cannot be told from the keys and no ``depth`` is given.
+    """
+    from .resnet import ARCH_SETTINGS, ResNetV1Custom
+    ckpt = read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
+        if not isinstance(checkpoint, Mapping) else checkpoint
+    converted = convert(ckpt, source=source)
+    implied = dict(converted.implied)
+    implied.update({k: v for k, v in overrides.items() if v is not None})
+    if 'depth' not in implied:
+        raise ValueError('cannot infer the depth from the keys; pass --depth (allowed '
+                         f'values: {", ".join(map(str, ARCH_SETTINGS))})')
+    kwargs = {k: v for k, v in implied.items() if v is not None}
+    return ResNetV1Custom(**kwargs), converted, kwargs

@@ -240,7 +240,7 @@ def test_convert_weights_tool(tmp_path):
                         str(out), '--depth', '101'], capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith(
-        'convert_weights.py: error: strict load from timm weights failed')
+        f'convert_weights.py: error: {src}: strict load from timm weights failed')
 
 
 def test_gn_target_gets_gn_key_names():

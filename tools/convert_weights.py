@@ -5,6 +5,9 @@ clean ``ResNetV1Custom`` state dict, verify it with a strict load, print the loa
         [--avg-down | --no-avg-down] [--style pytorch|caffe] [--allow-pickle] [--no-strict]
 
 The dialect, depth, stem and shortcut layout are inferred from the keys; flags override.
+timm and torchvision files (identical keys) are told apart by the module names a saved
+state dict records; a file without them is reported as 'torchvision/timm'. A whole
+pickled model (``torch.save(model)``) is refused in one line: save ``model.state_dict()``.
 OUT is a plain state dict (``torch.save``), loadable with ``weights_only=True`` and
 usable as ``init_cfg=dict(type='Pretrained', checkpoint=OUT)``.
 
@@ -27,12 +30,13 @@ import torch  # noqa: E402
 
 from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
 from resnet_backbone.fileio import atomic_path  # noqa: E402
-from resnet_backbone.resnet import ARCH_SETTINGS, ResNetV1Custom  # noqa: E402
+from resnet_backbone.resnet import ARCH_SETTINGS  # noqa: E402
 from resnet_backbone.stem import STEM_TYPES  # noqa: E402
 from resnet_backbone.weights import (  # noqa: E402
     SOURCES,
     IncompleteCheckpointError,
-    convert,
+    UnknownDialectError,
+    backbone_for_checkpoint,
     load_state_dict,
     loaded_state_dict,
     read_checkpoint,
@@ -64,25 +68,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     ckpt = read_checkpoint(args.input, allow_pickle=args.allow_pickle)
-    converted = convert(ckpt, source=args.source)
-    implied = dict(converted.implied)
-    for key, flag in (('depth', args.depth), ('stem_type', args.stem),
-                      ('avg_down', args.avg_down), ('style', args.style)):
-        if flag is not None:
-            implied[key] = flag
-    if 'depth' not in implied:
-        raise ToolError('cannot infer the depth from the keys; pass --depth (allowed values: '
-                        f'{", ".join(map(str, ARCH_SETTINGS))})')
-    kwargs = {k: v for k, v in implied.items() if v is not None}
-    model = ResNetV1Custom(**kwargs)
     try:
-        report = load_state_dict(model, converted.state_dict, source=converted.source,
-                                 strict=not args.no_strict)
+        model, converted, kwargs = backbone_for_checkpoint(
+            ckpt, source=args.source, depth=args.depth, stem_type=args.stem,
+            avg_down=args.avg_down, style=args.style)
+    except UnknownDialectError as exc:  # the flag, not the API's source=...
+        raise ToolError(f'{args.input}: {exc.message("--source")}') from None
+    try:  # the report is printed once, below (not also logged)
+        report = load_state_dict(model, converted.state_dict, source=converted.label,
+                                 strict=not args.no_strict, log=False,
+                                 checkpoint=args.input)
     except IncompleteCheckpointError as exc:
         print(exc.report.summary(), file=sys.stderr)
         raise ToolError(f'{exc}; nothing written (--no-strict writes only what loaded)') \
             from None
-    print(f'source: {converted.source}; backbone: ResNetV1Custom('
+    print(f'source: {converted.label}; backbone: ResNetV1Custom('
           + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) + ')')
     if converted.dropped:
         print(f'dropped {len(converted.dropped)} non-backbone keys '

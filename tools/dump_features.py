@@ -2,14 +2,20 @@
 
     python tools/dump_features.py CONFIG [CHECKPOINT] --input PATH --out DIR
         [--levels c2,c3,c4,c5,p3] [--format npz|pt|safetensors] [--dtype float16|float32]
-        [--overlay] [--overlay-mode mean|topk] [--device cpu] [--overwrite]
+        [--overlay] [--overlay-mode mean|topk] [--device cpu] [--overwrite] [--no-strict]
 
 PATH is one image, a folder (searched recursively), or a .txt list of paths. Each image
 gets one file with every level and a JSON metadata record (stride, ori/img/pad shape,
 scale factor, flip, stats, weights); DIR/index.json and DIR/index.csv list them all.
 The maps are computed with the config's own test pipeline and data preprocessor, as
 inference computes them. Without CHECKPOINT the weights are random (or the backbone's
-local pretrained file), and the metadata says so.
+pretrained file, if local or in torch's hub cache), and the metadata says so.
+
+CHECKPOINT is loaded strictly: a detector checkpoint must fit the config's detector, a
+backbone-only file (e.g. from tools/convert_weights.py) its backbone (the neck and
+heads are then random, and the metadata records what loaded and its coverage).
+Anything else stops with one line; --no-strict loads only what fits. The tool exits 1
+when no image could be dumped (unreadable, or no such file).
 
 Each record stores a fingerprint of what produced it (config, weights file sha256,
 levels, dtype, format, package version). Files already in DIR are reused only if their
@@ -62,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--overwrite', action='store_true',
                    help='redo every image, also those already dumped, and replace files '
                         'dumped with other settings (whose fingerprint differs)')
+    p.add_argument('--no-strict', action='store_true',
+                   help='load a checkpoint that does not fit the config anyway: only the '
+                        'tensors that fit, the rest random (seeded); the load report and '
+                        'the metadata say what loaded. Default: a checkpoint must fit the '
+                        'detector, or (a backbone-only file) its backbone')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     args = p.parse_args(argv)
     if not Path(args.config).is_file():
@@ -83,19 +94,25 @@ def main(argv=None):
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None
     try:
         fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=args.device,
-                                          levels=levels)
+                                          levels=levels, strict=not args.no_strict)
     except ValueError as exc:  # e.g. an unknown level: one line, not a traceback
         raise ToolError(str(exc)) from exc
     images, root = collect_images(args.input)
     if not images:
         raise ToolError(f'no images found in {args.input}')
+    note = f" ({fx.weights['note']})" if fx.weights.get('note') else ''
     print(f'[dump] {len(images)} images, levels {", ".join(fx.levels)}, weights: '
-          f"{fx.weights['source']}", file=sys.stderr)
+          f"{fx.weights['source']}{note}", file=sys.stderr)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
                             dtype=args.dtype, overlay=args.overlay,
                             overlay_mode=args.overlay_mode, overwrite=args.overwrite,
                             config=str(args.config))
     print(f'[dump] {summary.line()}', file=sys.stderr)
+    if summary.nothing_dumped:
+        first, reason = summary.skipped[0]
+        raise ToolError(f'none of the {len(summary.skipped)} images could be dumped '
+                        f'(skipped {summary.skipped_words()}, e.g. {first}: {reason}); '
+                        'check --input')
     return summary
 
 

@@ -1,18 +1,24 @@
 """Export the backbone (optionally with its FPN) to ONNX or TorchScript, and check it.
 
-    python tools/export.py OUT.onnx [--config CFG [--checkpoint CKPT]] [--depth 50]
+    python tools/export.py OUT.onnx [--config CFG [--checkpoint CKPT]] [--depth N]
         [--with-neck] [--size 512] [--batch 1] [--reference] [--static] [--no-check]
+        [--no-strict]
     python tools/export.py OUT.pt --format torchscript ...
 
 Any error prints one line and exits 1; Ctrl-C exits 130 and leaves no partial output
 file; ``--debug`` (or ``RESNET_BACKBONE_DEBUG=1``) prints the full traceback.
 
 Without ``--config`` the model is ``ResNetV1Custom(depth=...)`` (plus mmdet's FPN with
-``--with-neck``), randomly initialised unless ``--checkpoint`` names backbone weights in
-any dialect that ``tools/convert_weights.py`` reads. With ``--config`` the detector's
-backbone (and neck) are built from the config and ``--checkpoint`` is a detector
-checkpoint. ONNX files are checked with onnxruntime at three input shapes; the largest
-error relative to each output's scale must stay within 1e-4.
+``--with-neck``), randomly initialised (depth 50 unless ``--depth``) unless
+``--checkpoint`` names backbone weights in any dialect that ``tools/convert_weights.py``
+reads; the depth, stem and shortcut layout are then inferred from the checkpoint, as
+that tool does (``--depth`` overrides). With ``--config`` the detector's backbone (and
+neck) are built from the config and ``--checkpoint`` is a detector checkpoint, or a
+backbone-only file (the neck then stays random, and the tool says so). Checkpoints load
+strictly: one that does not fit is one error line naming the file and the missing and
+unexpected counts; ``--no-strict`` loads only what fits. ONNX files are checked with
+onnxruntime at three input shapes; the largest error relative to each output's scale must
+stay within 1e-4.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--config', help='an mmdet config whose backbone (and neck) to export')
     p.add_argument('--checkpoint', help='weights: a detector checkpoint with --config, '
                                         'else backbone weights in any supported dialect')
-    p.add_argument('--depth', type=int, default=50, choices=(18, 34, 50, 101, 152, 200))
+    p.add_argument('--depth', type=int, choices=(18, 34, 50, 101, 152, 200),
+                   help='default: inferred from --checkpoint, else 50')
     p.add_argument('--with-neck', action='store_true', help="include the FPN neck")
     p.add_argument('--size', type=int, default=512, help='example input height and width')
     p.add_argument('--batch', type=int, default=1, help='example batch size')
@@ -43,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="export the reference mode (fast=False: mmdet's op order)")
     p.add_argument('--static', action='store_true', help='fixed input shape (ONNX)')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
+    p.add_argument('--no-strict', action='store_true',
+                   help='load a checkpoint that does not fit anyway: only the tensors that '
+                        'fit, the rest random; the load report lists what did not load')
     args = p.parse_args(argv)
     fmt = args.format or {'.onnx': 'onnx', '.pt': 'torchscript', '.ts': 'torchscript'}.get(
         Path(args.out).suffix)
@@ -63,7 +73,8 @@ def build(args) -> torch.nn.Module:
     from resnet_backbone.export import BackboneWithNeck, default_fpn
     if args.config:
         from resnet_backbone.features import FeatureExtractor
-        fx = FeatureExtractor.from_config(args.config, args.checkpoint)
+        fx = FeatureExtractor.from_config(args.config, args.checkpoint,
+                                          strict=not args.no_strict)
         print(f'[export] weights: {fx.weights["source"]} ({fx.weights.get("note", "")})'
               .replace(' ()', ''))
         detector = fx.model
@@ -75,12 +86,38 @@ def build(args) -> torch.nn.Module:
         return backbone
     from resnet_backbone import ResNetV1Custom
     torch.manual_seed(0)
-    backbone = ResNetV1Custom(depth=args.depth)
     if args.checkpoint:
-        from resnet_backbone.weights import load_pretrained
-        report = load_pretrained(backbone, args.checkpoint)
-        print(f'[export] weights: {args.checkpoint}: {report.summary()}')
+        from resnet_backbone.cli import ToolError
+        from resnet_backbone.weights import (
+            IncompleteCheckpointError,
+            UnknownDialectError,
+            backbone_for_checkpoint,
+            load_state_dict,
+        )
+        try:  # the architecture the checkpoint implies, as convert_weights.py infers it
+            backbone, converted, kwargs = backbone_for_checkpoint(args.checkpoint,
+                                                                  depth=args.depth)
+        except UnknownDialectError as exc:
+            raise ToolError(f'{args.checkpoint}: '
+                            f'{exc.message("--source to tools/convert_weights.py")}') from None
+        try:
+            report = load_state_dict(backbone, converted.state_dict, source=converted.label,
+                                     strict=not args.no_strict, log=False,
+                                     checkpoint=args.checkpoint)
+        except IncompleteCheckpointError as exc:
+            r = exc.report
+            raise ToolError(
+                f'checkpoint {args.checkpoint} does not fit ResNetV1Custom('
+                + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) + f'): {len(r.missing)} '
+                f'missing, {len(r.unexpected)} unexpected, {len(r.mismatched)} shape-'
+                f'mismatched tensors (coverage {r.coverage:.2f}%); '
+                + ('drop --depth to infer it from the checkpoint, or ' if args.depth else '')
+                + 'pass --no-strict to load only what fits') from None
+        print(f'[export] weights: {args.checkpoint}: ResNetV1Custom('
+              + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) + ')')
+        print(f'[export] {report.summary()}')
     else:
+        backbone = ResNetV1Custom(depth=args.depth or 50)
         from resnet_backbone.compat import quiet_init_logging
         with quiet_init_logging():
             backbone.init_weights()

@@ -62,3 +62,22 @@ def test_inductor_compile_eval_and_train():
     for name, g in gr.items():
         if g is not None:
             assert rel(gm[name], g) <= 1e-4, name
+
+
+def test_export_checkpoint_that_does_not_fit_the_config(tmp_path):
+    """Issue 21, finding 1. (Before the fix: a checkpoint of another detector loaded
+    nothing, silently, and export.py wrote a random-weight ONNX file.)"""
+    from resnet_backbone.features import FeatureExtractor
+    faster = FeatureExtractor.from_config(
+        str(CONFIG).replace('retinanet_r18', 'faster-rcnn_r18'))
+    ckpt = tmp_path / 'faster_rcnn.pth'
+    torch.save({'state_dict': faster.model.state_dict()}, ckpt)
+    out = tmp_path / 'retinanet.onnx'
+    r = run_tool('export.py', str(out), '--config', CONFIG, '--checkpoint', str(ckpt),
+                 '--size', '64')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"export.py: error: checkpoint {ckpt} does not fit this config's "
+                           'detector: '), line
+    assert re.search(r'\d+ missing, [1-9]\d* unexpected', line) and '--no-strict' in line
+    assert not out.exists()

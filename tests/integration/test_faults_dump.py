@@ -247,3 +247,72 @@ def test_unwritable_output_folder_is_one_line(how, checkpoints, tmp_path, capsys
     line = one_error_line(err, 'dump_features.py: error:')
     assert f'output folder {out}' in line, line
     assert files_under(tmp_path) == before  # nothing written
+
+
+# ---------------------------------------------------------------- issue 21
+R50_OPTIONS = ['--cfg-options', 'model.backbone.depth=50',
+               'model.neck.in_channels=[256,512,1024,2048]']
+
+
+def test_checkpoint_that_does_not_fit_the_config(checkpoints, tmp_path, capsys, monkeypatch):
+    """Issue 21, finding 1. (Before the fix: a backbone-only file and an R18 detector
+    checkpoint on an R50 config both printed 'weights: checkpoint', and the features
+    came from random weights.)"""
+    make_images(tmp_path / 'images', 1)
+    image = tmp_path / 'images' / 'img00.png'
+    # a backbone-only file, as tools/convert_weights.py writes it from the detector's
+    backbone_file = tmp_path / 'backbone_only.pth'
+    code, _, err = cli(capsys, monkeypatch, CONVERT, str(checkpoints[0]), str(backbone_file))
+    assert code == 0, err[-2000:]
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(backbone_file), '--input',
+                       str(image), '--out', str(tmp_path / 'bb'), '--levels', 'c1,c5,p3')
+    assert code == 0, err[-2000:]
+    assert 'weights: backbone-checkpoint (backbone-only checkpoint: 100.00% of the ' \
+           'backbone loaded from it' in err, err[-2000:]
+    levels, meta = load_levels(tmp_path / 'bb' / 'img00.png.npz')
+    w = meta['weights']
+    assert w['loaded'] == 'backbone' and w['coverage']['backbone'] == 100.0
+    assert 0 < w['coverage']['detector'] < 100 and w['seed'] == 0
+    assert meta['fingerprint']['weights']['seed'] == 0
+    full = FeatureExtractor.from_config(CONFIG, str(checkpoints[0]), levels=['c1', 'c5'])
+    ref = full(image)
+    for name in ('c1', 'c5'):  # the backbone's maps are the checkpoint's
+        assert torch.equal(levels[name], ref.levels[name]), name
+
+    # an R18 detector checkpoint on an R50 config: one line, nothing written
+    out = tmp_path / 'r50'
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
+                       str(image), '--out', str(out), *R50_OPTIONS)
+    assert code == 1
+    line = one_error_line(err, 'dump_features.py: error:')
+    assert f'checkpoint {checkpoints[0]} does not fit this config\'s detector' in line, line
+    assert re.search(r'\d+ missing, 0 unexpected, \d+ shape-mismatched', line), line
+    assert '--no-strict' in line and not out.exists()
+    # --no-strict: the explicit opt-out; the record says what did not load
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
+                       str(image), '--out', str(out), '--no-strict', *R50_OPTIONS)
+    assert code == 0, err[-2000:]
+    w = load_levels(out / 'img00.png.npz')[1]['weights']
+    assert w['strict'] is False and w['missing'] > 0 and w['coverage']['detector'] < 100
+
+
+def test_every_image_skipped_exits_1_and_missing_is_no_such_file(checkpoints, tmp_path,
+                                                                 capsys, monkeypatch):
+    """Issue 21, finding 11. (Before the fix: exit 0 with nothing dumped, and a path in a
+    .txt list that does not exist was reported as 'unreadable'.)"""
+    make_images(tmp_path / 'images', 1)
+    (tmp_path / 'images' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not an image')
+    listing = tmp_path / 'list.txt'
+    listing.write_text('images/gone.png\nimages/corrupt.png\n')
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
+                       str(listing), '--out', str(tmp_path / 'out'))
+    assert code == 1
+    warnings = [ln for ln in err.splitlines() if 'WARNING: skipped' in ln]
+    assert any(ln.endswith('gone.png: no such file') for ln in warnings), warnings
+    line = one_error_line(err, 'dump_features.py: error:')
+    assert line.startswith('dump_features.py: error: none of the 2 images could be dumped '
+                           '(skipped 2 (1 unreadable, 1 no such file)'), line
+    listing.write_text('images/img00.png\nimages/gone.png\n')
+    code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
+                       str(listing), '--out', str(tmp_path / 'out'))
+    assert code == 0 and 'dumped 1, already there 0, skipped 1 no such file' in err, err
