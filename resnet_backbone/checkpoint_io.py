@@ -1,6 +1,6 @@
 """Checkpoint I/O that works on current torch and never loses a run.
 
-Two problems with mmengine 0.10.7 on torch >= 2.6, fixed here:
+What goes wrong with mmengine 0.10.7 checkpoints (1 only on torch >= 2.6), fixed here:
 
 1. **Resume fails.** ``torch.load`` now defaults to ``weights_only=True`` and mmengine's
    Runner checkpoints hold a few non-tensor objects in ``meta['message_hub']``
@@ -13,20 +13,49 @@ Two problems with mmengine 0.10.7 on torch >= 2.6, fixed here:
    file in the same folder, fsyncs it and renames it over the target, so a checkpoint
    file is either complete or absent. :func:`find_resumable_checkpoint` picks the newest
    complete checkpoint even if ``last_checkpoint`` itself is damaged.
+3. **A kill between two saves can leave no checkpoint at all.** mmengine's
+   ``CheckpointHook`` deletes the oldest kept checkpoint *before* it writes the new one:
+   with ``max_keep_ckpts=1`` a kill inside the write window leaves only a temporary
+   file. :class:`SafeCheckpointHook` (registered in mmengine's ``HOOKS``; the tools put it
+   in place of ``CheckpointHook`` in :func:`resnet_backbone.training.load_config`) writes
+   the new checkpoint (atomically), then ``last_checkpoint`` (atomically), and only then
+   removes the old one, for any ``max_keep_ckpts``. A removal that a kill interrupted is
+   finished when the run resumes, and the hidden temporary files (``.<name>.XXXXXXXX.tmp``,
+   see :func:`resnet_backbone.fileio.atomic_path`) that killed runs leave are removed when
+   the next run starts in the same work dir (rank 0 only; :func:`remove_stale_temp_files`).
+4. **A damaged checkpoint file ends in a 30-line traceback** that does not name it.
+   :func:`check_checkpoint_file` tells in one line (a :class:`CheckpointFileError`) what is
+   wrong with a file (missing, empty, truncated, not a checkpoint) and what to do; the
+   tools call it before anything is built or written.
+
+Test hook (fault-injection tests only): with the environment variable
+``RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE=SECONDS`` every checkpoint write sleeps that
+long inside its write window (the temporary file is complete on disk but not yet renamed),
+so that a test can reliably kill a run there. Unset, nothing changes.
 """
 from __future__ import annotations
 
+import os
+import os.path as osp
 import pickle
 import re
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.dist import is_main_process
 from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.registry import HOOKS
 
-from .fileio import atomic_write_bytes
+from .cli import ToolError
+from .fileio import atomic_path, atomic_write_bytes
+
+#: Tests only: seconds to sleep inside each checkpoint write window (see module docstring).
+PAUSE_ENV = 'RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE'
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'mean', 'current')
 
@@ -75,6 +104,12 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write_bytes(data, filepath)
 
     def put(self, obj: bytes, filepath: str | Path) -> None:
+        pause = float(os.environ.get(PAUSE_ENV) or 0)
+        if pause > 0:  # fault-injection tests: hold the write window open
+            with atomic_path(filepath) as tmp:
+                tmp.write_bytes(obj)
+                time.sleep(pause)
+            return
         self._atomic_write(obj, filepath)
 
     def put_text(self, obj: str, filepath: str | Path, encoding: str = 'utf-8') -> None:
@@ -119,3 +154,177 @@ def find_resumable_checkpoint(work_dir: str | Path) -> Path | None:
         if is_complete_checkpoint(path):
             return path
     return None
+
+
+class CheckpointFileError(ToolError, ValueError):
+    """A checkpoint file that cannot be read; the message is one line with the fix."""
+
+
+#: The first bytes of a legacy (pre-zip, torch < 1.6) ``torch.save`` file: pickle
+#: protocol 2 and torch's magic number.
+_LEGACY_TORCH_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def checkpoint_file_problem(path: str | Path) -> str | None:
+    """What is wrong with ``path`` as a ``torch.save`` file, or ``None`` if it looks complete.
+
+    Cheap: reads the header and the zip directory (at the end of the file), not the tensors.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 'no such file'
+    if path.is_dir():
+        return 'is a folder, not a checkpoint file'
+    try:
+        size = path.stat().st_size
+        with open(path, 'rb') as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+    except OSError as exc:
+        return f'cannot be read ({exc.strerror or exc})'
+    if size == 0:
+        return 'is empty (0 bytes)'
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return None  # legacy format: no directory to check; torch.load reads it
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        if head.startswith(_ZIP_MAGIC):
+            return (f'is truncated ({size} bytes, its zip directory is missing): it was cut '
+                    'short while being written or copied')
+        return f'is not a PyTorch checkpoint ({size} bytes with no torch.save header)'
+    if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+        return 'is a zip file but not a torch.save checkpoint (it has no data.pkl)'
+    return None
+
+
+def check_checkpoint_file(path: str | Path, what: str = 'checkpoint',
+                          fix: str = 'give a complete checkpoint file') -> Path:
+    """Raise a one-line :class:`CheckpointFileError` unless ``path`` is a readable checkpoint.
+
+    Args:
+        path: the file.
+        what: how the user named it, e.g. ``'--resume'`` or ``'load_from'``.
+        fix: what to do about it; ends the message.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    problem = checkpoint_file_problem(path)
+    if problem is not None:
+        raise CheckpointFileError(f'{what} {path}: {problem}; {fix}')
+    return Path(path)
+
+
+_STALE_TMP = re.compile(r'^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$')
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary checkpoint files that killed runs left in ``folder``.
+
+    Only our atomic writer's pattern (``.<name>.XXXXXXXX.tmp``) for checkpoint files
+    (``<name>`` ends with ``.pth``, or is ``last_checkpoint``) is touched. Call it when a
+    run starts, on rank 0, before anything is written.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _STALE_TMP.match(p.name)
+        if m and (m['name'].endswith('.pth') or m['name'] == 'last_checkpoint') \
+                and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return sorted(removed)
+
+
+_PENDING_REMOVAL = 'ckpt_ids_to_remove'
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` that never removes a checkpoint before its successor
+    is complete.
+
+    Each save: (1) the new checkpoint is written atomically, (2) ``last_checkpoint`` is
+    rewritten atomically to name it, (3) only then the checkpoint that falls out of
+    ``max_keep_ckpts`` is removed. The step to remove is recorded in the message hub
+    (hence in the new checkpoint) first, so that a removal a kill interrupted is done when
+    that checkpoint is resumed. At the start of training, rank 0 also removes the stale
+    temporary checkpoint files of killed runs (:func:`remove_stale_temp_files`).
+    Everything else (intervals, ``save_best``, ``save_last``, resume bookkeeping) is
+    mmengine's.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if not is_main_process():
+            return
+        if isinstance(self.file_backend, LocalBackend):
+            for folder in {str(self.out_dir), str(runner.work_dir)}:
+                for p in remove_stale_temp_files(folder):
+                    runner.logger.info(f'removed {p.name}, a partial checkpoint that a '
+                                       'killed run left')
+        pending = runner.message_hub.get_info(_PENDING_REMOVAL) or []
+        kept = set(getattr(self, 'keep_ckpt_ids', ()))
+        self._remove_steps(runner, [s for s in pending if s not in kept])
+        runner.message_hub.update_info(_PENDING_REMOVAL, [])
+
+    def _remove_steps(self, runner, steps) -> None:
+        for step in steps:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # deepspeed saves folders
+                self.file_backend.rmtree(path)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        to_remove = []
+        if self.max_keep_ckpts > 0:
+            # _save_checkpoint and _save_best_checkpoint may both call this for one step
+            if not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+                if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                    to_remove.append(self.keep_ckpt_ids.popleft())
+                self.keep_ckpt_ids.append(step)
+                runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        # recorded in the new checkpoint: resuming it finishes an interrupted removal
+        runner.message_hub.update_info(_PENDING_REMOVAL, to_remove)
+
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args)
+        # model-parallel-like training pulls sharded states from all ranks; rank 0 goes on
+        if not is_main_process():
+            return
+        atomic_write_bytes(str(self.last_ckpt).encode(),
+                           osp.join(runner.work_dir, 'last_checkpoint'))
+        self._remove_steps(runner, to_remove)
+        runner.message_hub.update_info(_PENDING_REMOVAL, [])
+
+
+_CHECKPOINT_HOOK_NAMES = ('CheckpointHook', 'mmengine.CheckpointHook')
+
+
+def use_safe_checkpoint_hook(cfg) -> bool:
+    """Put :class:`SafeCheckpointHook` in place of ``CheckpointHook`` in ``cfg.default_hooks``.
+
+    Returns True if it did (a config that names another checkpoint hook is left alone).
+    """
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(hook, dict) and (hook.get('type') in _CHECKPOINT_HOOK_NAMES
+                                   or hook.get('type') is CheckpointHook):
+        hook['type'] = 'SafeCheckpointHook'
+        return True
+    return False

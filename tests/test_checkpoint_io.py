@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,10 @@ from resnet_backbone.checkpoint_io import (
     AtomicLocalBackend,
     find_resumable_checkpoint,
     is_complete_checkpoint,
+    use_atomic_checkpoint_writes,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_interrupted_put_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
@@ -31,7 +35,6 @@ def test_interrupted_put_leaves_previous_file_and_no_temp(tmp_path, monkeypatch)
 def test_mmengine_save_checkpoint_goes_through_the_atomic_backend(tmp_path, monkeypatch):
     from mmengine.runner.checkpoint import save_checkpoint
 
-    from resnet_backbone.checkpoint_io import use_atomic_checkpoint_writes
     use_atomic_checkpoint_writes()
     calls = []
     real = AtomicLocalBackend._atomic_write
@@ -93,3 +96,153 @@ def test_allow_list_is_needed_and_sufficient(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ['refused-before', 'loaded-after', '2.25', 'evil-refused',
                                 'evil2-refused']
+
+
+# --- SafeCheckpointHook: the old checkpoint goes only after the new one is complete ------
+
+class _FakeRunner:
+    """Just what CheckpointHook touches; ``save_checkpoint`` records what a kill inside
+    the write window would leave (the files and ``last_checkpoint`` at that moment)."""
+
+    def __init__(self, work_dir, name):
+        import logging
+
+        from mmengine.logging import MessageHub
+        self.work_dir = str(work_dir)
+        self.message_hub = MessageHub.get_instance(name)
+        self.logger = logging.getLogger(name)
+        self.iter, self.epoch = 0, 0
+        self.at_write = []
+
+    def save_checkpoint(self, out_dir, filename, *args, meta=None, **kwargs):
+        from resnet_backbone.fileio import atomic_path
+        pointer = os.path.join(self.work_dir, 'last_checkpoint')
+        with atomic_path(os.path.join(out_dir, filename)) as tmp:
+            torch.save({'meta': meta, 'message_hub': self.message_hub.state_dict()}, tmp)
+            # the write window: the temporary file exists, the target does not yet
+            named = open(pointer).read() if os.path.exists(pointer) else None
+            self.at_write.append((sorted(p for p in os.listdir(out_dir)
+                                         if p.endswith('.pth')), named))
+
+
+def _train(hook, runner, iters, interval):
+    hook.before_train(runner)
+    for it in range(runner.iter, iters):
+        runner.iter = it
+        if (it + 1) % interval == 0:
+            hook._save_checkpoint(runner)
+
+
+@pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
+@pytest.mark.parametrize('max_keep', [1, 2, 3])
+def test_old_checkpoint_removed_only_after_new_one_is_complete(tmp_path, max_keep):
+    """While iter_i is being written, the max_keep newest complete checkpoints before it
+    still exist and last_checkpoint names the newest. mmengine's CheckpointHook deleted
+    the oldest first: with max_keep_ckpts=1 a kill there left no checkpoint at all."""
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    use_atomic_checkpoint_writes()
+    runner = _FakeRunner(tmp_path, f'safe-hook-{max_keep}-{tmp_path.name}')
+    hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=max_keep)
+    _train(hook, runner, 6, 1)
+    for i, (files, named) in enumerate(runner.at_write, start=1):
+        expected = [f'iter_{j}.pth' for j in range(max(1, i - max_keep), i)]
+        gone = sorted(set(expected) - set(files))
+        assert not gone, f'writing iter_{i}: {gone} already deleted; a kill here loses them'
+        if i > 1:
+            assert named is not None and os.path.basename(named) == f'iter_{i - 1}.pth', (
+                f'writing iter_{i}: last_checkpoint names {named}, not the newest complete '
+                'checkpoint')
+    kept = sorted(p.name for p in tmp_path.glob('*.pth'))
+    assert kept == sorted(f'iter_{i}.pth' for i in range(7 - max_keep, 7))
+    assert open(tmp_path / 'last_checkpoint').read() == str(tmp_path / 'iter_6.pth')
+    assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_6.pth'
+
+
+def _resume_hook(tmp_path, ckpt, name, max_keep=1):
+    """before_train of a fresh hook, as a --resume of ``ckpt`` runs it."""
+    from mmengine.logging import MessageHub
+
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    saved = torch.load(ckpt, weights_only=False)
+    runner = _FakeRunner(tmp_path, name)
+    runner.message_hub = MessageHub.get_instance(f'{name}-hub')
+    runner.message_hub.load_state_dict(saved['message_hub'])
+    runner.iter = saved['meta']['iter']
+    SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=max_keep).before_train(runner)
+
+
+@pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
+def test_stale_temp_files_of_killed_runs_go_at_the_next_start(tmp_path):
+    """Temporary checkpoint files that kill -9 left (our pattern only) are removed when
+    the next run starts in the work dir; before, they piled up forever."""
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    use_atomic_checkpoint_writes()
+    _train(SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1),
+           _FakeRunner(tmp_path, f'stale-{tmp_path.name}'), 2, 1)
+    stale = [tmp_path / '.iter_3.pth.ab_12xyz.tmp', tmp_path / '.last_checkpoint.q1w2e3r4.tmp',
+             tmp_path / '.best_coco_bbox_mAP_iter_2.pth.zzzzzzzz.tmp']
+    others = [tmp_path / '.notes.txt.ab_12xyz.tmp', tmp_path / 'iter_9.pth.tmp',
+              tmp_path / '.iter_3.pth.tmp', tmp_path / '.iter_3.pth.TOOLONG12.tmp']
+    for p in stale + others:
+        p.write_bytes(b'partial')
+    _resume_hook(tmp_path, tmp_path / 'iter_2.pth', f'stale-resumed-{tmp_path.name}')
+    assert not [p.name for p in stale if p.exists()], 'stale temporary checkpoints were kept'
+    assert all(p.exists() for p in others), 'a file that is not ours was removed'
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
+
+
+@pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
+def test_removal_cut_by_a_kill_is_finished_on_resume(tmp_path):
+    """A kill after iter_2 is renamed but before iter_1 is removed leaves iter_1 behind;
+    resuming iter_2 removes it. (mmengine's hook removed iter_1 before writing iter_2,
+    so this state did not arise before; the test checks the new bookkeeping.)"""
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    use_atomic_checkpoint_writes()
+    hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1)
+    hook._remove_steps = lambda runner, steps: None  # killed just before the removal
+    _train(hook, _FakeRunner(tmp_path, f'cut-{tmp_path.name}'), 2, 1)
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth', 'iter_2.pth'], (
+        'iter_1 must survive until iter_2 is complete')
+    _resume_hook(tmp_path, tmp_path / 'iter_2.pth', f'cut-resumed-{tmp_path.name}')
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
+
+
+def test_load_config_puts_the_safe_hook_in_place():
+    from mmengine.registry import HOOKS
+
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    from resnet_backbone.training import load_config, setup_environment
+    setup_environment()
+    cfg = load_config(str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'))
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        from mmdet.registry import HOOKS as MMDET_HOOKS
+        hook = MMDET_HOOKS.build(dict(cfg.default_hooks.checkpoint))
+    assert type(hook) is SafeCheckpointHook and HOOKS.get('SafeCheckpointHook') is not None
+
+
+# --- one line for a damaged checkpoint file ---------------------------------------------
+
+def test_check_checkpoint_file_names_the_file_and_the_problem(tmp_path):
+    from resnet_backbone.checkpoint_io import CheckpointFileError, check_checkpoint_file
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.ones(3)}}, good)
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert check_checkpoint_file(good) == good and check_checkpoint_file(legacy) == legacy
+    data = good.read_bytes()
+    cases = {'truncated.pth': (data[: len(data) // 2], 'is truncated'),
+             'empty.pth': (b'', r'is empty \(0 bytes\)'),
+             'random.pth': (os.urandom(4096), 'is not a PyTorch checkpoint')}
+    for name, (content, problem) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointFileError,
+                           match=rf'^load_from {tmp_path / name}: {problem}.*; fix it$') as e:
+            check_checkpoint_file(tmp_path / name, 'load_from', 'fix it')
+        assert '\n' not in str(e.value) and isinstance(e.value, ValueError)
+    import zipfile
+    with zipfile.ZipFile(tmp_path / 'other.zip', 'w') as zf:
+        zf.writestr('a.txt', 'x')
+    with pytest.raises(CheckpointFileError, match='not a torch.save checkpoint'):
+        check_checkpoint_file(tmp_path / 'other.zip')

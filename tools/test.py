@@ -5,7 +5,8 @@
 
 ``--out`` saves the raw predictions (mmdet's ``DumpDetResults``, a pickle);
 ``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
-``P.segm.json``) that any COCO tool can read.
+``P.segm.json``) that any COCO tool can read. Errors (e.g. a damaged checkpoint) end in
+one line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback).
 """
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
+from resnet_backbone.cli import run_tool  # noqa: E402
 from resnet_backbone.distributed import process_group_closed  # noqa: E402
 from resnet_backbone.training import build_runner, load_config, setup_environment  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Evaluate a detector checkpoint (COCO metric).')
+    p = argparse.ArgumentParser(description='Evaluate a detector checkpoint (COCO metric).',
+                                epilog='--debug (or RESNET_BACKBONE_DEBUG=1): show the full '
+                                       'traceback of an error')
     p.add_argument('config', help='config file path')
     p.add_argument('checkpoint', help='checkpoint file')
     p.add_argument('--work-dir', help='where the evaluation logs go')
@@ -56,7 +60,7 @@ def main(argv=None) -> dict:
         evaluator = cfg.test_evaluator
         evaluator.outfile_prefix = args.json_prefix
     with process_group_closed():
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, checkpoint_arg='checkpoint')
         if args.out:
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
@@ -64,4 +68,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool('test.py', main)

@@ -5,7 +5,9 @@
         [--data-root DIR] [--launcher {none,pytorch,slurm}]
 
 ``ResNetV1Custom`` is registered for you (no ``custom_imports`` needed). ``--resume``
-without a path resumes from the newest complete checkpoint in the work dir.
+without a path resumes from the newest complete checkpoint in the work dir; a kill
+loses at most one checkpoint interval. Errors end in one line (``--debug`` or
+``RESNET_BACKBONE_DEBUG=1`` for the traceback); Ctrl-C exits 130 and says how to resume.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
+from resnet_backbone.cli import run_tool  # noqa: E402
 from resnet_backbone.distributed import process_group_closed  # noqa: E402
 from resnet_backbone.training import (  # noqa: E402
     apply_train_options,
@@ -28,7 +31,9 @@ from resnet_backbone.training import (  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Train a detector with ResNetV1Custom.')
+    p = argparse.ArgumentParser(description='Train a detector with ResNetV1Custom.',
+                                epilog='--debug (or RESNET_BACKBONE_DEBUG=1): show the full '
+                                       'traceback of an error')
     p.add_argument('config', help='config file path')
     p.add_argument('--work-dir', help='where logs and checkpoints go')
     p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
@@ -66,4 +71,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool('train.py', main, resume_hint='re-run the same command with --resume to continue '
+                                           'from the last complete checkpoint')
