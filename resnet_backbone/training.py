@@ -9,15 +9,33 @@ checkpoint (:class:`~resnet_backbone.checkpoint_io.SafeCheckpointHook` replaces
 Mistakes a user makes on the command line end in one line naming the fix, before the
 Runner prints its config or writes anything: a misspelt backbone argument
 (:func:`check_backbone_args`), a damaged checkpoint (:func:`check_load_from`), a
-``--launcher`` without the launcher (:func:`check_launcher`).
+``--launcher`` without the launcher (:func:`check_launcher`), a data set that is not
+there (:func:`prepare_data`).
+
+The order in which :func:`load_config` applies the command line, so that what the user
+typed explicitly wins:
+
+1. the config file;
+2. ``--data-root`` (also given as ``--cfg-options data_root=...``);
+3. ``--train-ann`` / ``--val-ann`` / ``--img-dir`` and ``--classes`` (also given as
+   ``--cfg-options metainfo.classes=[...]``), which set every split and every head's
+   ``num_classes``;
+4. ``--cfg-options``: applied last, it wins;
+5. ``--max-iters`` (scales the LR schedule with the run);
+6. each COCO evaluator follows its dataset's annotation file, unless the user set the
+   evaluator's ``ann_file`` in ``--cfg-options``.
 """
 from __future__ import annotations
 
+import colorsys
+import contextlib
 import difflib
 import inspect
+import json
 import logging
 import os
 import os.path as osp
+import sys
 from pathlib import Path
 
 from mmengine.config import Config
@@ -44,6 +62,7 @@ def setup_environment() -> None:
     register_all_modules(init_default_scope=False)
     allow_runner_checkpoint_globals()
     use_atomic_checkpoint_writes()
+    guard_empty_datasets()
 
 
 def _dataloaders(cfg: Config):
@@ -53,27 +72,258 @@ def _dataloaders(cfg: Config):
             yield loader
 
 
-def set_data_root(cfg: Config, data_root: str) -> None:
-    """Point every dataset and COCO evaluator of ``cfg`` at ``data_root``.
+def _leaf_datasets(ds) -> list:
+    """The dataset configs under wrappers (RepeatDataset, ClassBalancedDataset, Concat)."""
+    if not isinstance(ds, dict):
+        return []
+    if isinstance(ds.get('datasets'), (list, tuple)):
+        return [leaf for d in ds.datasets for leaf in _leaf_datasets(d)]
+    if isinstance(ds.get('dataset'), dict):
+        return _leaf_datasets(ds.dataset)
+    return [ds]
 
-    ``--cfg-options data_root=...`` is not enough because configs derive paths such as
-    the evaluator's ``ann_file`` from it when they are parsed.
+
+def _split_dataset(cfg: Config, split: str, what: str):
+    """The one dataset config of ``<split>_dataloader`` (None if there is no loader)."""
+    loader = cfg.get(f'{split}_dataloader')
+    if loader is None:
+        return None
+    leaves = _leaf_datasets(loader.dataset)
+    if len(leaves) != 1:
+        raise ToolError(f'{what}: the config\'s {split} set joins {len(leaves)} data sets; '
+                        f'set their files in the config (or --cfg-options) instead')
+    return leaves[0]
+
+
+def _join(root, path):
+    if not isinstance(path, str) or not path:
+        return path
+    if osp.isabs(path) or '://' in path or not root:
+        return path
+    return osp.join(root, path)
+
+
+def dataset_ann_file(ds) -> str | None:
+    """The annotation file a dataset config reads (``data_root`` joined as mmengine does)."""
+    return _join(ds.get('data_root'), ds.get('ann_file')) if isinstance(ds, dict) else None
+
+
+def _evaluators(cfg: Config, key: str) -> list:
+    evs = cfg.get(key)
+    return [ev for ev in (evs if isinstance(evs, list) else [evs])
+            if isinstance(ev, dict) and isinstance(ev.get('ann_file'), str)]
+
+
+def _same_file(a: str, b: str) -> bool:
+    return osp.normpath(osp.abspath(a)) == osp.normpath(osp.abspath(b))
+
+
+def _user_set(options, *keys: str) -> bool:
+    """Whether ``--cfg-options`` set one of ``keys`` (or a dict or list above it)."""
+    for opt in options or ():
+        for key in keys:
+            parts, want = opt.split('.'), key.split('.')
+            if want[:len(parts)] == parts:  # the option sets the key or a node above it
+                return True
+            # list entries: val_evaluator.0.ann_file sets val_evaluator's ann_file
+            if [p for p in parts if not p.isdigit()] == want:
+                return True
+    return False
+
+
+def follow_dataset_ann_files(cfg: Config, options=None, before=None) -> None:
+    """Point each COCO evaluator at its dataset's annotation file.
+
+    An evaluator moves when its dataset's file differs from ``before`` (the files the
+    config itself named: an override moved the data set), unless ``--cfg-options`` set
+    the evaluator's ``ann_file`` (``options``: the keys the user set).
     """
-    old = cfg.get('data_root')
+    for split in ('val', 'test'):
+        key = f'{split}_evaluator'
+        loader = cfg.get(f'{split}_dataloader')
+        leaves = _leaf_datasets(loader.dataset) if loader is not None else []
+        if len(leaves) != 1 or _user_set(options, f'{key}.ann_file'):
+            continue
+        ann = dataset_ann_file(leaves[0])
+        if not ann or (before is not None and before.get(split) == ann):
+            continue
+        for ev in _evaluators(cfg, key):
+            ev.ann_file = ann
+
+
+def _dataset_files(cfg: Config) -> dict:
+    out = {}
+    for split in ('val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        leaves = _leaf_datasets(loader.dataset) if loader is not None else []
+        if len(leaves) == 1:
+            out[split] = dataset_ann_file(leaves[0])
+    return out
+
+
+def set_data_root(cfg: Config, data_root: str, *, evaluators: bool = True) -> None:
+    """Point every dataset (and, unless ``evaluators=False``, each COCO evaluator, which
+    follows its dataset's annotation file) of ``cfg`` at ``data_root``.
+
+    ``--cfg-options data_root=...`` alone is not enough because configs derive paths such
+    as the evaluator's ``ann_file`` from it when they are parsed; :func:`load_config`
+    takes it as ``--data-root``.
+    """
+    before = _dataset_files(cfg)
     new = data_root.rstrip('/') + '/'
     cfg.data_root = new
     for loader in _dataloaders(cfg):
-        ds = loader.dataset
-        while 'dataset' in ds:  # RepeatDataset / ClassBalancedDataset wrappers
-            ds = ds.dataset
-        ds.data_root = new
-    for key in ('val_evaluator', 'test_evaluator'):
-        evaluators = cfg.get(key)
-        for ev in (evaluators if isinstance(evaluators, list) else [evaluators]):
-            if isinstance(ev, dict) and isinstance(ev.get('ann_file'), str):
-                name = ev.ann_file[len(old):] if old and ev.ann_file.startswith(old) \
-                    else osp.join('annotations', osp.basename(ev.ann_file))
-                ev.ann_file = new + name
+        for ds in _leaf_datasets(loader.dataset):
+            ds.data_root = new
+    if evaluators:
+        follow_dataset_ann_files(cfg, before=before)
+
+
+def set_data_files(cfg: Config, *, train_ann: str | None = None, val_ann: str | None = None,
+                   img_dir: str | None = None) -> None:
+    """``--train-ann FILE``, ``--val-ann FILE`` (val and test sets), ``--img-dir DIR`` (the
+    folder the annotation files' ``file_name`` entries are relative to, for every split).
+
+    Relative paths are taken from the current directory (made absolute, so the config's
+    ``data_root`` no longer applies to them).
+    """
+    for split, ann, flag in (('train', train_ann, '--train-ann'), ('val', val_ann, '--val-ann'),
+                             ('test', val_ann, '--val-ann')):
+        if ann is not None:
+            ds = _split_dataset(cfg, split, flag)
+            if ds is not None:
+                ds.ann_file = osp.abspath(ann)
+    if img_dir is not None:
+        for split in ('train', 'val', 'test'):
+            ds = _split_dataset(cfg, split, '--img-dir')
+            if ds is not None:
+                ds.data_prefix = dict(ds.get('data_prefix') or {},
+                                      img=osp.abspath(img_dir).rstrip('/') + '/')
+
+
+def add_data_arguments(p, train: bool = True) -> None:
+    """The argparse flags --data-root, --train-ann/--val-ann, --img-dir and --classes of
+    tools/train.py (``train=False``: tools/test.py, --val-ann alias --test-ann)."""
+    g = p.add_argument_group(
+        'data', 'Point the config at other COCO-format data. --cfg-options is applied '
+                'after these and wins.')
+    g.add_argument('--data-root', metavar='DIR',
+                   help="COCO-layout folder: the config's annotation files and image folders "
+                        "relative to it (default: the config's data_root; --cfg-options "
+                        'data_root=DIR is the same)')
+    if train:
+        g.add_argument('--train-ann', metavar='FILE', help='training annotations (COCO JSON)')
+    g.add_argument('--val-ann', *(() if train else ('--test-ann',)), metavar='FILE',
+                   help='annotations to evaluate on (COCO JSON); the evaluator follows it')
+    g.add_argument('--img-dir', metavar='DIR',
+                   help="the folder the annotation files' file_name entries are relative "
+                        'to (every split)')
+    g.add_argument('--classes', metavar='A,B,C',
+                   help='class names, comma-separated, as in the annotation files\' '
+                        'categories: every split uses them and every head\'s num_classes '
+                        'follows (--cfg-options metainfo.classes=[A,B,C] is the same)')
+
+
+def check_data_arguments(p, args) -> None:
+    """``p.error`` (exit 2, one line) for a data flag naming a missing file."""
+    for flag in ('train_ann', 'val_ann'):
+        value = getattr(args, flag, None)
+        if value is not None and not Path(value).is_file():
+            p.error(f'--{flag.replace("_", "-")} {value}: no such file')
+    if args.img_dir is not None and not Path(args.img_dir).is_dir():
+        p.error(f'--img-dir {args.img_dir}: no such folder')
+
+
+def parse_classes(text) -> tuple[str, ...]:
+    """``'a,b,c'`` (``--classes``) or a list/tuple (``metainfo.classes=[a,b]``) -> names."""
+    items = text.split(',') if isinstance(text, str) else list(text)
+    names = tuple(str(c).strip() for c in items if str(c).strip())
+    if not names:
+        raise ToolError(f'--classes {text!r}: no class names; give them comma-separated, '
+                        'e.g. --classes cat,dog')
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise ToolError(f'--classes: {", ".join(dup)} given twice; each class name once')
+    return names
+
+
+def _palette(n: int) -> list[tuple[int, int, int]]:
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.9))
+            for k in range(n)]
+
+
+def _class_heads(node, path='model'):
+    """(path, dict) of every ``num_classes`` in the model config except the RPN's."""
+    if isinstance(node, dict):
+        if 'num_classes' in node:
+            yield path, node
+        for k, v in node.items():
+            if k != 'rpn_head':
+                yield from _class_heads(v, f'{path}.{k}')
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _class_heads(v, f'{path}.{i}')
+
+
+def set_classes(cfg: Config, classes) -> None:
+    """Class names for every split at once, and ``num_classes`` of every head to match
+    (``bbox_head``, ``roi_head.bbox_head``, ``roi_head.mask_head``, ...; not the RPN)."""
+    classes = parse_classes(classes)
+    meta = dict(cfg.get('metainfo') or {})
+    meta.update(classes=classes, palette=_palette(len(classes)))
+    cfg.metainfo = meta
+    for loader in _dataloaders(cfg):
+        for ds in _leaf_datasets(loader.dataset):
+            ds.metainfo = dict(ds.get('metainfo') or {}, classes=classes,
+                               palette=_palette(len(classes)))
+    for _, head in _class_heads(cfg.get('model')):
+        head.num_classes = len(classes)
+
+
+def check_num_classes(cfg: Config) -> None:
+    """One line when the training set's class names and a head's ``num_classes`` differ."""
+    ds = None
+    for split in ('train', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        leaves = _leaf_datasets(loader.dataset) if loader is not None else []
+        if leaves:
+            ds = leaves[0]
+            break
+    classes = ((ds or {}).get('metainfo') or {}).get('classes')
+    if not classes:
+        return
+    for path, head in _class_heads(cfg.get('model')):
+        if head.num_classes != len(classes):
+            raise ToolError(f'{path}.num_classes={head.num_classes}, but the data set has '
+                            f'{len(classes)} classes ({", ".join(map(str, classes))}); drop '
+                            f'the num_classes override: --classes sets every head to match')
+
+
+def _pop_option_overrides(options: dict, data_root, classes):
+    """Take ``data_root`` and ``metainfo.*`` out of ``--cfg-options``: they are variables the
+    config expanded when it was read, so merging them would change nothing."""
+    if 'data_root' in options:
+        value = str(options.pop('data_root'))
+        if data_root is not None and value.rstrip('/') != str(data_root).rstrip('/'):
+            raise ToolError(f'--cfg-options data_root={value} and --data-root {data_root} '
+                            'disagree; give the data root once, as --data-root')
+        data_root = value
+    meta = {}
+    for key in [k for k in options if k == 'metainfo' or k.startswith('metainfo.')]:
+        value = options.pop(key)
+        if key == 'metainfo':
+            meta.update(dict(value))
+        else:
+            meta[key.split('.', 1)[1]] = value
+    if 'classes' in meta:
+        value = meta.pop('classes')
+        value = parse_classes([value] if isinstance(value, str) and ',' not in value
+                              else value)
+        if classes is not None and parse_classes(classes) != value:
+            raise ToolError(f'--cfg-options metainfo.classes={list(value)} and --classes '
+                            f'{classes} disagree; give the class names once, as --classes')
+        classes = value
+    return data_root, classes, meta
 
 
 _LAUNCH_VARS = {'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
@@ -141,8 +391,11 @@ def check_backbone_args(cfg: Config) -> None:
 
 
 def load_config(config: str, *, work_dir: str | None = None, cfg_options: dict | None = None,
-                data_root: str | None = None, launcher: str = 'none') -> Config:
-    """Read ``config`` and apply the command-line overrides, as mmdet's tools do.
+                data_root: str | None = None, launcher: str = 'none',
+                classes=None, train_ann: str | None = None, val_ann: str | None = None,
+                img_dir: str | None = None, max_iters: int | None = None) -> Config:
+    """Read ``config`` and apply the command-line overrides, as mmdet's tools do, in the
+    order of the module docstring (``--cfg-options`` after the data flags: it wins).
 
     Also puts :class:`~resnet_backbone.checkpoint_io.SafeCheckpointHook` in place of
     mmengine's ``CheckpointHook`` and checks the backbone's arguments and ``launcher``.
@@ -150,12 +403,28 @@ def load_config(config: str, *, work_dir: str | None = None, cfg_options: dict |
     check_launcher(launcher)
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    options = dict(cfg_options or {})
+    data_root, classes, meta = _pop_option_overrides(options, data_root, classes)
+    before = _dataset_files(cfg)
+    schedule_length = (cfg.get('train_cfg') or {}).get('max_iters')
+    if data_root is not None:
+        set_data_root(cfg, data_root, evaluators=False)
+    set_data_files(cfg, train_ann=train_ann, val_ann=val_ann, img_dir=img_dir)
+    if classes is not None:
+        set_classes(cfg, classes)
+    for key, value in meta.items():  # e.g. metainfo.palette: every split
+        for loader in _dataloaders(cfg):
+            for ds in _leaf_datasets(loader.dataset):
+                ds.metainfo = dict(ds.get('metainfo') or {}, **{key: value})
+    if options:
+        cfg.merge_from_dict(options)
+    if max_iters is not None:
+        set_max_iters(cfg, max_iters, old=schedule_length)
+    follow_dataset_ann_files(cfg, options, before)
     use_safe_checkpoint_hook(cfg)
     check_backbone_args(cfg)
-    if data_root is not None:
-        set_data_root(cfg, data_root)
+    if classes is not None:
+        check_num_classes(cfg)
     cfg.default_scope = cfg.get('default_scope', 'mmdet')
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -168,25 +437,238 @@ def load_config(config: str, *, work_dir: str | None = None, cfg_options: dict |
     return cfg
 
 
-def set_max_iters(cfg: Config, max_iters: int) -> None:
-    """Change an iteration-based schedule's length, stretching the LR schedule with it.
+_INF = int(1e9)  # mmengine's "no end" for a scheduler
 
-    Schedulers that ended at the old ``max_iters`` end at the new one (and a cosine's
-    ``T_max`` follows), so a shorter or longer run still anneals to the end.
+
+def _iter_schedulers(cfg: Config) -> list:
+    scheds = cfg.get('param_scheduler') or []
+    scheds = scheds if isinstance(scheds, (list, tuple)) else [scheds]
+    return [s for s in scheds if isinstance(s, dict) and not s.get('by_epoch', True)]
+
+
+def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
+    """Change an iteration-based schedule's length, scaling the LR schedule with it.
+
+    Schedulers that ended at the old length (``old``, default the config's
+    ``train_cfg.max_iters``) end at the new one (a cosine's ``T_max`` follows), so a
+    shorter or longer run still anneals to the end. Earlier boundaries (a warm-up's end,
+    milestones) keep their iteration while they lie in the first half of the new run;
+    otherwise every boundary scales by ``max_iters / old`` (a warm-up keeps at least two
+    iterations, so that it reaches the full rate).
     """
     if max_iters < 1:
         raise ValueError(f'max_iters must be >= 1; got {max_iters}')
-    old = cfg.train_cfg.max_iters
+    train_cfg = cfg.get('train_cfg') or {}
+    if 'max_iters' not in train_cfg:
+        raise ToolError(f'--max-iters: this config trains by epochs '
+                        f'(train_cfg.max_epochs={train_cfg.get("max_epochs")}); set '
+                        'train_cfg.max_epochs with --cfg-options instead')
+    old = old or train_cfg.max_iters
     cfg.train_cfg.max_iters = max_iters
     if cfg.train_cfg.get('val_interval', old) >= old:
         cfg.train_cfg.val_interval = max_iters
-    for sched in cfg.get('param_scheduler') or []:
-        if sched.get('end') == old:
-            sched.end = max_iters
-            if 'T_max' in sched:
-                sched.T_max = max_iters - sched.get('begin', 0)
-        elif sched.get('end', 0) > max_iters:
-            sched.end = max_iters
+    scheds = _iter_schedulers(cfg)
+    inner = [b for s in scheds
+             for b in (s.get('begin', 0), s.get('end', _INF), *s.get('milestones', ()))
+             if b < old]
+
+    def new(b):
+        if b >= old:
+            return max_iters if b < _INF else b
+        if 2 * max(inner, default=0) <= max_iters:  # the early phases fit: keep them
+            return b
+        if b == 0:
+            return 0
+        last = max(1, max_iters - 1)  # the last boundary inside the run
+        return max(min(2, last), min(last, round(b * max_iters / old)))
+
+    for s in scheds:
+        begin, end = s.get('begin', 0), s.get('end', _INF)
+        t_max_follows = s.get('T_max') == end - begin
+        nb, ne = new(begin), new(end)
+        if ne <= nb:  # a phase squeezed to nothing keeps one iteration
+            nb = max(0, ne - 1)
+        if 'begin' in s or nb != begin:
+            s.begin = nb
+        if 'end' in s:
+            s.end = ne
+        if 'milestones' in s:
+            s.milestones = [new(m) for m in s.milestones]
+        if 'T_max' in s:
+            s.T_max = ne - nb if t_max_follows else max(1, new(s.T_max))
+
+
+def check_schedule(cfg: Config, tool: str = '') -> str | None:
+    """One WARNING line (stderr; also returned) when the LR schedule outlasts the run: a
+    scheduler's ``end`` or a milestone lies beyond ``train_cfg.max_iters`` (or, for an
+    epoch-based schedule, ``max_epochs``), so the rate never reaches where the schedule
+    meant it to go (e.g. after ``--cfg-options train_cfg.max_iters=N``)."""
+    train_cfg = cfg.get('train_cfg') or {}
+    by_epoch = 'max_iters' not in train_cfg
+    limit = train_cfg.get('max_epochs') if by_epoch else train_cfg.get('max_iters')
+    if not isinstance(limit, int):
+        return None
+    scheds = cfg.get('param_scheduler') or []
+    scheds = scheds if isinstance(scheds, (list, tuple)) else [scheds]
+    late = []
+    for s in scheds:
+        if not isinstance(s, dict) or bool(s.get('by_epoch', True)) != by_epoch:
+            continue
+        end = s.get('end', _INF)
+        if limit < end < _INF:
+            late.append(f'{s.get("type")} end={end}')
+        begin = s.get('begin', 0)  # milestones count from the scheduler's begin
+        beyond = [m for m in s.get('milestones', ()) if begin + m > limit]
+        if beyond:
+            late.append(f'{s.get("type")} milestones {beyond}')
+    if not late:
+        return None
+    key, flag = (('max_epochs', 'set the schedulers\' end/milestones too') if by_epoch else
+                 ('max_iters', f'use --max-iters {limit} (tools/train.py) instead of '
+                               'train_cfg.max_iters to scale the schedule with the run'))
+    msg = (f'{tool + ": " if tool else ""}WARNING: the LR schedule outlasts '
+           f'train_cfg.{key}={limit} ({", ".join(late)}): the run ends '
+           f'before the learning rate gets where the schedule takes it; {flag}')
+    print(msg, file=sys.stderr, flush=True)
+    return msg
+
+
+EMBEDDED_DATA = ('data', 'shapes')
+_EMBEDDED_FILES = ('annotations/instances_train.json', 'annotations/instances_val.json')
+
+
+def _embedded_root(ds) -> str | None:
+    """The root when ``ds`` is the embedded data set at a ``.../data/shapes/`` folder."""
+    root = ds.get('data_root')
+    if not isinstance(root, str) or ds.get('ann_file') not in _EMBEDDED_FILES:
+        return None
+    return root if tuple(Path(osp.normpath(root)).parts[-2:]) == EMBEDDED_DATA else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock (several ranks may start at once); a no-op where unsupported."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        try:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        yield
+
+
+def _generate_embedded(root: str, tool: str) -> None:
+    from .data.shapes import generate
+    with _file_lock(Path(root) / '.generating.lock'):
+        if all(osp.isfile(osp.join(root, f)) for f in _EMBEDDED_FILES):
+            return  # another rank made it meanwhile
+        print(f'{tool}: the embedded shapes data set is not there yet; generating it at '
+              f'{root} (once, a few seconds)', file=sys.stderr, flush=True)
+        generate(root)
+
+
+def prepare_data(cfg: Config, splits=('train', 'val'), tool: str = '') -> None:
+    """Before the Runner is built: make the embedded data set if a config points at a
+    missing ``data/shapes/`` (:func:`resnet_backbone.data.shapes.generate`), else one line
+    naming a missing annotation file or image folder and ``--data-root``; one WARNING line
+    when a val/test set and its COCO evaluator read different annotation files.
+
+    ``splits``: the loaders the tool uses (train.py: train, and val when it evaluates;
+    test.py: test).
+    """
+    prefix = f'{tool}: ' if tool else ''
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if loader is None:
+            continue
+        if split == 'val' and (cfg.get('val_cfg') is None or cfg.get('val_evaluator') is None):
+            continue
+        for ds in _leaf_datasets(loader.dataset):
+            ann = dataset_ann_file(ds)
+            if not isinstance(ann, str) or '://' in ann:
+                continue
+            if not osp.isfile(ann):
+                root = _embedded_root(ds)
+                if root is not None:
+                    _generate_embedded(root, tool or 'resnet_backbone')
+                    continue
+                flag = '--train-ann' if split == 'train' else '--val-ann'
+                raise ToolError(
+                    f'{ann}: no such file (the {split} set\'s annotations); point --data-root '
+                    f'DIR at your COCO-layout folder (DIR/{ds.get("ann_file")}), or give '
+                    f'{flag} FILE and --img-dir DIR for another layout')
+            img = _join(ds.get('data_root'), (ds.get('data_prefix') or {}).get('img'))
+            if isinstance(img, str) and '://' not in img and not osp.isdir(img):
+                raise ToolError(f'{img}: no such image folder (the {split} set\'s images); '
+                                f'point --data-root at the folder that holds it, or give '
+                                f'--img-dir DIR (the folder the file_name entries of {ann} '
+                                f'are relative to)')
+        if split == 'train':
+            continue
+        leaves = _leaf_datasets(loader.dataset)
+        ann = dataset_ann_file(leaves[0]) if len(leaves) == 1 else None
+        for ev in _evaluators(cfg, f'{split}_evaluator'):
+            if '://' in ev.ann_file:
+                continue
+            if not osp.isfile(ev.ann_file):
+                raise ToolError(f'{ev.ann_file}: no such file ({split}_evaluator.ann_file); '
+                                f'drop the override to use the {split} set\'s annotation '
+                                f'file, or point --data-root at the folder that holds it')
+            if isinstance(ann, str) and not ev.get('format_only') and \
+                    not _same_file(ann, ev.ann_file):
+                print(f'{prefix}WARNING: the {split} set reads {ann} but its evaluator '
+                      f'scores against {ev.ann_file} ({split}_evaluator.ann_file); the '
+                      'metric is wrong unless they hold the same images', file=sys.stderr,
+                      flush=True)
+
+
+def categories_of(ann_file: str) -> list[str]:
+    """The category names of a COCO annotation file ([] if it cannot be read)."""
+    try:
+        with open(ann_file) as f:
+            return [str(c.get('name')) for c in json.load(f).get('categories', [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+class NoImagesError(ToolError):
+    """No image of a data set survived the class filter; the message lists the file's
+    category names."""
+
+
+def _explain_empty(ds, why: str, names: list[str]) -> NoImagesError:
+    classes = ', '.join(map(str, ds.metainfo.get('classes', ())))
+    cats = ', '.join(names) if names else '(none)'
+    return NoImagesError(f'{ds.ann_file}: {why.format(classes=classes)}; the file\'s '
+                         f'categories are: {cats}; give those with --classes '
+                         f'{",".join(names) or "a,b"} (train.py and test.py)')
+
+
+def guard_empty_datasets() -> None:
+    """mmdet's ``CocoDataset``: one line listing the annotation file's category names when
+    none of the configured classes is in the file, or no image survives the filter (mmdet
+    itself ends in ``ValueError: need at least one array to concatenate``). Idempotent."""
+    from mmdet.datasets import CocoDataset
+    if getattr(CocoDataset.filter_data, '_resnet_backbone_guard', False):
+        return
+    original = CocoDataset.filter_data
+
+    def filter_data(self):
+        kept = original(self)
+        if not getattr(self, 'cat_ids', None) and self.data_list:
+            names = categories_of(self.ann_file)
+            if names:  # (a file without categories: images to predict on, no metric)
+                raise _explain_empty(self, 'none of the classes ({classes}) is a category of '
+                                           'this file', names)
+        if not kept and self.data_list and not self.test_mode:
+            raise _explain_empty(self, f'no image of {len(self.data_list)} is left after '
+                                       'filtering for the classes ({classes})',
+                                 categories_of(self.ann_file))
+        return kept
+
+    filter_data._resnet_backbone_guard = True
+    CocoDataset.filter_data = filter_data
 
 
 def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,

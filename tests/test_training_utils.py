@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import resnet_backbone.training as training
 from resnet_backbone.training import apply_train_options, load_config, set_data_root, set_max_iters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +54,82 @@ def test_amp_on_cpu_is_a_one_line_error():
     assert r.stderr.strip().splitlines() == [
         "train.py: error: --amp needs a CUDA GPU (mmengine's AmpOptimWrapper refuses the CPU); "
         'this machine has none, so drop --amp']
+
+
+# -- issue 21, finding 4: a shorter run anneals; an outlasting schedule is one WARNING ----
+
+def _lrs(cfg, iters: int) -> list[float]:
+    """The learning rate at each iteration of ``cfg``'s schedule (mmengine's schedulers)."""
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    opt = OptimWrapper(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=opt)) for s in
+              [{k: v for k, v in s.items() if k != '_scope_'} for s in cfg.param_scheduler]]
+    lrs = []
+    for _ in range(iters):
+        lrs.append(opt.get_lr()['lr'][0])
+        for s in scheds:
+            s.step()
+    return lrs + [opt.get_lr()['lr'][0]]
+
+
+@pytest.mark.parametrize('iters', [1, 2, 4, 20, 60, 3000])
+def test_finding4_max_iters_scales_the_schedule(iters):
+    cfg = load_config(SHAPES, max_iters=iters)
+    assert cfg.train_cfg.max_iters == iters
+    for s in cfg.param_scheduler:
+        assert 0 <= s.begin < s.end <= iters, dict(s)
+    warmup, cosine = cfg.param_scheduler
+    assert cosine.end == iters and cosine.T_max == iters - cosine.begin
+    if iters > 100:
+        assert warmup.end == 50  # a warm-up that fits keeps its length
+    lrs = _lrs(cfg, iters)[:iters]  # the rate of each iteration of the run
+    if iters >= 3:
+        peak = lrs.index(max(lrs))
+        assert max(lrs) == pytest.approx(1.0, rel=1e-6)  # out of warm-up
+        after = lrs[peak:]
+        assert all(b <= a + 1e-9 for a, b in zip(after, after[1:]))  # then anneals
+        assert lrs[-1] < (0.6 if iters < 10 else 0.05)
+def test_finding4_max_iters_wins_over_cfg_options_and_refuses_epochs():
+    cfg = load_config(SHAPES, max_iters=4, cfg_options={'train_cfg.max_iters': 4,
+                                                        'train_cfg.val_interval': 4})
+    assert [(s.begin, s.end) for s in cfg.param_scheduler] == [(0, 2), (2, 4)]
+    assert training.check_schedule(cfg) is None
+    with pytest.raises(Exception, match=r'^--max-iters: this config trains by epochs'):
+        load_config(str(ROOT / 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'),
+                    max_iters=10)
+
+
+def test_finding4_schedule_beyond_max_iters_is_one_warning_line(capsys):
+    cfg = load_config(SHAPES, cfg_options={'train_cfg.max_iters': 20})
+    capsys.readouterr()
+    msg = training.check_schedule(cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [msg]
+    assert msg.startswith('WARNING: the LR schedule outlasts train_cfg.max_iters=20 '
+                          '(LinearLR end=50, CosineAnnealingLR end=1200)')
+    assert '--max-iters 20' in msg
+    cfg = load_config(SHAPES, cfg_options={'param_scheduler': [dict(
+        type='MultiStepLR', by_epoch=False, begin=0, end=20, milestones=[10, 30])],
+        'train_cfg.max_iters': 20})
+    assert 'MultiStepLR milestones [30]' in training.check_schedule(cfg)
+    assert training.check_schedule(load_config(SHAPES)) is None  # the config as written: silent
+
+
+def test_finding4_max_iters_is_documented_in_help():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / 'tools/train.py'), '--help'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0
+    text = ' '.join(r.stdout.split())
+    assert '--max-iters N train for N iterations, the LR schedule scaled to match' in text
+
+
+def test_finding4_set_max_iters_shorter_than_the_warmup_keeps_a_valid_schedule():
+    cfg = load_config(SHAPES)
+    set_max_iters(cfg, 20)  # what tools/demo.py --iters 20 does
+    for s in cfg.param_scheduler:
+        assert 0 <= s.begin < s.end <= 20, dict(s)
+    assert _lrs(cfg, 20)[19] < 0.05  # annealed, not stuck in warm-up

@@ -1,7 +1,13 @@
 """Evaluate a checkpoint with mmdet's COCO metric (mmengine Runner), like mmdet's tools/test.py.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
-        [--data-root DIR] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}]
+        [--data-root DIR] [--val-ann FILE --img-dir DIR] [--classes a,b,c]
+        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}]
+
+``--val-ann`` (alias ``--test-ann``), ``--img-dir`` and ``--classes`` as in
+tools/train.py; the COCO evaluator follows the test set's annotation file unless
+``--cfg-options`` sets ``test_evaluator.ann_file`` (a WARNING line then names both files
+when they differ).
 
 ``--out`` saves the raw predictions (mmdet's ``DumpDetResults``, a pickle);
 ``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
@@ -21,7 +27,14 @@ from mmengine.config import DictAction  # noqa: E402
 
 from resnet_backbone.cli import run_tool  # noqa: E402
 from resnet_backbone.distributed import process_group_closed  # noqa: E402
-from resnet_backbone.training import build_runner, load_config, setup_environment  # noqa: E402
+from resnet_backbone.training import (  # noqa: E402
+    add_data_arguments,
+    build_runner,
+    check_data_arguments,
+    load_config,
+    prepare_data,
+    setup_environment,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,9 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--work-dir', help='where the evaluation logs go')
     p.add_argument('--out', help='save predictions to this .pkl file')
     p.add_argument('--json-prefix', help='also write COCO-format results PREFIX.bbox.json')
-    p.add_argument('--data-root', help="data set root (default: the config's data_root)")
+    add_data_arguments(p, train=False)
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config keys')
+                   help='override config keys; applied after the other flags, so it wins')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -46,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f'checkpoint {args.checkpoint!r}: no such file')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         p.error(f'--out must end with .pkl or .pickle; got {args.out!r}')
+    check_data_arguments(p, args)
     return args
 
 
@@ -54,7 +68,9 @@ def main(argv=None) -> dict:
     setup_environment()
     work_dir = args.work_dir or str(Path('work_dirs') / Path(args.config).stem / 'test')
     cfg = load_config(args.config, work_dir=work_dir, cfg_options=args.cfg_options,
-                      data_root=args.data_root, launcher=args.launcher)
+                      data_root=args.data_root, launcher=args.launcher,
+                      classes=args.classes, val_ann=args.val_ann, img_dir=args.img_dir)
+    prepare_data(cfg, ('test',), tool='test.py')
     cfg.load_from = args.checkpoint
     if args.json_prefix:
         evaluator = cfg.test_evaluator

@@ -12,8 +12,9 @@ from .conftest import CONFIG, run_tool, tiny_options
 
 def test_train_then_evaluate(tiny_shapes, tmp_path):
     work = tmp_path / 'work'
+    # --max-iters scales the LR schedule to the run (train_cfg.max_iters alone would warn)
     r = run_tool('train.py', CONFIG, '--work-dir', str(work), '--data-root', str(tiny_shapes),
-                 *tiny_options(4))
+                 '--max-iters', '4', *tiny_options(4))
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert 'Iter(train) [4/4]' in log
