@@ -4,13 +4,15 @@
 mmdet's ``MODELS`` registry. It imports neither ``mmdet.models`` nor ``mmcv.ops``.
 
 When the torch / mmengine / mmcv stack is broken, ``import resnet_backbone`` raises one
-``ImportError`` that names the broken package and the fix. The one exception is
+``ImportError`` that names the broken package and the fix, without the cause's traceback
+(set ``RESNET_BACKBONE_DEBUG=1`` to see it). The one exception is
 ``python -m resnet_backbone.doctor``: Python imports this package before the doctor, and
 the doctor must run whatever is broken, so there the error is kept (and raised on first
 use of a name from this package) instead.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 __version__ = '0.1.0'
@@ -88,7 +90,9 @@ except Exception as _exc:  # noqa: BLE001 - a broken stack fails in many ways (O
     if not _started_as_doctor():
         if not _culprit(_exc):
             raise  # a bug in this package itself: its own traceback says where
-        raise _import_error(_exc) from _exc
+        if os.environ.get('RESNET_BACKBONE_DEBUG', '') not in ('', '0'):  # cli.debug_enabled
+            raise _import_error(_exc) from _exc  # with the cause's traceback
+        raise _import_error(_exc) from None  # one line: the cause is named in it
     _IMPORT_ERROR = _import_error(_exc) if _culprit(_exc) else _exc
 
     def __getattr__(name: str):

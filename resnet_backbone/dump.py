@@ -15,7 +15,18 @@ package version. A file already in the output folder is reused only if its finge
 equals this run's. If any differs, the dump **stops before writing anything**, with one
 line naming the first such file, what differs, and ``--overwrite`` (which removes those
 stale records and redoes every image). Stale results are never reused, and earlier
-results are never replaced unless asked.
+results are never replaced unless asked. Without a config (an extractor built from a
+model), the test pipeline and the data preprocessor's settings (mean, std, padding) stand
+for the config.
+
+**Replaced images.** Each record also stores ``meta['source']``, the size and mtime (ns)
+of its image file when it was read. An image whose file changed since (replaced at the
+same path) is re-dumped, that image only, without ``--overwrite``: the settings are the
+same, the user changed the input, so the old features are plainly out of date.
+
+**Skipped images.** Only a fault of the image itself is skipped with a warning: a missing
+file, a file that does not decode, an image the test pipeline drops. Any other error (out
+of memory, a dtype error, a bug in the model) stops the run.
 
 **Completion marker.** The record (the arrays file) is written last, after the overlays,
 and every file is written atomically: an existing record means the image is complete,
@@ -39,7 +50,14 @@ import numpy as np
 import torch
 
 from .cli import ToolError
-from .features import FeatureExtractor, level_stats, state_dict_digest, unpad_to_original
+from .features import (
+    FeatureExtractor,
+    UnreadableImageError,
+    level_stats,
+    settings_digest,
+    state_dict_digest,
+    unpad_to_original,
+)
 from .fileio import atomic_path, atomic_write_bytes
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -152,8 +170,8 @@ def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def read_meta(path: Path) -> dict:
-    """The JSON record of a dumped file, without reading its arrays where the format
-    allows (npz members and safetensors metadata are read on their own)."""
+    """The JSON record of a dumped file, without reading its arrays (npz members and
+    safetensors metadata are read on their own; a ``.pt`` file is memory-mapped)."""
     if path.suffix == '.npz':
         with np.load(path) as z:
             return json.loads(str(z['__meta__']))
@@ -161,6 +179,8 @@ def read_meta(path: Path) -> dict:
         from safetensors import safe_open
         with safe_open(str(path), framework='pt') as f:
             return json.loads(f.metadata()['meta'])
+    if path.suffix == '.pt':  # memory-mapped: the arrays' bytes are never read
+        return json.loads(torch.load(path, weights_only=True, mmap=True)['meta'])
     return load_levels(path)[1]
 
 
@@ -177,7 +197,9 @@ def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
         weights = {'random_seed': w.get('seed')}
     else:  # a model passed in, or weights by URL: the tensors themselves
         weights = {'state_sha256': state_dict_digest(fx.model)}
-    return {'config': fx.config_sha256, 'weights': weights, 'levels': list(fx.levels),
+    # no config (an extractor built from a model): its pipeline and preprocessor settings
+    config = fx.config_sha256 or {'pipeline_and_preprocessor': settings_digest(fx)}
+    return {'config': config, 'weights': weights, 'levels': list(fx.levels),
             'dtype': dtype, 'format': fmt, 'tool': f'resnet_backbone {__version__}'}
 
 
@@ -265,6 +287,15 @@ def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: d
     return feature_sheet(image, heats, strides, stem.with_name(f'{stem.name}.sheet.png'))
 
 
+def source_stamp(image: Path) -> dict | None:
+    """What tells a replaced image file: its size and mtime (ns). None if it is gone."""
+    try:
+        st = image.stat()
+    except OSError:
+        return None
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
 def _done(meta: dict, sheet: Path, overlay: bool, overlay_mode: str) -> bool:
     """A record (matching fingerprint) is a complete image, unless overlays are asked
     for and it was dumped without them (or in another mode)."""
@@ -319,11 +350,13 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
             summary.already_there += 1
             entries.append(_entry(image, target, meta))
             continue
+        source = source_stamp(image)  # before reading: a later change shows next run
         try:
             if not image.is_file():  # e.g. a stale line of a .txt list
                 raise FileNotFoundError(NO_SUCH_FILE)
             record = fx(image)
-        except Exception as exc:  # noqa: BLE001 - a bad image must not stop the run
+        except (FileNotFoundError, UnreadableImageError) as exc:  # this image's fault only;
+            # anything else (out of memory, a dtype error, a model bug) stops the run
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             summary.skipped.append((str(image), reason))
             tqdm.write(f'WARNING: skipped {image}: {reason}', file=sys.stderr)
@@ -337,6 +370,7 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         meta['config'] = config
         meta['format'] = fmt
         meta['fingerprint'] = fp
+        meta['source'] = source
         meta['overlay'] = overlay_mode if overlay else None
         with _writable(out_dir):
             if overlay:  # before the record: the record marks the image complete
@@ -355,7 +389,8 @@ def _existing_records(images: Sequence[Path], root: Path, out_dir: Path, fmt: st
                       fp: dict) -> tuple[dict[Path, dict], list[tuple[Path, str]]]:
     """Records already in ``out_dir`` for ``images``: {target: meta} of those matching
     ``fp``, and [(target, what differs)] of the stale ones. An unreadable record (not
-    written by this module) counts as absent and is redone."""
+    written by this module), or one whose image file changed since (size or mtime), counts
+    as absent and is redone. Only the records' metadata is read, never their arrays."""
     existing, stale = {}, []
     if not out_dir.is_dir():
         return existing, stale
@@ -369,6 +404,8 @@ def _existing_records(images: Sequence[Path], root: Path, out_dir: Path, fmt: st
             continue
         why = fingerprint_difference(meta.get('fingerprint'), fp)
         if why is None:
+            if meta.get('source') is None or meta['source'] != source_stamp(image):
+                continue  # the image was replaced (or is gone): redo it, settings are the same
             existing[target] = meta
         else:
             stale.append((target, why))

@@ -96,6 +96,11 @@ def _as_tuple(value) -> tuple | None:
     return tuple(float(v) if isinstance(v, (float, np.floating)) else int(v) for v in value)
 
 
+class UnreadableImageError(ValueError):
+    """An input image that cannot be used: its file does not decode, or the test pipeline
+    dropped it. A fault of that one image (a dump skips it), unlike any other error."""
+
+
 class FeatureExtractor:
     """Extract named, geometry-tagged feature maps from a detector or a bare backbone.
 
@@ -124,8 +129,9 @@ class FeatureExtractor:
         self.neck = getattr(self.model, 'neck', None)
         from mmengine.registry import DefaultScope
         with DefaultScope.overwrite_default_scope('mmdet'):
-            self.pipeline = Compose(list(pipeline) if pipeline is not None
-                                    else _default_pipeline())
+            self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
+                                              else _default_pipeline())
+            self.pipeline = Compose(copy.deepcopy(self.pipeline_cfg))
         self.strides = self._probe_strides()
         default = [f'c{int(math.log2(s))}' for s in self._backbone_out_strides()]
         if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
@@ -279,7 +285,18 @@ class FeatureExtractor:
         if isinstance(image, (str, Path)):
             if not Path(image).is_file():
                 raise FileNotFoundError(f'image {str(image)!r}: no such file')
-            data = self.pipeline(dict(img_path=str(image), img_id=0))
+            data = dict(img_path=str(image), img_id=0)
+            for t in self.pipeline.transforms:  # as Compose does, telling decode errors apart
+                try:
+                    data = t(data)
+                except Exception as exc:  # noqa: BLE001 - only the loading step's: bad input
+                    if 'LoadImage' not in type(t).__name__:
+                        raise  # a later transform failing is no fault of the image
+                    said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise UnreadableImageError(
+                        f'image {str(image)!r} cannot be decoded ({said})') from exc
+                if data is None:
+                    break
         else:
             array = as_image_array(image)
             data = dict(img=array, img_id=0, img_path=None, ori_shape=array.shape[:2],
@@ -289,7 +306,7 @@ class FeatureExtractor:
             for t in transforms:
                 data = t(data)
         if data is None:
-            raise ValueError(f'the test pipeline dropped image {_describe(image)}')
+            raise UnreadableImageError(f'the test pipeline dropped image {_describe(image)}')
         batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
         return self.model.data_preprocessor(batch, False)
 
@@ -571,6 +588,22 @@ def config_digest(cfg) -> str:
     pipeline. Training-only settings (schedule, optimizer, data roots) do not change it.
     """
     text = json.dumps({'model': cfg.model, 'pipeline': inference_pipeline(cfg)},
+                      sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def settings_digest(fx: FeatureExtractor) -> str:
+    """sha256 (hex) of what turns an image into the model's input when no config says it:
+    the test pipeline ``fx`` was given and its data preprocessor's settings (``mean`` and
+    ``std`` are non-persistent buffers, outside :func:`state_dict_digest`)."""
+    dp = fx.model.data_preprocessor
+    settings = {k: v for k, v in sorted(vars(dp).items())
+                if k != 'training' and isinstance(v, (bool, int, float, str, type(None)))}
+    buffers = {n: [str(b.dtype), list(b.shape), b.detach().cpu().flatten().tolist()]
+               for n, b in dp.named_buffers()}
+    text = json.dumps({'pipeline': fx.pipeline_cfg, 'preprocessor': type(dp).__name__,
+                       'settings': settings, 'buffers': buffers,
+                       'batch_augments': repr(getattr(dp, 'batch_augments', None))},
                       sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -518,11 +518,19 @@ def loaded_state_dict(model: nn.Module, report: LoadReport) -> dict[str, torch.T
     never written with the model's fresh random initialisation, so a later load of the
     written file reports them missing instead of claiming full coverage. BatchNorm's
     ``num_batches_tracked`` step counters, which are not weights (coverage ignores them),
-    are kept, so that a complete conversion also loads with ``load_state_dict(strict=True)``.
+    are kept where their norm layer's weight was loaded, so that a complete conversion
+    also loads with ``load_state_dict(strict=True)``; a layer the file lacked keeps none.
     """
     loaded = set(report.loaded)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if k in loaded or _OPTIONAL.search(k)}
+
+    def keep(key: str) -> bool:
+        if key in loaded:
+            return True
+        if not _OPTIONAL.search(key):
+            return False
+        layer = key[:-len('num_batches_tracked')]  # 'layer1.0.bn1.' or '' (a bare BN)
+        return f'{layer}weight' in loaded or f'{layer}running_mean' in loaded
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
 
 def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,

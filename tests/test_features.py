@@ -170,3 +170,83 @@ def test_interrupted_overlay_leaves_no_record(fx, tmp_path, monkeypatch):
     assert dump.dump_features(fx, [img], img.parent, out, overlay=True,
                               progress=False).dumped == 1
     assert not list(out.rglob('*.tmp'))
+
+
+def _png(path: Path, value: int, shape=(40, 60, 3)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+    return path
+
+
+def test_replaced_image_is_redumped(fx, tmp_path):
+    """Issue 11 review: the fingerprint missed the image itself; an image replaced at
+    the same path was reported 'already there' and kept its old features."""
+    import os
+
+    from resnet_backbone.dump import dump_features, load_levels
+    img = _png(tmp_path / 'in' / 'a.png', 0)
+    out = tmp_path / 'out'
+    dump_features(fx, [img], img.parent, out, progress=False)
+    old = load_levels(out / 'a.png.npz')[0]['c5']
+    _png(img, 200, (50, 60, 3))
+    os.utime(img, ns=(1, 1))  # whatever the clock: the stamp differs
+    s = dump_features(fx, [img], img.parent, out, progress=False)
+    assert (s.dumped, s.already_there) == (1, 0), s.line()
+    levels, meta = load_levels(out / 'a.png.npz')
+    assert not torch.equal(levels['c5'], old)
+    assert meta['source'] == {'size': img.stat().st_size, 'mtime_ns': 1}
+    s = dump_features(fx, [img], img.parent, out, progress=False)
+    assert (s.dumped, s.already_there) == (0, 1)
+
+
+def test_fingerprint_without_config_covers_pipeline_and_preprocessor():
+    """Issue 11 review: FeatureExtractor(model, pipeline=...) had config None in its
+    fingerprint, so other pipelines or mean/std gave the same fingerprint."""
+    from resnet_backbone.dump import fingerprint
+    bb = ResNetV1Custom(depth=18, base_channels=8).eval()
+    load = [dict(type='LoadImageFromFile')]
+    pack = [dict(type='PackDetInputs')]
+    resize = [dict(type='Resize', scale=(64, 64), keep_ratio=True)]
+    a = fingerprint(FeatureExtractor(bb, pipeline=load + pack), dtype='float32', fmt='npz')
+    b = fingerprint(FeatureExtractor(bb, pipeline=load + resize + pack), dtype='float32',
+                    fmt='npz')
+    assert a['config'] is not None and a != b
+    assert a == fingerprint(FeatureExtractor(bb, pipeline=load + pack), dtype='float32',
+                            fmt='npz')
+    other = FeatureExtractor(bb, pipeline=load + pack)
+    other.model.data_preprocessor.mean.fill_(0.0)  # a non-persistent buffer
+    assert fingerprint(other, dtype='float32', fmt='npz') != a
+
+
+def test_only_image_faults_are_skipped(fx, tmp_path, monkeypatch):
+    """Issue 11 review: any exception of fx(image) (out of memory, a model bug) was
+    counted as 'skipped N unreadable', exit 0 if another image worked."""
+    from resnet_backbone.dump import dump_features
+    good = _png(tmp_path / 'in' / 'a.png', 0)
+    bad = tmp_path / 'in' / 'b.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n not an image')
+    s = dump_features(fx, [good, bad, tmp_path / 'in' / 'gone.png'], good.parent,
+                      tmp_path / 'out', progress=False)
+    assert s.dumped == 1 and len(s.skipped) == 2 and 'b.png' in s.skipped[0][1], s.skipped
+
+    def oom(*args, **kwargs):
+        raise RuntimeError('CUDA out of memory')
+    monkeypatch.setattr(fx, '_forward', oom)
+    with pytest.raises(RuntimeError, match='out of memory'):
+        dump_features(fx, [_png(tmp_path / 'in' / 'c.png', 9)], good.parent,
+                      tmp_path / 'out', progress=False)
+
+
+@pytest.mark.parametrize('fmt', ['npz', 'pt', 'safetensors'])
+def test_restart_reads_only_the_records_metadata(fx, tmp_path, monkeypatch, fmt):
+    """Issue 11 review: a restart read every array of every record (read_meta ->
+    load_levels) where only the metadata is needed."""
+    import resnet_backbone.dump as dump
+    img = _png(tmp_path / 'in' / 'a.png', 0)
+    dump.dump_features(fx, [img], img.parent, tmp_path / 'out', fmt=fmt, progress=False)
+
+    def no_arrays(*args, **kwargs):
+        raise AssertionError('the arrays were read')
+    monkeypatch.setattr(dump, 'load_levels', no_arrays)
+    s = dump.dump_features(fx, [img], img.parent, tmp_path / 'out', fmt=fmt, progress=False)
+    assert s.already_there == 1

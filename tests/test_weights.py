@@ -283,3 +283,22 @@ def test_no_strict_conversion_writes_only_what_loaded(tmp_path, capsys):
         tool.parse_args(['--help'])
     help_text = ' '.join(capsys.readouterr().out.split())
     assert 'missing ones are left out of OUT (not random-initialised)' in help_text
+
+
+def test_no_strict_keeps_no_step_counter_of_a_layer_it_lacked():
+    """Issue 11 review: --no-strict output kept every BatchNorm's num_batches_tracked,
+    so a file without layer4 still gave layer4.*.num_batches_tracked."""
+    from resnet_backbone.weights import load_state_dict, loaded_state_dict
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith('layer4.')}
+    model = ResNetV1Custom(depth=18)
+    report = load_pretrained(model, sd, strict=False)
+    out = loaded_state_dict(model, report)
+    assert not [k for k in out if k.startswith('layer4.')], 'layer4 counters were kept'
+    assert 'layer3.1.bn2.num_batches_tracked' in out and 'bn1.num_batches_tracked' in out
+    # a complete file: every counter kept, so the output loads strictly
+    full = ResNetV1Custom(depth=18)
+    report = load_pretrained(full, torchvision.models.resnet18(weights=None).state_dict())
+    out = loaded_state_dict(full, report)
+    assert set(out) == set(full.state_dict())
+    load_state_dict(ResNetV1Custom(depth=18), out, strict=True, log=False)

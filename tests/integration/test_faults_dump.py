@@ -316,3 +316,25 @@ def test_every_image_skipped_exits_1_and_missing_is_no_such_file(checkpoints, tm
     code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
                        str(listing), '--out', str(tmp_path / 'out'))
     assert code == 0 and 'dumped 1, already there 0, skipped 1 no such file' in err, err
+
+
+# ---------------------------------------------------------------- a broken dependency
+@pytest.mark.parametrize('debug', [False, True])
+def test_broken_mmcv_import_is_one_error_not_two_tracebacks(tmp_path, debug):
+    """Issue 11 review: with a broken mmcv, ``import resnet_backbone`` printed the cause's
+    traceback, then 'The above exception was the direct cause', then the wrapping one."""
+    (tmp_path / 'mmcv').mkdir()
+    (tmp_path / 'mmcv' / '__init__.py').write_text("raise ImportError('mmcv is broken')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    env.pop('RESNET_BACKBONE_DEBUG', None)
+    if debug:
+        env['RESNET_BACKBONE_DEBUG'] = '1'
+    r = subprocess.run([sys.executable, '-c', 'import resnet_backbone'], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('ImportError: resnet_backbone cannot be imported: mmcv is broken '
+                           '(ImportError: mmcv is broken)') and 'tools/setup.sh' in last, r.stderr
+    cause_shown = 'direct cause' in r.stderr
+    assert cause_shown == debug, r.stderr
+    assert r.stderr.count('Traceback') == (2 if debug else 1), r.stderr
