@@ -19,10 +19,13 @@ What goes wrong with mmengine 0.10.7 checkpoints (1 only on torch >= 2.6), fixed
    file. :class:`SafeCheckpointHook` (registered in mmengine's ``HOOKS``; the tools put it
    in place of ``CheckpointHook`` in :func:`resnet_backbone.training.load_config`) writes
    the new checkpoint (atomically), then ``last_checkpoint`` (atomically), and only then
-   removes the old one, for any ``max_keep_ckpts``. A removal that a kill interrupted is
-   finished when the run resumes, and the hidden temporary files (``.<name>.XXXXXXXX.tmp``,
-   see :func:`resnet_backbone.fileio.atomic_path`) that killed runs leave are removed when
-   the next run starts in the same work dir (rank 0 only; :func:`remove_stale_temp_files`).
+   removes the old one, for any ``max_keep_ckpts``; likewise a new ``best_*.pth``
+   (``save_best``) is written before the previous one is removed. A removal that a kill
+   interrupted is finished when the run resumes, and the hidden temporary files
+   (``.<name>.<pid>.XXXXXXXX.tmp``, see :func:`resnet_backbone.fileio.atomic_path`) that
+   killed runs leave are removed when the next run starts in the same work dir (rank 0
+   only; only files whose writing process is gone or that are a day old, so a run that
+   is still writing keeps its file; :func:`remove_stale_temp_files`).
 4. **A damaged checkpoint file ends in a 30-line traceback** that does not name it.
    :func:`check_checkpoint_file` tells in one line (a :class:`CheckpointFileError`) what is
    wrong with a file (missing, empty, truncated, not a checkpoint) and what to do; the
@@ -160,10 +163,31 @@ class CheckpointFileError(ToolError, ValueError):
     """A checkpoint file that cannot be read; the message is one line with the fix."""
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file that ``torch.load`` (or pickle) could not read: empty, truncated,
+    not a checkpoint, or holding objects a safe load refuses. The message is one line
+    naming the file (see :func:`unreadable_checkpoint`)."""
+
+
 #: The first bytes of a legacy (pre-zip, torch < 1.6) ``torch.save`` file: pickle
-#: protocol 2 and torch's magic number.
+#: protocol 2 and torch's magic number 0x1950a86a20f9469cfc6c.
 _LEGACY_TORCH_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
 _ZIP_MAGIC = b'PK\x03\x04'
+
+
+def _read_head(path: str | Path) -> bytes:
+    with open(path, 'rb') as f:
+        return f.read(len(_LEGACY_TORCH_MAGIC))
+
+
+def is_torch_save_file(path: str | Path) -> bool:
+    """True if ``path`` starts like a ``torch.save`` file (zip archive, or the legacy
+    format), whatever its name: such a ``.pkl`` is read as a ``.pth``. Header only."""
+    try:
+        head = _read_head(path)
+    except OSError:
+        return False
+    return head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC)
 
 
 def checkpoint_file_problem(path: str | Path) -> str | None:
@@ -178,8 +202,7 @@ def checkpoint_file_problem(path: str | Path) -> str | None:
         return 'is a folder, not a checkpoint file'
     try:
         size = path.stat().st_size
-        with open(path, 'rb') as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        head = _read_head(path)
     except OSError as exc:
         return f'cannot be read ({exc.strerror or exc})'
     if size == 0:
@@ -197,6 +220,37 @@ def checkpoint_file_problem(path: str | Path) -> str | None:
     if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
         return 'is a zip file but not a torch.save checkpoint (it has no data.pkl)'
     return None
+
+
+def unreadable_checkpoint(path: str | Path, exc: BaseException) -> CheckpointReadError:
+    """One line for a checkpoint that ``torch.load(weights_only=True)`` (or pickle)
+    could not read: the file, what is wrong with it (:func:`checkpoint_file_problem`),
+    and the fix.
+
+    torch's own message is not passed on: it suggests re-running with
+    ``weights_only=False``, which lets the file run arbitrary code, and that is
+    dangerous advice for a file the user did not write.
+    """
+    path = Path(path)
+    refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(exc))
+    problem = checkpoint_file_problem(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if refused and size:
+        why = (f'it holds a pickled Python object ({refused.group(1)}), e.g. a whole model '
+               'saved with torch.save(model), which a safe load refuses; save '
+               'model.state_dict() instead, where it was made: '
+               'torch.save(model.state_dict(), path)')
+    elif problem is None:  # header and zip directory intact, the contents are not
+        why = (f'it is corrupt ({size} bytes; its header looks like a checkpoint but the '
+               'contents cannot be read); re-download or re-save it')
+    elif problem.startswith('is not a PyTorch checkpoint'):
+        why = f'it {problem}; check the path, or re-download or re-save it'
+    else:
+        why = f'it {problem}; re-download or re-save it'
+    return CheckpointReadError(f'checkpoint {str(path)!r} cannot be read: {why}')
 
 
 def check_checkpoint_file(path: str | Path, what: str = 'checkpoint',
@@ -217,24 +271,61 @@ def check_checkpoint_file(path: str | Path, what: str = 'checkpoint',
     return Path(path)
 
 
-_STALE_TMP = re.compile(r'^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$')
+_STALE_TMP = re.compile(r'^\.(?P<name>.+?)(?:\.(?P<pid>\d+))?\.[a-z0-9_]{8}\.tmp$')
+
+#: A temporary checkpoint file older than this (seconds since its last write) is stale
+#: whoever wrote it: no checkpoint write takes a day, and its pid may have been reused.
+STALE_TEMP_AGE_S = 24 * 3600
+
+
+def _writer_alive(pid: int) -> bool:
+    """True if process ``pid`` runs on this host (and is not this process: a run that
+    is starting writes no checkpoint yet, and in containers a new run often gets the
+    pid of the killed one)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OSError, OverflowError):
+        return False
+    try:  # Linux: a killed process its parent has not reaped yet is a zombie, not a writer
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Remove the temporary checkpoint files that killed runs left in ``folder``.
 
-    Only our atomic writer's pattern (``.<name>.XXXXXXXX.tmp``) for checkpoint files
-    (``<name>`` ends with ``.pth``, or is ``last_checkpoint``) is touched. Call it when a
-    run starts, on rank 0, before anything is written.
+    Only our atomic writer's pattern (``.<name>.<pid>.XXXXXXXX.tmp``, see
+    :func:`resnet_backbone.fileio.atomic_path`) for checkpoint files (``<name>`` ends with
+    ``.pth``, or is ``last_checkpoint``) is touched, and only when its writer is gone:
+    the process ``<pid>`` no longer runs on this host, or the file was last written more
+    than :data:`STALE_TEMP_AGE_S` ago. So a second run started in the same work dir
+    leaves the first run's checkpoint write alone. (Names without a pid, from versions
+    before it was added, go by age only. The pid is this host's: runs on several hosts
+    writing one work dir at once are not supported.) Call it when a run starts, on rank
+    0, before anything is written.
     """
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    now = time.time()
     for p in folder.iterdir():
         m = _STALE_TMP.match(p.name)
-        if m and (m['name'].endswith('.pth') or m['name'] == 'last_checkpoint') \
-                and p.is_file() and not p.is_symlink():
+        if not (m and (m['name'].endswith('.pth') or m['name'] == 'last_checkpoint')
+                and p.is_file() and not p.is_symlink()):
+            continue
+        try:
+            old = now - p.stat().st_mtime > STALE_TEMP_AGE_S
+        except OSError:  # gone meanwhile: its writer renamed or removed it
+            continue
+        if old or (m['pid'] is not None and not _writer_alive(int(m['pid']))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return sorted(removed)
@@ -254,8 +345,8 @@ class SafeCheckpointHook(CheckpointHook):
     (hence in the new checkpoint) first, so that a removal a kill interrupted is done when
     that checkpoint is resumed. At the start of training, rank 0 also removes the stale
     temporary checkpoint files of killed runs (:func:`remove_stale_temp_files`).
-    Everything else (intervals, ``save_best``, ``save_last``, resume bookkeeping) is
-    mmengine's.
+    ``save_best`` likewise writes the new ``best_*.pth`` before it removes the previous
+    one. Everything else (intervals, ``save_last``, resume bookkeeping) is mmengine's.
     """
 
     def before_train(self, runner) -> None:
@@ -271,6 +362,40 @@ class SafeCheckpointHook(CheckpointHook):
         kept = set(getattr(self, 'keep_ckpt_ids', ()))
         self._remove_steps(runner, [s for s in pending if s not in kept])
         runner.message_hub.update_info(_PENDING_REMOVAL, [])
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine's, except that a previous ``best_*.pth`` is removed only after the new
+        one is written (mmengine removes it first: a kill in the write window left no
+        best checkpoint). A kill between the write and the removal leaves both files."""
+        if not self.save_best:
+            return
+        single = len(self.key_indicators) == 1
+        old = ({None: self.best_ckpt_path} if single else dict(self.best_ckpt_path_dict))
+        # hidden from mmengine's method, which would remove them before writing
+        if single:
+            self.best_ckpt_path = None
+        else:
+            self.best_ckpt_path_dict = {k: None for k in self.best_ckpt_path_dict}
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            new = {None: self.best_ckpt_path} if single else self.best_ckpt_path_dict
+            for key, path in old.items():  # not improved: the previous best stays the best
+                if new.get(key) is None:
+                    new[key] = path
+            if single:
+                self.best_ckpt_path = new[None]
+        if not is_main_process():
+            return
+        for key, path in old.items():
+            if path and path != new.get(key):
+                if self.file_backend.isfile(path):
+                    self.file_backend.remove(path)
+                elif self.file_backend.isdir(path):  # deepspeed saves folders
+                    self.file_backend.rmtree(path)
+                else:
+                    continue
+                runner.logger.info(f'The previous best checkpoint {path} is removed')
 
     def _remove_steps(self, runner, steps) -> None:
         for step in steps:

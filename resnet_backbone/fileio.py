@@ -13,11 +13,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced and renamed.
 
     On any exception (or a kill) the target keeps its previous content and the
-    temporary file is removed (or, after a kill, left as a hidden ``.name.*.tmp``).
+    temporary file is removed (or, after a kill, left as a hidden
+    ``.<name>.<pid>.XXXXXXXX.tmp``). The writer's process id in the name lets a later
+    cleanup tell a killed writer's file from a live one's
+    (:func:`resnet_backbone.checkpoint_io.remove_stale_temp_files`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp',
+                               dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -153,60 +153,12 @@ def cached_checkpoint_file(name: str) -> Path | None:
     return Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(urlparse(url).path)
 
 
-def _is_torch_save_file(path: Path) -> bool:
-    """A ``torch.save`` file (zip archive, or the legacy format whose pickle refers to
-    tensor storages), whatever its name: such a ``.pkl`` is read as a ``.pth``."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(4)
-            if head == _ZIP_MAGIC:
-                return True
-            f.seek(0)
-            # the legacy format starts with pickled magic number 0x1950a86a20f9469cfc6c
-            return f.read(16).startswith(b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19')
-    except OSError:
-        return False
-
-
-class CheckpointReadError(ValueError):
-    """A checkpoint file that cannot be read: empty, truncated, not a checkpoint, or
-    holding objects a safe load refuses. The message is one line naming the file."""
-
-
-_ZIP_MAGIC = b'PK\x03\x04'
-
-
-def unreadable_checkpoint(path: str | Path, exc: BaseException) -> CheckpointReadError:
-    """One line for a checkpoint that ``torch.load(weights_only=True)`` (or pickle)
-    could not read: the file, what is wrong with it, and the fix.
-
-    torch's own message is not passed on: it suggests re-running with
-    ``weights_only=False``, which lets the file run arbitrary code, and that is
-    dangerous advice for a file the user did not write.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, 'rb') as f:
-            head = f.read(4)
-    except OSError:
-        size, head = -1, b''
-    text = str(exc)
-    refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
-    if size == 0:
-        why = 'the file is empty (0 bytes); re-download or re-save it'
-    elif refused:
-        why = (f'it holds a pickled Python object ({refused.group(1)}), e.g. a whole model '
-               'saved with torch.save(model), which a safe load refuses; save '
-               'model.state_dict() instead, where it was made: '
-               'torch.save(model.state_dict(), path)')
-    elif head == _ZIP_MAGIC:
-        why = (f'it is truncated or corrupt ({size} bytes; its zip archive is incomplete); '
-               're-download or re-save it')
-    else:
-        why = (f'it is not a PyTorch checkpoint ({size} bytes, neither a torch.save archive '
-               'nor a tensor pickle); check the path, or re-download or re-save it')
-    return CheckpointReadError(f'checkpoint {str(path)!r} cannot be read: {why}')
+# one checker of checkpoint files, shared with the tools' pre-flight checks
+from .checkpoint_io import (  # noqa: E402
+    CheckpointReadError,  # noqa: F401 - re-exported: weights.CheckpointReadError
+    unreadable_checkpoint,
+)
+from .checkpoint_io import is_torch_save_file as _is_torch_save_file  # noqa: E402
 
 
 def unwrap_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,24 +172,105 @@ def _resume_hook(tmp_path, ckpt, name, max_keep=1):
     SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=max_keep).before_train(runner)
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
 @pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
 def test_stale_temp_files_of_killed_runs_go_at_the_next_start(tmp_path):
-    """Temporary checkpoint files that kill -9 left (our pattern only) are removed when
-    the next run starts in the work dir; before, they piled up forever."""
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    """Temporary checkpoint files that kill -9 left (our pattern only, writer gone or a
+    day old) are removed when the next run starts in the work dir; before, they piled up
+    forever. A live writer's file stays."""
+    from resnet_backbone.checkpoint_io import STALE_TEMP_AGE_S, SafeCheckpointHook
     use_atomic_checkpoint_writes()
     _train(SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1),
            _FakeRunner(tmp_path, f'stale-{tmp_path.name}'), 2, 1)
-    stale = [tmp_path / '.iter_3.pth.ab_12xyz.tmp', tmp_path / '.last_checkpoint.q1w2e3r4.tmp',
-             tmp_path / '.best_coco_bbox_mAP_iter_2.pth.zzzzzzzz.tmp']
+    dead, live = _dead_pid(), os.getppid()
+    stale = [tmp_path / f'.iter_3.pth.{dead}.ab_12xyz.tmp',
+             tmp_path / f'.last_checkpoint.{dead}.q1w2e3r4.tmp',
+             tmp_path / f'.best_coco_bbox_mAP_iter_2.pth.{os.getpid()}.zzzzzzzz.tmp']
+    aged = [tmp_path / '.iter_4.pth.ab_12xyz.tmp',  # no pid (older versions): by age
+            tmp_path / f'.iter_5.pth.{live}.ab_12xyz.tmp']  # a day old: pid reused
     others = [tmp_path / '.notes.txt.ab_12xyz.tmp', tmp_path / 'iter_9.pth.tmp',
-              tmp_path / '.iter_3.pth.tmp', tmp_path / '.iter_3.pth.TOOLONG12.tmp']
-    for p in stale + others:
+              tmp_path / '.iter_3.pth.tmp', tmp_path / '.iter_3.pth.TOOLONG12.tmp',
+              tmp_path / f'.iter_3.pth.{live}.abcdefgh.tmp',  # a live writer's
+              tmp_path / '.iter_6.pth.abcdefgh.tmp']  # no pid, recent
+    for p in stale + aged + others:
         p.write_bytes(b'partial')
+    for p in aged:
+        old = p.stat().st_mtime - STALE_TEMP_AGE_S - 60
+        os.utime(p, (old, old))
     _resume_hook(tmp_path, tmp_path / 'iter_2.pth', f'stale-resumed-{tmp_path.name}')
-    assert not [p.name for p in stale if p.exists()], 'stale temporary checkpoints were kept'
-    assert all(p.exists() for p in others), 'a file that is not ours was removed'
+    assert not [p.name for p in stale + aged if p.exists()], 'stale temporary files were kept'
+    assert all(p.exists() for p in others), 'a file that is not ours, or live, was removed'
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
+
+
+_HOLD_A_WRITE = """
+import sys, time
+from resnet_backbone.fileio import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b'half a checkpoint')
+    print(tmp.name, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_leaves_a_live_writers_temp_file_alone(tmp_path):
+    """A run started in the work dir of a run that is writing a checkpoint must not
+    delete that run's temporary file; once the writer is killed, the next start does.
+    (Before: remove_stale_temp_files deleted every ``.iter_N.pth.XXXXXXXX.tmp``.)"""
+    from resnet_backbone.checkpoint_io import remove_stale_temp_files
+    writer = subprocess.Popen([sys.executable, '-c', _HOLD_A_WRITE, str(tmp_path / 'iter_4.pth')],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        tmp = tmp_path / writer.stdout.readline().strip()
+        assert tmp.is_file() and tmp.name.startswith('.iter_4.pth.')
+        assert remove_stale_temp_files(tmp_path) == []
+        assert tmp.is_file(), "the live writer's temporary file was deleted"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert remove_stale_temp_files(tmp_path) == [tmp] and not tmp.exists()
+
+
+class _BestRunner(_FakeRunner):
+    """Records, for each write, the file being written and the best_* files on disk."""
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        bests = sorted(p for p in os.listdir(out_dir) if p.startswith('best_'))
+        self.best_at_write = getattr(self, 'best_at_write', []) + [(filename, bests)]
+        super().save_checkpoint(out_dir, filename, *args, **kwargs)
+
+
+@pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
+@pytest.mark.parametrize('keys', [['mAP'], ['mAP', 'AR']])
+def test_previous_best_removed_only_after_the_new_best_is_written(tmp_path, keys):
+    """While best_*_iter_N.pth is written, the previous best of that metric still exists.
+    mmengine's _save_best_checkpoint removed it first: a kill there left no best file."""
+    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    use_atomic_checkpoint_writes()
+    runner = _BestRunner(tmp_path, f'best-{len(keys)}-{tmp_path.name}')
+    hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1,
+                              save_best=keys if len(keys) > 1 else keys[0],
+                              rule=['greater'] * len(keys) if len(keys) > 1 else 'greater')
+    _train(hook, runner, 1, 1)
+    scores = {2: 0.1, 3: 0.3, 4: 0.2, 5: 0.4}  # iter 4 is no better: best_*_iter_3 stays
+    for it, score in scores.items():
+        runner.iter = it
+        hook._save_best_checkpoint(runner, {k: score for k in keys})
+        if it == 4:
+            assert sorted(p.name for p in tmp_path.glob('best_*')) == [
+                f'best_{k}_iter_3.pth' for k in sorted(keys)]
+    for filename, bests in runner.best_at_write:
+        if filename.startswith('best_') and not filename.endswith('iter_2.pth'):
+            key = filename.split('_iter_')[0]
+            assert [b for b in bests if b.startswith(key + '_iter_')], (
+                f'writing {filename}: the previous best was already deleted ({bests})')
+    assert sorted(p.name for p in tmp_path.glob('best_*')) == [
+        f'best_{k}_iter_5.pth' for k in sorted(keys)]
 
 
 @pytest.mark.filterwarnings('ignore:"FileClient" will be deprecated')
@@ -246,3 +328,92 @@ def test_check_checkpoint_file_names_the_file_and_the_problem(tmp_path):
         zf.writestr('a.txt', 'x')
     with pytest.raises(CheckpointFileError, match='not a torch.save checkpoint'):
         check_checkpoint_file(tmp_path / 'other.zip')
+
+
+# --- one checker of checkpoint files ----------------------------------------------------
+
+def test_weights_reads_checkpoints_through_the_same_checker(tmp_path):
+    """weights.read_checkpoint's one line comes from checkpoint_io (one implementation,
+    one set of magic numbers); before, weights had its own copy of each."""
+    from resnet_backbone import checkpoint_io, weights
+    assert weights.unreadable_checkpoint is checkpoint_io.unreadable_checkpoint
+    assert weights.CheckpointReadError is checkpoint_io.CheckpointReadError
+    assert weights._is_torch_save_file is checkpoint_io.is_torch_save_file
+    assert not hasattr(weights, '_ZIP_MAGIC')
+    good = tmp_path / 'good.pth'
+    torch.save({'w': torch.ones(3)}, good)
+    data = good.read_bytes()
+    for name, content, problem in [('t.pth', data[: len(data) // 2], 'it is truncated'),
+                                   ('e.pth', b'', r'it is empty \(0 bytes\)'),
+                                   ('r.pth', os.urandom(4096), 'it is not a PyTorch checkpoint')]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(checkpoint_io.CheckpointReadError,
+                           match=rf"^checkpoint '{tmp_path / name}' cannot be read: {problem}"):
+            weights.read_checkpoint(tmp_path / name)
+
+
+# --- tools/test.py loads strictly ------------------------------------------------------
+
+def _test_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('test_tool', ROOT / 'tools/test.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _PastTheCheck(Exception):
+    pass
+
+
+@pytest.fixture(scope='module')
+def r18_retinanet_checkpoint(tmp_path_factory):
+    from mmengine.registry import DefaultScope
+
+    from resnet_backbone.training import load_config, setup_environment
+    setup_environment()
+    cfg = load_config(str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        from mmdet.registry import MODELS
+        model = MODELS.build(cfg.model)
+    folder = tmp_path_factory.mktemp('ckpts')
+    torch.save({'state_dict': model.state_dict()}, folder / 'det.pth')
+    torch.save({k[len('backbone.'):]: v for k, v in model.state_dict().items()
+                if k.startswith('backbone.')}, folder / 'backbone.pth')
+    return folder
+
+
+@pytest.mark.parametrize('case', ['mismatch', 'backbone-only', 'no-strict', 'fits'])
+def test_test_tool_refuses_a_checkpoint_that_does_not_fit(case, r18_retinanet_checkpoint,
+                                                          tmp_path, monkeypatch):
+    """An R18 detector checkpoint on an R34 config: one line with the counts, before any
+    data or work dir. (Before: mmengine's non-strict load logged one WARNING and test.py
+    printed the mAP of mostly random weights.) --no-strict evaluates it anyway."""
+    from resnet_backbone.features import CheckpointMismatchError
+    tool = _test_tool()
+
+    def past(*args, **kwargs):
+        raise _PastTheCheck
+    monkeypatch.setattr(tool, 'prepare_data', past, raising=False)
+    monkeypatch.setattr(tool, 'build_runner', past)
+    ckpt = r18_retinanet_checkpoint / ('backbone.pth' if case == 'backbone-only'
+                                       else 'det.pth')
+    argv = [str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'), str(ckpt),
+            '--work-dir', str(tmp_path / 'work')]
+    if case in ('mismatch', 'no-strict'):
+        argv += ['--cfg-options', 'model.backbone.depth=34']
+    if case == 'no-strict':
+        argv.append('--no-strict')
+    if case in ('no-strict', 'fits'):
+        with pytest.raises(_PastTheCheck):
+            tool.main(argv)
+        return
+    with pytest.raises(CheckpointMismatchError) as info:
+        tool.main(argv)
+    msg = str(info.value)
+    assert '\n' not in msg and str(ckpt) in msg and '--no-strict' in msg, msg
+    if case == 'mismatch':
+        assert re.search(r'\d+ missing, 0 unexpected', msg), msg
+    else:
+        assert 'backbone weights only' in msg, msg
+    assert not (tmp_path / 'work').exists()

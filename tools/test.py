@@ -11,7 +11,9 @@ when they differ).
 
 ``--out`` saves the raw predictions (mmdet's ``DumpDetResults``, a pickle);
 ``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
-``P.segm.json``) that any COCO tool can read. Errors (e.g. a damaged checkpoint) end in
+``P.segm.json``) that any COCO tool can read. The checkpoint must fit the config's
+detector strictly (else one line with the missing/unexpected counts; ``--no-strict``
+evaluates it anyway, what does not fit left random). Errors (e.g. a damaged checkpoint) end in
 one line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback).
 """
 from __future__ import annotations
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_data_arguments(p, train=False)
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config keys; applied after the other flags, so it wins')
+    p.add_argument('--no-strict', action='store_true',
+                   help="evaluate a checkpoint that does not fit the config's model "
+                        "(mmengine's non-strict load: what does not fit stays random)")
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -63,6 +68,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_checkpoint_fits(cfg, checkpoint: str) -> None:
+    """One line unless ``checkpoint`` is a detector checkpoint that loads strictly into
+    the config's model (:func:`resnet_backbone.features.load_detector_checkpoint`).
+
+    mmengine's Runner loads non-strictly: an R18 checkpoint on an R50 config logged one
+    WARNING and printed an mAP of mostly random weights. ``--no-strict`` skips this.
+    """
+    from mmengine.registry import DefaultScope
+
+    from resnet_backbone.features import CheckpointMismatchError, load_detector_checkpoint
+    from resnet_backbone.training import check_load_from
+    cfg.load_from = checkpoint
+    check_load_from(cfg, 'checkpoint')  # a damaged file: its own one line
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+        from mmdet.registry import MODELS
+        model = MODELS.build(cfg.model)
+    record = load_detector_checkpoint(model, checkpoint)  # CheckpointMismatchError
+    if record.get('loaded') != 'detector':
+        raise CheckpointMismatchError(
+            f'checkpoint {checkpoint} holds backbone weights only, not a detector: its '
+            'neck and heads would be evaluated with random weights; give a checkpoint '
+            'trained with this config, or --no-strict')
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_environment()
@@ -70,6 +99,8 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, work_dir=work_dir, cfg_options=args.cfg_options,
                       data_root=args.data_root, launcher=args.launcher,
                       classes=args.classes, val_ann=args.val_ann, img_dir=args.img_dir)
+    if not args.no_strict:  # before data is made or the Runner writes its work dir
+        check_checkpoint_fits(cfg, args.checkpoint)
     prepare_data(cfg, ('test',), tool='test.py')
     cfg.load_from = args.checkpoint
     if args.json_prefix:
