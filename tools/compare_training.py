@@ -81,7 +81,9 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.json').write_text(json.dumps(results, indent=1))
-    marks = [i for i in (1, a.iters // 4, a.iters // 2, 3 * a.iters // 4, a.iters)]
+    logged = sorted(dict(next(iter(results.values()))['losses']))
+    marks = sorted({min(logged, key=lambda i, m=m: abs(i - m))
+                    for m in (1, a.iters // 4, a.iters // 2, 3 * a.iters // 4, a.iters)})
     lines = ['| run | bbox mAP | mAP@0.5 | ' + ' | '.join(f'loss @{m}' for m in marks)
              + ' | minutes |', '|---' * (len(marks) + 4) + '|']
     for name, res in results.items():
