@@ -6,12 +6,11 @@ Runner is built. Each test names the finding it reproduces.
 """
 from __future__ import annotations
 
-import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 import resnet_backbone.training as training
 from resnet_backbone.training import load_config, setup_environment
@@ -23,18 +22,7 @@ FASTER = str(ROOT / 'configs/shapes/faster-rcnn_r18_fpn_shapes.py')
 COCO = str(ROOT / 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py')
 
 
-def cli(capsys, monkeypatch, tool: str, *args: str) -> tuple[int, str, str]:
-    """Run ``tools/<tool>`` as ``python tools/<tool> args`` would, in-process."""
-    path = ROOT / 'tools' / tool
-    monkeypatch.setattr(sys, 'argv', [str(path), *args])
-    capsys.readouterr()
-    try:
-        runpy.run_path(str(path), run_name='__main__')
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli  # the shared in-process tool runner (tests/conftest.py)
 
 
 def _datasets(cfg):

@@ -1,12 +1,11 @@
 """Every bad argument gets a one-line ValueError/TypeError naming it and the allowed values."""
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from resnet_backbone import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
 
@@ -179,11 +178,9 @@ EXPORT = Path(__file__).resolve().parents[1] / 'tools' / 'export.py'
 
 
 def _run_export(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, 'argv', [str(EXPORT), *argv])
     monkeypatch.delenv('RESNET_BACKBONE_DEBUG', raising=False)
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(EXPORT), run_name='__main__')
-    return info.value.code, capsys.readouterr().err
+    code, _, err = run_cli(capsys, monkeypatch, EXPORT, *argv)
+    return code, err
 
 
 def test_export_tool_error_is_one_line(tmp_path, monkeypatch, capsys):

@@ -6,13 +6,12 @@ run the tools in-process (their ``__main__`` block through ``runpy``).
 from __future__ import annotations
 
 import re
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from resnet_backbone import ResNetV1Custom
@@ -26,17 +25,7 @@ EXPORT = ROOT / 'tools' / 'export.py'
 TORCH_HINT = re.compile(r'weights_only`?\s*(=|set to)\s*`?False')
 
 
-def cli(capsys, monkeypatch, tool: Path, *args: str) -> tuple[int, str, str]:
-    """Run ``tool`` as ``python tool args`` would (its ``__main__`` block), in-process."""
-    monkeypatch.setattr(sys, 'argv', [str(tool), *args])
-    capsys.readouterr()
-    try:
-        runpy.run_path(str(tool), run_name='__main__')
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli  # the shared in-process tool runner (tests/conftest.py)
 
 
 def error_line(err: str, tool: str) -> str:

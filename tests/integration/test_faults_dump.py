@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from resnet_backbone.dump import load_levels
@@ -54,17 +54,7 @@ def make_images(folder: Path, n: int, size: int = 64) -> list[Path]:
     return paths
 
 
-def cli(capsys, monkeypatch, tool: Path, *args: str) -> tuple[int, str, str]:
-    """Run ``tool`` as ``python tool args`` would (its ``__main__`` block), in-process."""
-    monkeypatch.setattr(sys, 'argv', [str(tool), *args])
-    capsys.readouterr()
-    try:
-        runpy.run_path(str(tool), run_name='__main__')
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli  # the shared in-process tool runner (tests/conftest.py)
 
 
 def one_error_line(err: str, prefix: str) -> str:
