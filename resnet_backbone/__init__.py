@@ -82,10 +82,11 @@ def _import_error(exc: BaseException) -> ImportError:
 
 try:
     from . import registry  # noqa: F401  (registers the backbones)
-    from .blocks import BasicBlock, Bottleneck
-    from .norm import FrozenBatchNorm2d
-    from .resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom, ShapeSpec
-    from .stages import ResLayer
+    from .models.blocks import BasicBlock, Bottleneck
+    from .models.norm import FrozenBatchNorm2d
+    from .models.resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+    from .models.stages import ResLayer
+    from .spec import ShapeSpec
 except Exception as _exc:  # noqa: BLE001 - a broken stack fails in many ways (OSError, ...)
     if not _started_as_doctor():
         if not _culprit(_exc):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
-from .resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+from .models.resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
 
 try:
     from mmdet.registry import MODELS as PARENT

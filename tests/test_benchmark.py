@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_backbone.benchmark import build_models, run, saved_bytes_of
+from resnet_backbone.apis.benchmark import build_models, run, saved_bytes_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_cp_variants_in_one_run():
 
 def test_table_marks_cells_that_do_not_apply_with_a_dash():
     """Eval rows have no saved bytes; a missing ratio is '-', never 'nan' (issue 16)."""
-    from resnet_backbone.benchmark import table
+    from resnet_backbone.apis.benchmark import table
     row = dict(name='ours-fast', mode='eval', mean_s=0.5, sd_s=0.01, median_s=0.5,
                time_vs_mmdet=0.9, saved_bytes=None, saved_vs_mmdet=float('nan'),
                gflops_per_s=None, fraction_of_matmul=float('nan'), page_faults=None)

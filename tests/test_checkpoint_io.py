@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_backbone.checkpoint_io import (
+from resnet_backbone.io.checkpoint_io import (
     AtomicLocalBackend,
     find_resumable_checkpoint,
     is_complete_checkpoint,
@@ -85,7 +85,7 @@ def test_allow_list_is_needed_and_sufficient(tmp_path):
             'try:\n'
             '    torch.load(p + "/ckpt.pth", weights_only=True); print("loaded-before")\n'
             'except Exception as e: print("refused-before")\n'
-            'from resnet_backbone.checkpoint_io import allow_runner_checkpoint_globals\n'
+            'from resnet_backbone.io.checkpoint_io import allow_runner_checkpoint_globals\n'
             'allow_runner_checkpoint_globals()\n'
             'c = torch.load(p + "/ckpt.pth", weights_only=True)\n'
             'print("loaded-after", c["meta"]["message_hub"]["log_scalars"]["loss"].mean())\n'
@@ -116,7 +116,7 @@ class _FakeRunner:
         self.at_write = []
 
     def save_checkpoint(self, out_dir, filename, *args, meta=None, **kwargs):
-        from resnet_backbone.fileio import atomic_path
+        from resnet_backbone.io.fileio import atomic_path
         pointer = os.path.join(self.work_dir, 'last_checkpoint')
         with atomic_path(os.path.join(out_dir, filename)) as tmp:
             torch.save({'meta': meta, 'message_hub': self.message_hub.state_dict()}, tmp)
@@ -140,7 +140,7 @@ def test_old_checkpoint_removed_only_after_new_one_is_complete(tmp_path, max_kee
     """While iter_i is being written, the max_keep newest complete checkpoints before it
     still exist and last_checkpoint names the newest. mmengine's CheckpointHook deleted
     the oldest first: with max_keep_ckpts=1 a kill there left no checkpoint at all."""
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
     use_atomic_checkpoint_writes()
     runner = _FakeRunner(tmp_path, f'safe-hook-{max_keep}-{tmp_path.name}')
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=max_keep)
@@ -163,7 +163,7 @@ def _resume_hook(tmp_path, ckpt, name, max_keep=1):
     """before_train of a fresh hook, as a --resume of ``ckpt`` runs it."""
     from mmengine.logging import MessageHub
 
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
     saved = torch.load(ckpt, weights_only=False)
     runner = _FakeRunner(tmp_path, name)
     runner.message_hub = MessageHub.get_instance(f'{name}-hub')
@@ -183,7 +183,7 @@ def test_stale_temp_files_of_killed_runs_go_at_the_next_start(tmp_path):
     """Temporary checkpoint files that kill -9 left (our pattern only, writer gone or a
     day old) are removed when the next run starts in the work dir; before, they piled up
     forever. A live writer's file stays."""
-    from resnet_backbone.checkpoint_io import STALE_TEMP_AGE_S, SafeCheckpointHook
+    from resnet_backbone.io.checkpoint_io import STALE_TEMP_AGE_S, SafeCheckpointHook
     use_atomic_checkpoint_writes()
     _train(SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1),
            _FakeRunner(tmp_path, f'stale-{tmp_path.name}'), 2, 1)
@@ -210,7 +210,7 @@ def test_stale_temp_files_of_killed_runs_go_at_the_next_start(tmp_path):
 
 _HOLD_A_WRITE = """
 import sys, time
-from resnet_backbone.fileio import atomic_path
+from resnet_backbone.io.fileio import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b'half a checkpoint')
     print(tmp.name, flush=True)
@@ -222,7 +222,7 @@ def test_a_second_run_leaves_a_live_writers_temp_file_alone(tmp_path):
     """A run started in the work dir of a run that is writing a checkpoint must not
     delete that run's temporary file; once the writer is killed, the next start does.
     (Before: remove_stale_temp_files deleted every ``.iter_N.pth.XXXXXXXX.tmp``.)"""
-    from resnet_backbone.checkpoint_io import remove_stale_temp_files
+    from resnet_backbone.io.checkpoint_io import remove_stale_temp_files
     writer = subprocess.Popen([sys.executable, '-c', _HOLD_A_WRITE, str(tmp_path / 'iter_4.pth')],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -250,7 +250,7 @@ class _BestRunner(_FakeRunner):
 def test_previous_best_removed_only_after_the_new_best_is_written(tmp_path, keys):
     """While best_*_iter_N.pth is written, the previous best of that metric still exists.
     mmengine's _save_best_checkpoint removed it first: a kill there left no best file."""
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
     use_atomic_checkpoint_writes()
     runner = _BestRunner(tmp_path, f'best-{len(keys)}-{tmp_path.name}')
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1,
@@ -278,7 +278,7 @@ def test_removal_cut_by_a_kill_is_finished_on_resume(tmp_path):
     """A kill after iter_2 is renamed but before iter_1 is removed leaves iter_1 behind;
     resuming iter_2 removes it. (mmengine's hook removed iter_1 before writing iter_2,
     so this state did not arise before; the test checks the new bookkeeping.)"""
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
     use_atomic_checkpoint_writes()
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1)
     hook._remove_steps = lambda runner, steps: None  # killed just before the removal
@@ -292,8 +292,8 @@ def test_removal_cut_by_a_kill_is_finished_on_resume(tmp_path):
 def test_load_config_puts_the_safe_hook_in_place():
     from mmengine.registry import HOOKS
 
-    from resnet_backbone.checkpoint_io import SafeCheckpointHook
-    from resnet_backbone.training import load_config, setup_environment
+    from resnet_backbone.engine.training import load_config, setup_environment
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
     setup_environment()
     cfg = load_config(str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'))
     assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
@@ -307,7 +307,7 @@ def test_load_config_puts_the_safe_hook_in_place():
 # --- one line for a damaged checkpoint file ---------------------------------------------
 
 def test_check_checkpoint_file_names_the_file_and_the_problem(tmp_path):
-    from resnet_backbone.checkpoint_io import CheckpointFileError, check_checkpoint_file
+    from resnet_backbone.io.checkpoint_io import CheckpointFileError, check_checkpoint_file
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': {'w': torch.ones(3)}}, good)
     legacy = tmp_path / 'legacy.pth'
@@ -335,7 +335,7 @@ def test_check_checkpoint_file_names_the_file_and_the_problem(tmp_path):
 def test_weights_reads_checkpoints_through_the_same_checker(tmp_path):
     """weights.read_checkpoint's one line comes from checkpoint_io (one implementation,
     one set of magic numbers); before, weights had its own copy of each."""
-    from resnet_backbone import checkpoint_io, weights
+    from resnet_backbone.io import checkpoint_io, weights
     assert weights.unreadable_checkpoint is checkpoint_io.unreadable_checkpoint
     assert weights.CheckpointReadError is checkpoint_io.CheckpointReadError
     assert weights._is_torch_save_file is checkpoint_io.is_torch_save_file
@@ -370,7 +370,7 @@ class _PastTheCheck(Exception):
 def r18_retinanet_checkpoint(tmp_path_factory):
     from mmengine.registry import DefaultScope
 
-    from resnet_backbone.training import load_config, setup_environment
+    from resnet_backbone.engine.training import load_config, setup_environment
     setup_environment()
     cfg = load_config(str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'))
     with DefaultScope.overwrite_default_scope('mmdet'):
@@ -389,7 +389,7 @@ def test_test_tool_refuses_a_checkpoint_that_does_not_fit(case, r18_retinanet_ch
     """An R18 detector checkpoint on an R34 config: one line with the counts, before any
     data or work dir. (Before: mmengine's non-strict load logged one WARNING and test.py
     printed the mAP of mostly random weights.) --no-strict evaluates it anyway."""
-    from resnet_backbone.features import CheckpointMismatchError
+    from resnet_backbone.apis.features import CheckpointMismatchError
     tool = _test_tool()
 
     def past(*args, **kwargs):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
 
-import resnet_backbone.checkpointing as ckpt
+import resnet_backbone.models.checkpointing as ckpt
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.fast import always_fold
+from resnet_backbone.models.fast import always_fold
 
 pytestmark = pytest.mark.filterwarnings('error')  # `pytest -W error` for this module
 

@@ -10,7 +10,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from resnet_backbone.data.shapes import CLASSES
-from resnet_backbone.training import load_config, setup_environment
+from resnet_backbone.engine.training import load_config, setup_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py')

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-import resnet_backbone.training as training
-from resnet_backbone.training import load_config, setup_environment
+import resnet_backbone.engine.training as training
+from resnet_backbone.engine.training import load_config, setup_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')

@@ -16,7 +16,7 @@ def test_doctor_good_stack_exits_zero():
     for piece in ('python', 'torch', 'torchvision', 'mmengine', 'mmcv._ext', 'mmdet',
                   'numpy', 'cuda', 'registry'):
         assert f'] {piece}' in r.stdout
-    assert 'ResNetV1Custom -> resnet_backbone.resnet.ResNetV1Custom' in r.stdout
+    assert 'ResNetV1Custom -> resnet_backbone.models.resnet.ResNetV1Custom' in r.stdout
 
 
 def test_doctor_names_missing_compiled_ops(monkeypatch, capsys):

@@ -203,7 +203,7 @@ def test_export_tool_debug_shows_traceback(tmp_path, monkeypatch, capsys):
 
 
 def test_export_tool_ctrl_c_exits_130_without_partial_file(tmp_path, monkeypatch, capsys):
-    import resnet_backbone.export as export_lib
+    import resnet_backbone.apis.export as export_lib
 
     class Traced:
         def save(self, path):

@@ -8,7 +8,7 @@ import torch
 from conftest import backward_outputs, grads_by_name, randomize_
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.export import (
+from resnet_backbone.apis.export import (
     ONNX_TOLERANCE,
     BackboneWithNeck,
     check_onnx,

@@ -7,8 +7,8 @@ from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.export import trace
-from resnet_backbone.fast import always_fold, mkldnn_fusion
+from resnet_backbone.apis.export import trace
+from resnet_backbone.models.fast import always_fold, mkldnn_fusion
 
 REL = 1e-5
 
@@ -225,7 +225,7 @@ def test_fusion_off_where_other_tools_trace():
 def test_small_inputs_fold_only_where_it_pays(monkeypatch):
     """Folding adds weight-sized work per call; deep layers of a small input skip it and
     run conv + BN as the reference does, with the same outputs."""
-    import resnet_backbone.fast as fast_mod
+    import resnet_backbone.models.fast as fast_mod
     monkeypatch.setattr(fast_mod, '_FOLD_ALWAYS', False)  # undo the autouse fixture
     ref, fast = pair(depth=50)
     ref.eval(), fast.eval()

@@ -7,7 +7,7 @@ from conftest import backward_outputs, randomize_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.norm import is_batch_norm
+from resnet_backbone.models.norm import is_batch_norm
 
 
 def frozen_modules(model: ResNetV1Custom):

@@ -13,7 +13,7 @@ import torch
 from conftest import OpCounter, randomize_
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.fast import always_fold
+from resnet_backbone.models.fast import always_fold
 
 BAD = {'nan': float('nan'), 'inf': float('inf'), '-inf': float('-inf')}
 

@@ -9,7 +9,7 @@ from conftest import randomize_
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.weights import convert
+from resnet_backbone.io.weights import convert
 
 TV_DEPTHS = [18, 34, 50, 101, 152]
 

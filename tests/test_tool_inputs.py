@@ -15,8 +15,8 @@ from conftest import run_cli
 from PIL import Image
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.features import FeatureExtractor
-from resnet_backbone.training import load_config
+from resnet_backbone.apis.features import FeatureExtractor
+from resnet_backbone.engine.training import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')
@@ -132,7 +132,7 @@ def test_finding13_timm_and_torchvision_told_apart():
     import timm
     import torchvision
 
-    from resnet_backbone.weights import convert
+    from resnet_backbone.io.weights import convert
     assert convert(timm.create_model('resnet18').state_dict()).source == 'timm'
     assert convert(torchvision.models.resnet18().state_dict()).source == 'torchvision'
     plain = dict(torchvision.models.resnet18().state_dict())  # no module names recorded
@@ -260,7 +260,7 @@ def test_finding5_url_resolved_in_torch_hub_cache(tmp_path, monkeypatch):
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint='torchvision://resnet34')
     w = FeatureExtractor.from_config(cfg).weights
     assert w['source'] == 'random' and str(cached.parent / 'resnet34-b627a593.pth') in w['note']
-    from resnet_backbone.weights import cached_checkpoint_file
+    from resnet_backbone.io.weights import cached_checkpoint_file
     assert cached_checkpoint_file('torchvision://resnet18') == cached
     assert cached_checkpoint_file('https://x.org/a/b/r50-123.pth') == cached.parent / 'r50-123.pth'
 

@@ -5,8 +5,13 @@ from pathlib import Path
 
 import pytest
 
-import resnet_backbone.training as training
-from resnet_backbone.training import apply_train_options, load_config, set_data_root, set_max_iters
+import resnet_backbone.engine.training as training
+from resnet_backbone.engine.training import (
+    apply_train_options,
+    load_config,
+    set_data_root,
+    set_max_iters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')

@@ -19,7 +19,7 @@ from mmdet.models.backbones import ResNet
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from resnet_backbone import ResNetV1Custom
-from resnet_backbone.weights import (
+from resnet_backbone.io.weights import (
     IncompleteCheckpointError,
     convert,
     detect_source,
@@ -288,7 +288,7 @@ def test_no_strict_conversion_writes_only_what_loaded(tmp_path, capsys):
 def test_no_strict_keeps_no_step_counter_of_a_layer_it_lacked():
     """Issue 11 review: --no-strict output kept every BatchNorm's num_batches_tracked,
     so a file without layer4 still gave layer4.*.num_batches_tracked."""
-    from resnet_backbone.weights import load_state_dict, loaded_state_dict
+    from resnet_backbone.io.weights import load_state_dict, loaded_state_dict
     sd = torchvision.models.resnet18(weights=None).state_dict()
     sd = {k: v for k, v in sd.items() if not k.startswith('layer4.')}
     model = ResNetV1Custom(depth=18)

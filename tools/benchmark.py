@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from resnet_backbone.benchmark import plot, run, save_json, table, tune_malloc  # noqa: E402
+from resnet_backbone.apis.benchmark import plot, run, save_json, table, tune_malloc  # noqa: E402
 
 MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision')
 

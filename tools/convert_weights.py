@@ -29,18 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
-from resnet_backbone.fileio import atomic_path  # noqa: E402
-from resnet_backbone.resnet import ARCH_SETTINGS  # noqa: E402
-from resnet_backbone.stem import STEM_TYPES  # noqa: E402
-from resnet_backbone.weights import (  # noqa: E402
+from resnet_backbone.io.fileio import atomic_path  # noqa: E402
+from resnet_backbone.io.weights import (  # noqa: E402
     SOURCES,
     IncompleteCheckpointError,
     UnknownDialectError,
-    backbone_for_checkpoint,
     load_state_dict,
     loaded_state_dict,
     read_checkpoint,
 )
+from resnet_backbone.models.resnet import ARCH_SETTINGS, backbone_for_checkpoint  # noqa: E402
+from resnet_backbone.spec import STEM_TYPES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,9 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from resnet_backbone.apis.visualize import prediction_sheet  # noqa: E402
 from resnet_backbone.data.shapes import generate  # noqa: E402
-from resnet_backbone.training import build_runner, load_config, set_max_iters, setup_environment  # noqa: E402
-from resnet_backbone.visualize import prediction_sheet  # noqa: E402
+from resnet_backbone.engine.training import (  # noqa: E402
+    build_runner,
+    load_config,
+    set_max_iters,
+    setup_environment,
+)
 
 DEFAULT_CONFIG = ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'
 

@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmengine.config import DictAction  # noqa: E402
 
-from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
-from resnet_backbone.dump import (  # noqa: E402
+from resnet_backbone.apis.dump import (  # noqa: E402
     DTYPES,
     FORMATS,
     OVERLAY_MODES,
@@ -44,6 +43,7 @@ from resnet_backbone.dump import (  # noqa: E402
     collect_images,
     dump_features,
 )
+from resnet_backbone.cli import ToolError, run_tool  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,8 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     check_out_dir(args.out)  # before the model is built: fail fast, write nothing
-    from resnet_backbone.features import FeatureExtractor
-    from resnet_backbone.training import load_config, setup_environment
+    from resnet_backbone.apis.features import FeatureExtractor
+    from resnet_backbone.engine.training import load_config, setup_environment
     setup_environment()
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None

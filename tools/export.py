@@ -70,9 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(args) -> torch.nn.Module:
-    from resnet_backbone.export import BackboneWithNeck, default_fpn
+    from resnet_backbone.apis.export import BackboneWithNeck, default_fpn
     if args.config:
-        from resnet_backbone.features import FeatureExtractor
+        from resnet_backbone.apis.features import FeatureExtractor
         fx = FeatureExtractor.from_config(args.config, args.checkpoint,
                                           strict=not args.no_strict)
         print(f'[export] weights: {fx.weights["source"]} ({fx.weights.get("note", "")})'
@@ -88,12 +88,12 @@ def build(args) -> torch.nn.Module:
     torch.manual_seed(0)
     if args.checkpoint:
         from resnet_backbone.cli import ToolError
-        from resnet_backbone.weights import (
+        from resnet_backbone.io.weights import (
             IncompleteCheckpointError,
             UnknownDialectError,
-            backbone_for_checkpoint,
             load_state_dict,
         )
+        from resnet_backbone.models.resnet import backbone_for_checkpoint
         try:  # the architecture the checkpoint implies, as convert_weights.py infers it
             backbone, converted, kwargs = backbone_for_checkpoint(args.checkpoint,
                                                                   depth=args.depth)
@@ -118,7 +118,7 @@ def build(args) -> torch.nn.Module:
         print(f'[export] {report.summary()}')
     else:
         backbone = ResNetV1Custom(depth=args.depth or 50)
-        from resnet_backbone.compat import quiet_init_logging
+        from resnet_backbone.engine.compat import quiet_init_logging
         with quiet_init_logging():
             backbone.init_weights()
         print('[export] weights: random (seed 0); pass --checkpoint for real ones')
@@ -127,7 +127,7 @@ def build(args) -> torch.nn.Module:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from resnet_backbone.export import check_onnx, export_onnx, trace
+    from resnet_backbone.apis.export import check_onnx, export_onnx, trace
     model = build(args).eval()
     backbone = model.backbone if hasattr(model, 'neck') else model
     if hasattr(backbone, 'fast'):
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         path = export_onnx(model, args.out, x, dynamic=not args.static)
     else:
         print('[export] tracing to TorchScript ...', flush=True)
-        from resnet_backbone.fileio import atomic_path
+        from resnet_backbone.io.fileio import atomic_path
         path = Path(args.out)
         traced = trace(model, x)
         with atomic_path(path) as tmp:  # complete or absent, also after Ctrl-C

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mmengine.config import DictAction  # noqa: E402
 
 from resnet_backbone.cli import run_tool  # noqa: E402
-from resnet_backbone.distributed import process_group_closed  # noqa: E402
-from resnet_backbone.training import (  # noqa: E402
+from resnet_backbone.engine.distributed import process_group_closed  # noqa: E402
+from resnet_backbone.engine.training import (  # noqa: E402
     add_data_arguments,
     build_runner,
     check_data_arguments,
@@ -70,15 +70,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_checkpoint_fits(cfg, checkpoint: str) -> None:
     """One line unless ``checkpoint`` is a detector checkpoint that loads strictly into
-    the config's model (:func:`resnet_backbone.features.load_detector_checkpoint`).
+    the config's model (:func:`resnet_backbone.apis.features.load_detector_checkpoint`).
 
     mmengine's Runner loads non-strictly: an R18 checkpoint on an R50 config logged one
     WARNING and printed an mAP of mostly random weights. ``--no-strict`` skips this.
     """
     from mmengine.registry import DefaultScope
 
-    from resnet_backbone.features import CheckpointMismatchError, load_detector_checkpoint
-    from resnet_backbone.training import check_load_from
+    from resnet_backbone.apis.features import CheckpointMismatchError, load_detector_checkpoint
+    from resnet_backbone.engine.training import check_load_from
     cfg.load_from = checkpoint
     check_load_from(cfg, 'checkpoint')  # a damaged file: its own one line
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mmengine.config import DictAction  # noqa: E402
 
 from resnet_backbone.cli import run_tool  # noqa: E402
-from resnet_backbone.distributed import process_group_closed  # noqa: E402
-from resnet_backbone.training import (  # noqa: E402
+from resnet_backbone.engine.distributed import process_group_closed  # noqa: E402
+from resnet_backbone.engine.training import (  # noqa: E402
     add_data_arguments,
     apply_train_options,
     build_runner,

@@ -44,5 +44,5 @@ def run_tool(tool: str, *args: str, timeout: int = 600, **kw) -> subprocess.Comp
 @pytest.fixture(autouse=True)
 def _runner_checkpoints_loadable():
     """Tests read Runner checkpoints with torch.load(weights_only=True), as the tools do."""
-    from resnet_backbone.checkpoint_io import allow_runner_checkpoint_globals
+    from resnet_backbone.io.checkpoint_io import allow_runner_checkpoint_globals
     allow_runner_checkpoint_globals()

@@ -10,9 +10,15 @@ import torch
 from mmcv.transforms import Compose
 from mmengine.registry import DefaultScope
 
-from resnet_backbone.dump import collect_images, dump_features, load_levels, output_path, read_meta
-from resnet_backbone.features import FeatureExtractor
-from resnet_backbone.training import load_config
+from resnet_backbone.apis.dump import (
+    collect_images,
+    dump_features,
+    load_levels,
+    output_path,
+    read_meta,
+)
+from resnet_backbone.apis.features import FeatureExtractor
+from resnet_backbone.engine.training import load_config
 
 from .conftest import CONFIG, ROOT, run_tool
 

@@ -67,7 +67,7 @@ def test_inductor_compile_eval_and_train():
 def test_export_checkpoint_that_does_not_fit_the_config(tmp_path):
     """Issue 21, finding 1. (Before the fix: a checkpoint of another detector loaded
     nothing, silently, and export.py wrote a random-weight ONNX file.)"""
-    from resnet_backbone.features import FeatureExtractor
+    from resnet_backbone.apis.features import FeatureExtractor
     faster = FeatureExtractor.from_config(
         str(CONFIG).replace('retinanet_r18', 'faster-rcnn_r18'))
     ckpt = tmp_path / 'faster_rcnn.pth'

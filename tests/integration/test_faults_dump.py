@@ -22,8 +22,8 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
-from resnet_backbone.dump import load_levels
-from resnet_backbone.features import FeatureExtractor
+from resnet_backbone.apis.dump import load_levels
+from resnet_backbone.apis.features import FeatureExtractor
 
 from .conftest import CONFIG, ROOT
 

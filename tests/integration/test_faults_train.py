@@ -12,7 +12,7 @@ What is guaranteed, and checked here:
 - a misspelt backbone argument, or ``--launcher`` outside a launcher, is one line.
 
 The write window is held open by the test hook ``RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE``
-(see :mod:`resnet_backbone.checkpoint_io`): each checkpoint write sleeps that long after
+(see :mod:`resnet_backbone.io.checkpoint_io`): each checkpoint write sleeps that long after
 its temporary file is complete and before it is renamed. The test polls for the temporary
 file and kills the run while it exists. Random moments come from ``random.Random(SEED)``;
 set ``FAULT_SEED`` to try others (the seed is in every failure message).
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_backbone.checkpoint_io import PAUSE_ENV, find_resumable_checkpoint
+from resnet_backbone.io.checkpoint_io import PAUSE_ENV, find_resumable_checkpoint
 
 from .conftest import CONFIG, ROOT, run_tool, tiny_options
 

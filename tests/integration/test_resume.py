@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from resnet_backbone.checkpoint_io import find_resumable_checkpoint
-from resnet_backbone.training import apply_train_options, build_runner, load_config
+from resnet_backbone.engine.training import apply_train_options, build_runner, load_config
+from resnet_backbone.io.checkpoint_io import find_resumable_checkpoint
 
 from .conftest import CONFIG, ROOT, run_tool, tiny_cfg, tiny_options
 

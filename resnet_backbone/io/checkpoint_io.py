@@ -17,12 +17,12 @@ What goes wrong with mmengine 0.10.7 checkpoints (1 only on torch >= 2.6), fixed
    ``CheckpointHook`` deletes the oldest kept checkpoint *before* it writes the new one:
    with ``max_keep_ckpts=1`` a kill inside the write window leaves only a temporary
    file. :class:`SafeCheckpointHook` (registered in mmengine's ``HOOKS``; the tools put it
-   in place of ``CheckpointHook`` in :func:`resnet_backbone.training.load_config`) writes
+   in place of ``CheckpointHook`` in :func:`resnet_backbone.engine.training.load_config`) writes
    the new checkpoint (atomically), then ``last_checkpoint`` (atomically), and only then
    removes the old one, for any ``max_keep_ckpts``; likewise a new ``best_*.pth``
    (``save_best``) is written before the previous one is removed. A removal that a kill
    interrupted is finished when the run resumes, and the hidden temporary files
-   (``.<name>.<pid>.XXXXXXXX.tmp``, see :func:`resnet_backbone.fileio.atomic_path`) that
+   (``.<name>.<pid>.XXXXXXXX.tmp``, see :func:`resnet_backbone.io.fileio.atomic_path`) that
    killed runs leave are removed when the next run starts in the same work dir (rank 0
    only; only files whose writing process is gone or that are a day old, so a run that
    is still writing keeps its file; :func:`remove_stale_temp_files`).
@@ -54,7 +54,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
-from .cli import ToolError
+from ..cli import ToolError
 from .fileio import atomic_path, atomic_write_bytes
 
 #: Tests only: seconds to sleep inside each checkpoint write window (see module docstring).
@@ -302,7 +302,7 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Remove the temporary checkpoint files that killed runs left in ``folder``.
 
     Only our atomic writer's pattern (``.<name>.<pid>.XXXXXXXX.tmp``, see
-    :func:`resnet_backbone.fileio.atomic_path`) for checkpoint files (``<name>`` ends with
+    :func:`resnet_backbone.io.fileio.atomic_path`) for checkpoint files (``<name>`` ends with
     ``.pth``, or is ``last_checkpoint``) is touched, and only when its writer is gone:
     the process ``<pid>`` no longer runs on this host, or the file was last written more
     than :data:`STALE_TEMP_AGE_S` ago. So a second run started in the same work dir

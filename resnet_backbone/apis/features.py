@@ -9,7 +9,7 @@ the original image: ``stride``, ``ori_shape``, ``img_shape`` (after resize),
 Example:
     >>> import numpy as np
     >>> from resnet_backbone import ResNetV1Custom
-    >>> from resnet_backbone.features import FeatureExtractor
+    >>> from resnet_backbone.apis.features import FeatureExtractor
     >>> fx = FeatureExtractor(ResNetV1Custom(depth=18, base_channels=8).eval(),
     ...                       levels=['c1', 'c2', 'c3', 'c4', 'c5'])
     >>> rec = fx(np.zeros((50, 70, 3), dtype=np.uint8))
@@ -152,7 +152,7 @@ class FeatureExtractor:
         The checkpoint is loaded strictly, with the same load report as
         ``init_cfg=dict(type='Pretrained')``: a detector checkpoint must fit the whole
         detector; a backbone-only file (from ``tools/convert_weights.py``, torchvision,
-        timm, ... in any dialect of :mod:`resnet_backbone.weights`) must fit the backbone,
+        timm, ... in any dialect of :mod:`resnet_backbone.io.weights`) must fit the backbone,
         and the neck and heads keep their seeded random initialisation. Anything else
         raises :class:`CheckpointMismatchError`, one line naming the file and the
         missing and unexpected counts. ``strict=False`` loads whatever fits, and says
@@ -166,7 +166,7 @@ class FeatureExtractor:
         from mmengine.config import Config
         from mmengine.registry import DefaultScope
 
-        from .training import setup_environment
+        from ..engine.training import setup_environment
         setup_environment()
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
         digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
@@ -188,8 +188,8 @@ class FeatureExtractor:
     @staticmethod
     def _init(model, cfg, seed) -> dict:
         """The config's own initialisation; what it loaded, or why the weights are random."""
-        from .compat import quiet_init_logging
-        from .weights import _URL_PREFIXES, cached_checkpoint_file
+        from ..engine.compat import quiet_init_logging
+        from ..io.weights import _URL_PREFIXES, cached_checkpoint_file
         init = cfg.model.get('backbone', {}).get('init_cfg')
         pretrained = init.get('checkpoint') if isinstance(init, dict) and \
             init.get('type') == 'Pretrained' else None
@@ -469,7 +469,7 @@ def _check_feature_maps(backbone: nn.Module, out, size: int) -> None:
         'feature maps: FeatureExtractor takes an mmdet detector or a backbone that returns '
         'a tuple of (N, C, H, W) maps; for a torchvision or timm ResNet, load its weights '
         'into ours: m = ResNetV1Custom(depth=...); '
-        'resnet_backbone.weights.load_pretrained(m, model.state_dict())')
+        'resnet_backbone.io.weights.load_pretrained(m, model.state_dict())')
 
 
 class CheckpointMismatchError(ValueError):
@@ -480,7 +480,7 @@ class CheckpointMismatchError(ValueError):
 def _share(model: nn.Module, part: nn.Module, report) -> float:
     """% of ``model``'s parameter and buffer elements that ``report``'s load into
     ``part`` filled (step counters excluded, as in the load report)."""
-    from .weights import _OPTIONAL
+    from ..io.weights import _OPTIONAL
     total = sum(t.numel() for k, t in model.state_dict().items() if not _OPTIONAL.search(k))
     own = part.state_dict()
     covered = sum(own[k].numel() for k in report.loaded if not _OPTIONAL.search(k))
@@ -493,7 +493,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: 
 
     A detector checkpoint (keys of the neck or heads besides ``backbone.``) is loaded
     into the whole detector, a backbone-only file (any dialect; see
-    :mod:`resnet_backbone.weights`) into ``model.backbone`` after the rest was
+    :mod:`resnet_backbone.io.weights`) into ``model.backbone`` after the rest was
     initialised from the config (seeded). Both strictly unless ``strict=False``, with
     the load report of ``init_cfg=dict(type='Pretrained')`` in the log. A strict load
     that does not fit raises :class:`CheckpointMismatchError` (one line).
@@ -502,8 +502,8 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: 
 
     from mmengine.logging import print_log
 
-    from .compat import quiet_init_logging
-    from .weights import (
+    from ..engine.compat import quiet_init_logging
+    from ..io.weights import (
         IncompleteCheckpointError,
         UnknownDialectError,
         convert,

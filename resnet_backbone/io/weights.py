@@ -52,6 +52,16 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from ..spec import ARCH_LAYOUT
+
+# one checker of checkpoint files, shared with the tools' pre-flight checks
+from .checkpoint_io import (
+    CheckpointReadError,  # noqa: F401 - re-exported: weights.CheckpointReadError
+    allow_runner_checkpoint_globals,
+    unreadable_checkpoint,
+)
+from .checkpoint_io import is_torch_save_file as _is_torch_save_file
+
 SOURCES = ('torchvision', 'timm', 'detectron2', 'mmpretrain', 'mmdet')
 _HEAD = re.compile(r'^(fc|head|classifier)\.')
 _TIMM_DEEP_STEM = {'conv1.0.': 'stem.0.', 'conv1.1.': 'stem.1.', 'conv1.3.': 'stem.3.',
@@ -111,7 +121,6 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
             if isinstance(exc, OSError) and exc.filename is not None:
                 raise  # permission denied, a folder, ...: the message names the file
             raise unreadable_checkpoint(path_str, exc) from None
-    from .checkpoint_io import allow_runner_checkpoint_globals
     allow_runner_checkpoint_globals()
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
@@ -151,14 +160,6 @@ def cached_checkpoint_file(name: str) -> Path | None:
     if url is None:
         return None
     return Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(urlparse(url).path)
-
-
-# one checker of checkpoint files, shared with the tools' pre-flight checks
-from .checkpoint_io import (  # noqa: E402
-    CheckpointReadError,  # noqa: F401 - re-exported: weights.CheckpointReadError
-    unreadable_checkpoint,
-)
-from .checkpoint_io import is_torch_save_file as _is_torch_save_file  # noqa: E402
 
 
 def unwrap_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:
@@ -326,7 +327,6 @@ def convert(state_dict: Mapping, source: str | None = None,
 
 def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
     """depth, stem_type, avg_down (and style for detectron2) implied by converted keys."""
-    from .resnet import ARCH_SETTINGS
     implied: dict = {'stem_type': 'deep' if 'stem.0.weight' in sd else 'classic'}
     implied['avg_down'] = any(re.match(r'^layer\d\.0\.downsample\.2\.', k) for k in sd)
     if source == 'detectron2':
@@ -337,9 +337,8 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
         if ids:
             blocks.append(max(ids) + 1)
     bottleneck = any(k.startswith('layer1.0.conv3.') for k in sd)
-    for depth, (block, counts) in ARCH_SETTINGS.items():
-        if tuple(counts[:len(blocks)]) == tuple(blocks) and \
-                (block.expansion == 4) == bottleneck:
+    for depth, (kind, counts) in ARCH_LAYOUT.items():
+        if tuple(counts[:len(blocks)]) == tuple(blocks) and (kind == 'bottleneck') == bottleneck:
             implied['depth'] = depth
             break
     if 'stem.0.weight' in sd:
@@ -500,24 +499,3 @@ def load_pretrained(model: nn.Module, checkpoint: str | Path | Mapping, *,
     name = None if isinstance(checkpoint, Mapping) else str(checkpoint)
     return load_state_dict(model, converted.state_dict, source=converted.label,
                            strict=strict, checkpoint=name)
-
-
-def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | None = None,
-                            allow_pickle: bool = False, **overrides):
-    """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
-    widths; ``overrides`` win, None means infer), and the :class:`Converted` weights.
-
-    The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
-    when the depth cannot be told from the keys and no ``depth`` is given.
-    """
-    from .resnet import ARCH_SETTINGS, ResNetV1Custom
-    ckpt = read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
-        if not isinstance(checkpoint, Mapping) else checkpoint
-    converted = convert(ckpt, source=source)
-    implied = dict(converted.implied)
-    implied.update({k: v for k, v in overrides.items() if v is not None})
-    if 'depth' not in implied:
-        raise ValueError('cannot infer the depth from the keys; pass --depth (allowed '
-                         f'values: {", ".join(map(str, ARCH_SETTINGS))})')
-    kwargs = {k: v for k, v in implied.items() if v is not None}
-    return ResNetV1Custom(**kwargs), converted, kwargs

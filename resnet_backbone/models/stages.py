@@ -52,7 +52,7 @@ class ResLayer(Sequential):
             ``plugins``, ``init_cfg``).
 
     Example:
-        >>> from resnet_backbone.blocks import Bottleneck
+        >>> from resnet_backbone.models.blocks import Bottleneck
         >>> import torch
         >>> stage = ResLayer(Bottleneck, 8, 4, num_blocks=2, stride=2)
         >>> stage(torch.rand(1, 8, 16, 16)).shape

@@ -8,45 +8,33 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from .blocks import STYLES, BasicBlock, Bottleneck, ResBlock
+from ..io import weights
+from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, allowed, check_choice
+from .blocks import BasicBlock, Bottleneck, ResBlock
 from .fast import conv_norm_relu, sequential_conv_norm
 from .norm import FrozenBatchNorm2d, check_norm_cfg, is_batch_norm
 from .stages import ResLayer
-from .stem import STEM_TYPES, build_stem
+from .stem import build_stem
 
-#: depth -> (block type, blocks per stage). The one source of truth for the architecture.
+#: block kind (see ``spec.ARCH_LAYOUT``) -> the class that builds it
+BLOCKS: dict[str, type[ResBlock]] = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+#: depth -> (block type, blocks per stage), as mmdet's ``ResNet.arch_settings``
 ARCH_SETTINGS: dict[int, tuple[type[ResBlock], tuple[int, int, int, int]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-    152: (Bottleneck, (3, 8, 36, 3)),
-    200: (Bottleneck, (3, 24, 36, 3)),  # TF-slim resnet_v2_200 layout, v1 units
-}
-
-
-class ShapeSpec(NamedTuple):
-    """Channels and stride (w.r.t. the input) of one feature map, as in detectron2."""
-
-    channels: int
-    stride: int
+    depth: (BLOCKS[kind], counts) for depth, (kind, counts) in ARCH_LAYOUT.items()}
 
 
 #: dtype -> the Tensor/Module method that converts to it (for the dtype-mismatch error)
 _CAST = {torch.float16: 'half', torch.bfloat16: 'bfloat16', torch.float32: 'float',
          torch.float64: 'double'}
 
-
-def _fmt(values: Sequence) -> str:
-    return ', '.join(repr(v) for v in values)
 
 
 def _as_stage_tuple(name: str, value, num_stages: int, kind: type) -> tuple:
@@ -144,25 +132,19 @@ class ResNetV1Custom(BaseModule):
                  fast: bool = True) -> None:
         super().__init__(init_cfg)
         # ---- validation: one-line errors naming the argument and the allowed values
-        if depth not in ARCH_SETTINGS or isinstance(depth, bool):
-            raise ValueError(f'depth={depth!r} is not supported; allowed values: '
-                             f'{_fmt(ARCH_SETTINGS)}')
-        if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
-            raise ValueError(f'num_stages={num_stages!r} is not supported; allowed values: '
-                             '1, 2, 3, 4')
+        check_choice('depth', depth, ARCH_SETTINGS)
+        check_choice('num_stages', num_stages, (1, 2, 3, 4))
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'in_channels must be a positive int; got {in_channels!r}')
         if not isinstance(base_channels, int) or isinstance(base_channels, bool) or \
                 base_channels < 1:
             raise ValueError(f'base_channels must be a positive int; got {base_channels!r}')
-        if style not in STYLES:
-            raise ValueError(f'style={style!r} is not supported; allowed values: {_fmt(STYLES)}')
+        check_choice('style', style, STYLES)
         if stem_type is None:
             stem_type = 'deep' if deep_stem else 'classic'
-        elif stem_type not in STEM_TYPES:
-            raise ValueError(f'stem_type={stem_type!r} is not supported; allowed values: '
-                             f'{_fmt(STEM_TYPES)}')
-        elif deep_stem and stem_type != 'deep':
+        else:
+            check_choice('stem_type', stem_type, STEM_TYPES)
+        if deep_stem and stem_type != 'deep':
             raise ValueError(f"deep_stem=True conflicts with stem_type={stem_type!r}; "
                              "use stem_type='deep' (deep_stem is its alias) or drop deep_stem")
         strides = _as_stage_tuple('strides', strides if strides is not None
@@ -176,7 +158,7 @@ class ResNetV1Custom(BaseModule):
         out_indices = tuple(out_indices)
         if any(not isinstance(i, int) or not 0 <= i < num_stages for i in out_indices):
             raise ValueError(f'out_indices={out_indices!r} out of range; allowed values: '
-                             f'{_fmt(range(num_stages))} (num_stages={num_stages})')
+                             f'{allowed(range(num_stages))} (num_stages={num_stages})')
         if list(out_indices) != sorted(set(out_indices)):
             raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
                              f'{tuple(sorted(set(out_indices)))!r}')
@@ -333,9 +315,7 @@ class ResNetV1Custom(BaseModule):
         >>> ResNetV1Custom.feature_channels(18)
         [64, 128, 256, 512]
         """
-        if depth not in ARCH_SETTINGS:
-            raise ValueError(f'depth={depth!r} is not supported; allowed values: '
-                             f'{_fmt(ARCH_SETTINGS)}')
+        check_choice('depth', depth, ARCH_SETTINGS)
         expansion = ARCH_SETTINGS[depth][0].expansion
         return [base_channels * 2 ** i * expansion for i in out_indices]
 
@@ -387,15 +367,14 @@ class ResNetV1Custom(BaseModule):
 
         mmengine's ``PretrainedInit`` loads keys as they are, non-strictly, and only logs
         what did not match. Here the checkpoint may be in any dialect (torchvision, timm,
-        detectron2, mmpretrain, mmdet; see :mod:`resnet_backbone.weights`), is converted,
+        detectron2, mmpretrain, mmdet; see :mod:`resnet_backbone.io.weights`), is converted,
         loaded strictly unless ``strict=False`` is in the init_cfg, and a load report is
         logged and kept in ``self.load_report``. Extra init_cfg keys: ``source``,
         ``strict``, ``prefix``, ``allow_pickle``.
         """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from .weights import load_pretrained
-            self.load_report = load_pretrained(
+            self.load_report = weights.load_pretrained(
                 self, cfg['checkpoint'], source=cfg.get('source'),
                 strict=cfg.get('strict', True), prefix=cfg.get('prefix'),
                 allow_pickle=cfg.get('allow_pickle', False))
@@ -470,7 +449,7 @@ class ResNetV1Custom(BaseModule):
         unknown = [lv for lv in levels if lv not in built]
         if unknown:
             raise ValueError(f'levels {unknown!r} are not available; allowed values: '
-                             f'{_fmt(built)}')
+                             f'{allowed(built)}')
         self._check_input(x)
         feats = {}
         x = self.forward_stem(x)
@@ -500,3 +479,23 @@ ResNetV1cCustom = _preset(
 ResNetV1dCustom = _preset(
     'ResNetV1dCustom', "ResNet-V1d, mmdet's ``ResNetV1d``: "
     '``ResNetV1Custom(stem_type="deep", avg_down=True)``.', stem_type='deep', avg_down=True)
+
+
+def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | None = None,
+                            allow_pickle: bool = False, **overrides):
+    """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
+    widths; ``overrides`` win, None means infer), and the converted weights
+
+    The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
+    when the depth cannot be told from the keys and no ``depth`` is given.
+    """
+    ckpt = weights.read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
+        if not isinstance(checkpoint, Mapping) else checkpoint
+    converted = weights.convert(ckpt, source=source)
+    implied = dict(converted.implied)
+    implied.update({k: v for k, v in overrides.items() if v is not None})
+    if 'depth' not in implied:
+        raise ValueError('cannot infer the depth from the keys; pass --depth (allowed '
+                         f'values: {", ".join(map(str, ARCH_SETTINGS))})')
+    kwargs = {k: v for k, v in implied.items() if v is not None}
+    return ResNetV1Custom(**kwargs), converted, kwargs

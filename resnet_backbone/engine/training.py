@@ -3,7 +3,7 @@
 The tools only parse arguments; everything here can be imported and tested. Compared
 with mmdet's own tools, a config needs no ``custom_imports`` for our backbone, resume
 works on current torch, checkpoint writes are atomic, a kill never loses the last
-checkpoint (:class:`~resnet_backbone.checkpoint_io.SafeCheckpointHook` replaces
+checkpoint (:class:`~resnet_backbone.io.checkpoint_io.SafeCheckpointHook` replaces
 ``CheckpointHook``), and ``--launcher pytorch`` also works on CPU-only machines (gloo).
 
 Mistakes a user makes on the command line end in one line naming the fix, before the
@@ -41,14 +41,14 @@ from pathlib import Path
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .checkpoint_io import (
+from ..cli import ToolError
+from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
     check_checkpoint_file,
     find_resumable_checkpoint,
     use_atomic_checkpoint_writes,
     use_safe_checkpoint_hook,
 )
-from .cli import ToolError
 from .compat import silence_dependency_warnings, summarise_frozen_params
 from .distributed import init_cpu_process_group
 
@@ -348,7 +348,7 @@ def check_launcher(launcher: str) -> None:
 
 
 def _backbone_class(type_):
-    from .registry import BACKBONES
+    from ..registry import BACKBONES
     if isinstance(type_, type):
         return type_ if type_ in BACKBONES else None
     if isinstance(type_, str):
@@ -397,7 +397,7 @@ def load_config(config: str, *, work_dir: str | None = None, cfg_options: dict |
     """Read ``config`` and apply the command-line overrides, as mmdet's tools do, in the
     order of the module docstring (``--cfg-options`` after the data flags: it wins).
 
-    Also puts :class:`~resnet_backbone.checkpoint_io.SafeCheckpointHook` in place of
+    Also puts :class:`~resnet_backbone.io.checkpoint_io.SafeCheckpointHook` in place of
     mmengine's ``CheckpointHook`` and checks the backbone's arguments and ``launcher``.
     """
     check_launcher(launcher)
@@ -559,7 +559,7 @@ def _file_lock(path: Path):
 
 
 def _generate_embedded(root: str, tool: str) -> None:
-    from .data.shapes import generate
+    from ..data.shapes import generate
     with _file_lock(Path(root) / '.generating.lock'):
         if all(osp.isfile(osp.join(root, f)) for f in _EMBEDDED_FILES):
             return  # another rank made it meanwhile

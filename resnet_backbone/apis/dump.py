@@ -8,7 +8,7 @@ unreadable image is skipped with a one-line warning: an interrupted run is simpl
 again.
 
 **Fingerprints.** Each record stores ``meta['fingerprint']``, what produced it: the
-config (:func:`~resnet_backbone.features.config_digest`: the resolved model and test
+config (:func:`~resnet_backbone.apis.features.config_digest`: the resolved model and test
 pipeline), the weights (sha256 of the checkpoint file; the seed for random weights; a
 digest of the tensors for a model passed in), the levels, the dtype, the format and the
 package version. A file already in the output folder is reused only if its fingerprint
@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import ToolError
+from ..cli import ToolError
+from ..io.fileio import atomic_path, atomic_write_bytes
 from .features import (
     FeatureExtractor,
     UnreadableImageError,
@@ -58,7 +59,6 @@ from .features import (
     state_dict_digest,
     unpad_to_original,
 )
-from .fileio import atomic_path, atomic_write_bytes
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 FORMATS = ('npz', 'pt', 'safetensors')
@@ -187,7 +187,7 @@ def read_meta(path: Path) -> dict:
 # ---------------------------------------------------------------- fingerprints
 def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
     """What produces this run's records; a record is reused only if it stored the same."""
-    from . import __version__
+    from .. import __version__
     w = fx.weights
     if w.get('sha256'):
         weights = {'file_sha256': w['sha256']}

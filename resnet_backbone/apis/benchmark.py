@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compat import quiet_init_logging
-from .fast import mkldnn_fusion
+from ..engine.compat import quiet_init_logging
+from ..models.fast import mkldnn_fusion
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
     """
     from mmdet.models.backbones import ResNet
 
-    from .resnet import ResNetV1Custom
+    from ..models.resnet import ResNetV1Custom
     kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
               norm_eval=norm_eval)
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from torch import nn
 
-STEM_TYPES = ('classic', 'deep', 'small')
+from ..spec import STEM_TYPES, check_choice
 
 
 @dataclass(frozen=True)
@@ -71,5 +71,5 @@ def build_stem(stem_type: str, in_channels: int, stem_channels: int,
                    'maxpool': maxpool}
         return StemSpec(modules, norm_name, conv_stride=1 if small else 2,
                         stride=1 if small else 4)
-    raise ValueError(f"stem_type={stem_type!r} is not supported; allowed values: "
-                     f"{', '.join(repr(s) for s in STEM_TYPES)}")
+    check_choice('stem_type', stem_type, STEM_TYPES)
+    raise AssertionError(f'STEM_TYPES lists {stem_type!r} but build_stem has no branch for it')

@@ -33,7 +33,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Save ``image`` as a PNG atomically: the file is complete or absent, never cut
     short by Ctrl-C or a kill."""
-    from .fileio import atomic_write_bytes
+    from ..io.fileio import atomic_write_bytes
     buf = io.BytesIO()
     image.save(buf, format='PNG')
     path = Path(path)

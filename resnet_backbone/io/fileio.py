@@ -16,7 +16,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary file is removed (or, after a kill, left as a hidden
     ``.<name>.<pid>.XXXXXXXX.tmp``). The writer's process id in the name lets a later
     cleanup tell a killed writer's file from a live one's
-    (:func:`resnet_backbone.checkpoint_io.remove_stale_temp_files`).
+    (:func:`resnet_backbone.io.checkpoint_io.remove_stale_temp_files`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

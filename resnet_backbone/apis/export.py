@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compat import quiet_init_logging
+from ..engine.compat import quiet_init_logging
 
 #: largest allowed error of onnxruntime vs eager, relative to the output's largest value
 ONNX_TOLERANCE = 1e-4
@@ -88,7 +88,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,
         dynamic: Batch, height and width are dynamic axes (``n``, ``h``, ``w``).
         opset: ONNX opset; ``None`` = the exporter's default.
     """
-    from .fileio import atomic_path
+    from ..io.fileio import atomic_path
     path = Path(path)
     model = model.eval()
     names = output_names(model, example)

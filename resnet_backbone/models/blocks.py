@@ -7,7 +7,7 @@ interchangeable and, in reference mode, outputs are bitwise equal.
 What differs from mmdet:
 - checkpointing (``with_cp``) is non-reentrant and covers every block that has a
   trainable parameter, including the first one after frozen stages
-  (see :mod:`resnet_backbone.checkpointing`);
+  (see :mod:`resnet_backbone.models.checkpointing`);
 - blocks know how to freeze themselves (:meth:`ResBlock.freeze`);
 - bad arguments raise one-line ``ValueError`` / ``TypeError`` instead of bare asserts;
 - ``dcn`` dicts are copied, not mutated (mmdet pops ``fallback_on_stride`` from the dict
@@ -23,6 +23,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
 from torch import nn
 
+from ..spec import STYLES, check_choice
 from .checkpointing import checkpointed, recomputing
 from .fast import (
     conv_norm,
@@ -34,7 +35,6 @@ from .fast import (
     worth_folding,
 )
 
-STYLES = ('pytorch', 'caffe')
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
 
 
@@ -46,7 +46,7 @@ class ResBlock(BaseModule):
     downsample: nn.Module | None
     norm1_name: str
     norm2_name: str
-    #: fold eval-mode BN into the convs (see :mod:`resnet_backbone.fast`); the backbone
+    #: fold eval-mode BN into the convs (see :mod:`resnet_backbone.models.fast`); the backbone
     #: sets it. False = mmdet's exact op order.
     fast: bool = False
 
@@ -105,7 +105,7 @@ class ResBlock(BaseModule):
         """The whole residual (branch, shortcut, add) under one checkpoint: only ``x`` is
         kept. (Running the shortcut or the last conv outside it was measured: more bytes
         kept; the recompute skip in :meth:`_residual` saves that time without them. See
-        :mod:`resnet_backbone.checkpointing`.)"""
+        :mod:`resnet_backbone.models.checkpointing`.)"""
         return self.relu(checkpointed(self._residual, x, self))
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class ResBlock(BaseModule):
 
     def _fused_forward(self, x: torch.Tensor, owns_input: bool) -> torch.Tensor:
         """The fast inference path: every conv + BN (+ ReLU) as one oneDNN kernel, and the
-        last conv accumulated in place into the shortcut (see :mod:`resnet_backbone.fast`).
+        last conv accumulated in place into the shortcut (see :mod:`resnet_backbone.models.fast`).
         """
         *head, (conv, norm) = self._conv_norm_pairs()
         out = x
@@ -158,11 +158,6 @@ def _reusable(identity: torch.Tensor, x: torch.Tensor, owns_input: bool) -> bool
     return identity.is_contiguous() or identity.is_contiguous(memory_format=torch.channels_last)
 
 
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"style={style!r} is not supported; allowed values: 'pytorch', 'caffe'")
-
-
 class BasicBlock(ResBlock):
     """Two 3x3 convs with a residual connection (ResNet-18/34).
 
@@ -180,7 +175,7 @@ class BasicBlock(ResBlock):
                  norm_cfg: dict | None = None, dcn: dict | None = None,
                  plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg)
-        _check_style(style)
+        check_choice('style', style, STYLES)
         if dcn is not None:
             raise ValueError('dcn is only supported by Bottleneck blocks (depth >= 50); '
                              'got dcn with a BasicBlock depth (18 or 34)')
@@ -235,7 +230,7 @@ class Bottleneck(ResBlock):
                  norm_cfg: dict | None = None, dcn: dict | None = None,
                  plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg)
-        _check_style(style)
+        check_choice('style', style, STYLES)
         if dcn is not None and not isinstance(dcn, dict):
             raise TypeError(f'dcn must be a dict such as dict(type="DCN") or None; got {dcn!r}')
         if plugins is not None and not isinstance(plugins, list):

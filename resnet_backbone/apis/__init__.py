@@ -1,0 +1,1 @@
+"""What users call: feature extraction, dumping, pictures, export, benchmark."""

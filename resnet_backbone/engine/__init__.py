@@ -1,0 +1,1 @@
+"""Running it with mmengine: the Runner set-up, CPU distributed, dependency quirks."""

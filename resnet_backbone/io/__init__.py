@@ -1,0 +1,1 @@
+"""Files on disk: atomic writes, checkpoints, and weights from other ecosystems."""

@@ -1,0 +1,1 @@
+"""The network: norm layers, the fast path, blocks, stages and the backbone."""
