@@ -32,6 +32,13 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest error of ``a`` relative to the reference ``b``'s largest value: the one
+    measure every tolerance test here uses."""
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
 def grads_by_name(model: nn.Module) -> dict[str, torch.Tensor | None]:
     return {n: (p.grad.clone() if p.grad is not None else None)
             for n, p in model.named_parameters()}
