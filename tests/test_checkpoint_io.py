@@ -14,7 +14,6 @@ from resnet_backbone.io.checkpoint_io import (
     AtomicLocalBackend,
     find_resumable_checkpoint,
     is_complete_checkpoint,
-    use_atomic_checkpoint_writes,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,15 +33,27 @@ def test_interrupted_put_leaves_previous_file_and_no_temp(tmp_path, monkeypatch)
 
 
 def test_mmengine_save_checkpoint_goes_through_the_atomic_backend(tmp_path, monkeypatch):
+    """The hook's backend_args select the atomic backend by its own name; mmengine's
+    'local' backend stays mmengine's for the rest of the process (before, setting up
+    replaced it for every caller with force=True)."""
+    from mmengine.fileio import get_file_backend
+    from mmengine.fileio.backends import LocalBackend
     from mmengine.runner.checkpoint import save_checkpoint
 
-    use_atomic_checkpoint_writes()
+    from resnet_backbone.engine.training import setup_environment
+    from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
+    setup_environment()
+    assert type(get_file_backend(str(tmp_path))) is LocalBackend
+    hook = SafeCheckpointHook(interval=1, by_epoch=False)
     calls = []
     real = AtomicLocalBackend._atomic_write
     monkeypatch.setattr(AtomicLocalBackend, '_atomic_write',
                         staticmethod(lambda d, p: calls.append(p) or real(d, p)))
-    save_checkpoint({'state_dict': {'w': torch.ones(2)}}, str(tmp_path / 'a.pth'))
+    save_checkpoint({'state_dict': {'w': torch.ones(2)}}, str(tmp_path / 'a.pth'),
+                    backend_args=hook.backend_args)
     assert calls and is_complete_checkpoint(tmp_path / 'a.pth')
+    remote = SafeCheckpointHook(interval=1, by_epoch=False, out_dir='s3://bucket/run')
+    assert remote.backend_args is None  # a remote out_dir keeps its own backend
 
 
 def test_find_resumable_skips_truncated_and_bad_pointer(tmp_path):
@@ -141,7 +152,6 @@ def test_old_checkpoint_removed_only_after_new_one_is_complete(tmp_path, max_kee
     still exist and last_checkpoint names the newest. mmengine's CheckpointHook deleted
     the oldest first: with max_keep_ckpts=1 a kill there left no checkpoint at all."""
     from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
-    use_atomic_checkpoint_writes()
     runner = _FakeRunner(tmp_path, f'safe-hook-{max_keep}-{tmp_path.name}')
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=max_keep)
     _train(hook, runner, 6, 1)
@@ -184,7 +194,6 @@ def test_stale_temp_files_of_killed_runs_go_at_the_next_start(tmp_path):
     day old) are removed when the next run starts in the work dir; before, they piled up
     forever. A live writer's file stays."""
     from resnet_backbone.io.checkpoint_io import STALE_TEMP_AGE_S, SafeCheckpointHook
-    use_atomic_checkpoint_writes()
     _train(SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1),
            _FakeRunner(tmp_path, f'stale-{tmp_path.name}'), 2, 1)
     dead, live = _dead_pid(), os.getppid()
@@ -251,7 +260,6 @@ def test_previous_best_removed_only_after_the_new_best_is_written(tmp_path, keys
     """While best_*_iter_N.pth is written, the previous best of that metric still exists.
     mmengine's _save_best_checkpoint removed it first: a kill there left no best file."""
     from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
-    use_atomic_checkpoint_writes()
     runner = _BestRunner(tmp_path, f'best-{len(keys)}-{tmp_path.name}')
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1,
                               save_best=keys if len(keys) > 1 else keys[0],
@@ -279,7 +287,6 @@ def test_removal_cut_by_a_kill_is_finished_on_resume(tmp_path):
     resuming iter_2 removes it. (mmengine's hook removed iter_1 before writing iter_2,
     so this state did not arise before; the test checks the new bookkeeping.)"""
     from resnet_backbone.io.checkpoint_io import SafeCheckpointHook
-    use_atomic_checkpoint_writes()
     hook = SafeCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=1)
     hook._remove_steps = lambda runner, steps: None  # killed just before the removal
     _train(hook, _FakeRunner(tmp_path, f'cut-{tmp_path.name}'), 2, 1)
@@ -417,3 +424,23 @@ def test_test_tool_refuses_a_checkpoint_that_does_not_fit(case, r18_retinanet_ch
     else:
         assert 'backbone weights only' in msg, msg
     assert not (tmp_path / 'work').exists()
+
+
+def test_reading_a_checkpoint_leaves_torchs_allow_list_alone(tmp_path):
+    """weights.read_checkpoint reads Runner checkpoints (HistoryBuffer in the message hub)
+    inside a scoped allow-list; before, every call added to torch's process-wide list."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    from resnet_backbone.io.weights import read_checkpoint
+    hub = HistoryBuffer()
+    hub.update(1.0)
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': {'hub': hub}}, tmp_path / 'r.pth')
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # as in a process that set nothing up
+    try:
+        ckpt = read_checkpoint(tmp_path / 'r.pth')
+        assert torch.equal(ckpt['state_dict']['w'], torch.ones(1))
+        assert torch.serialization.get_safe_globals() == []
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)

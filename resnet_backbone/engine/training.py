@@ -46,7 +46,6 @@ from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
     check_checkpoint_file,
     find_resumable_checkpoint,
-    use_atomic_checkpoint_writes,
     use_safe_checkpoint_hook,
 )
 from .compat import silence_dependency_warnings, summarise_frozen_params
@@ -54,14 +53,16 @@ from .distributed import init_cpu_process_group
 
 
 def setup_environment() -> None:
-    """Registries, warning filters and checkpoint I/O fixes; idempotent."""
+    """What the tools set up for the whole process; idempotent. The library itself never
+    calls it: registries (mmdet's modules and ours), the dependency warning filters, the
+    Runner-checkpoint allow-list for ``torch.load(weights_only=True)``, and the one-line
+    errors for empty data sets."""
     silence_dependency_warnings()
     from mmdet.utils import register_all_modules
 
     import resnet_backbone  # noqa: F401  (registers ResNetV1Custom: no custom_imports needed)
     register_all_modules(init_default_scope=False)
     allow_runner_checkpoint_globals()
-    use_atomic_checkpoint_writes()
     guard_empty_datasets()
 
 

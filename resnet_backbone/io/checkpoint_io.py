@@ -95,8 +95,16 @@ RUNNER_CHECKPOINT_GLOBALS: list = [
 
 
 def allow_runner_checkpoint_globals() -> None:
-    """Let ``torch.load(weights_only=True)`` read mmengine Runner checkpoints."""
+    """Let every ``torch.load(weights_only=True)`` in the process read mmengine Runner
+    checkpoints (the tools call this: mmengine's own resume loads with plain
+    ``torch.load``). Library code uses :func:`runner_checkpoint_globals` instead."""
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
+
+
+def runner_checkpoint_globals():
+    """A context in which ``torch.load(weights_only=True)`` reads Runner checkpoints; the
+    process's allow-list is as it was afterwards."""
+    return torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS)
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -119,9 +127,10 @@ class AtomicLocalBackend(LocalBackend):
         self._atomic_write(obj.encode(encoding), filepath)
 
 
-def use_atomic_checkpoint_writes() -> None:
-    """Make mmengine's local file backend (used by ``save_checkpoint``) atomic."""
-    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+#: The atomic backend's own name. :class:`SafeCheckpointHook` asks for it by name, so
+#: mmengine's ``'local'`` backend stays mmengine's for everyone else in the process.
+ATOMIC_BACKEND = 'resnet_backbone_atomic_local'
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)  # our name only
 
 
 def is_complete_checkpoint(path: str | Path) -> bool:
@@ -347,7 +356,19 @@ class SafeCheckpointHook(CheckpointHook):
     temporary checkpoint files of killed runs (:func:`remove_stale_temp_files`).
     ``save_best`` likewise writes the new ``best_*.pth`` before it removes the previous
     one. Everything else (intervals, ``save_last``, resume bookkeeping) is mmengine's.
+
+    Files are written through :class:`AtomicLocalBackend` (``backend_args`` selects it by
+    its own name, :data:`ATOMIC_BACKEND`) when ``out_dir`` is a local folder and the
+    config names no backend of its own.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        out_dir = kwargs.get('out_dir')
+        local = out_dir is None or '://' not in str(out_dir)
+        if local and kwargs.get('backend_args') is None and \
+                kwargs.get('file_client_args') is None:
+            kwargs['backend_args'] = {'backend': ATOMIC_BACKEND}
+        super().__init__(*args, **kwargs)
 
     def before_train(self, runner) -> None:
         super().before_train(runner)

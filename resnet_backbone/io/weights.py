@@ -57,7 +57,7 @@ from ..spec import ARCH_LAYOUT
 # one checker of checkpoint files, shared with the tools' pre-flight checks
 from .checkpoint_io import (
     CheckpointReadError,  # noqa: F401 - re-exported: weights.CheckpointReadError
-    allow_runner_checkpoint_globals,
+    runner_checkpoint_globals,
     unreadable_checkpoint,
 )
 from .checkpoint_io import is_torch_save_file as _is_torch_save_file
@@ -121,9 +121,9 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict:
             if isinstance(exc, OSError) and exc.filename is not None:
                 raise  # permission denied, a folder, ...: the message names the file
             raise unreadable_checkpoint(path_str, exc) from None
-    allow_runner_checkpoint_globals()
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with runner_checkpoint_globals():
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure: one line naming the file
         if isinstance(exc, OSError) and exc.filename is not None:
             raise  # permission denied, a folder, ...: the message names the file
