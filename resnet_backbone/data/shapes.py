@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 CLASSES = ('square', 'circle', 'triangle')
 
@@ -81,7 +82,6 @@ def _make_image(rng: np.random.Generator, size: int, max_objects: int):
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle['counts'] = rle['counts'].decode('ascii')
     return rle

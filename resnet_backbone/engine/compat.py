@@ -12,6 +12,8 @@ import logging
 import warnings
 from collections.abc import Iterator
 
+from mmengine.logging import MMLogger
+
 
 def silence_dependency_warnings() -> None:
     """Ignore the known, harmless warnings our pinned dependencies emit on every run."""
@@ -23,7 +25,6 @@ def silence_dependency_warnings() -> None:
 def quiet_init_logging() -> Iterator[None]:
     """Hold mmengine's current logger at WARNING: ``init_weights`` of a top-level
     module outside a Runner logs one INFO line per parameter."""
-    from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel('WARNING')

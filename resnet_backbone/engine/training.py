@@ -38,16 +38,21 @@ import os.path as osp
 import sys
 from pathlib import Path
 
+import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 from ..cli import ToolError
+from ..data.shapes import generate
 from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
     check_checkpoint_file,
     find_resumable_checkpoint,
     use_safe_checkpoint_hook,
 )
+from ..registry import BACKBONES
 from .compat import silence_dependency_warnings, summarise_frozen_params
 from .distributed import init_cpu_process_group
 
@@ -58,9 +63,9 @@ def setup_environment() -> None:
     Runner-checkpoint allow-list for ``torch.load(weights_only=True)``, and the one-line
     errors for empty data sets."""
     silence_dependency_warnings()
+    # mmdet is imported when a tool sets up, not when the package is: the backbone and
+    # the registry work without mmdet
     from mmdet.utils import register_all_modules
-
-    import resnet_backbone  # noqa: F401  (registers ResNetV1Custom: no custom_imports needed)
     register_all_modules(init_default_scope=False)
     allow_runner_checkpoint_globals()
     guard_empty_datasets()
@@ -349,7 +354,6 @@ def check_launcher(launcher: str) -> None:
 
 
 def _backbone_class(type_):
-    from ..registry import BACKBONES
     if isinstance(type_, type):
         return type_ if type_ in BACKBONES else None
     if isinstance(type_, str):
@@ -552,7 +556,7 @@ def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a') as f:
         try:
-            import fcntl
+            import fcntl  # POSIX only: elsewhere the lock is skipped
             fcntl.flock(f, fcntl.LOCK_EX)
         except (ImportError, OSError):
             pass
@@ -560,7 +564,6 @@ def _file_lock(path: Path):
 
 
 def _generate_embedded(root: str, tool: str) -> None:
-    from ..data.shapes import generate
     with _file_lock(Path(root) / '.generating.lock'):
         if all(osp.isfile(osp.join(root, f)) for f in _EMBEDDED_FILES):
             return  # another rank made it meanwhile
@@ -650,7 +653,7 @@ def guard_empty_datasets() -> None:
     """mmdet's ``CocoDataset``: one line listing the annotation file's category names when
     none of the configured classes is in the file, or no image survives the filter (mmdet
     itself ends in ``ValueError: need at least one array to concatenate``). Idempotent."""
-    from mmdet.datasets import CocoDataset
+    from mmdet.datasets import CocoDataset  # mmdet.datasets is heavy: only when set up
     if getattr(CocoDataset.filter_data, '_resnet_backbone_guard', False):
         return
     original = CocoDataset.filter_data
@@ -676,7 +679,6 @@ def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool =
                         resume: str | None = None) -> None:
     """``--amp``, ``--auto-scale-lr`` and ``--resume [CKPT]`` (``'auto'`` = latest)."""
     if amp:
-        import torch
         if not torch.cuda.is_available():
             raise ValueError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper refuses the "
                              'CPU); this machine has none, so drop --amp')
@@ -754,8 +756,6 @@ def build_runner(cfg: Config, checkpoint_arg: str = 'load_from'):
     the user gave it), so a damaged file is one line and nothing is written.
     """
     check_load_from(cfg, checkpoint_arg)
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.logger.addFilter(_DropMessages(_MMENGINE_SELF_WARNINGS))
     summarise_frozen_params(runner)

@@ -40,19 +40,22 @@ not cached there is fetched through mmengine.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from mmengine.logging import print_log
+from mmengine.runner import checkpoint as mmckpt
 from torch import nn
 
-from ..spec import ARCH_LAYOUT
+from ..spec import ARCH_LAYOUT, allowed, check_choice
 
 # one checker of checkpoint files, shared with the tools' pre-flight checks
 from .checkpoint_io import (
@@ -141,10 +144,6 @@ def cached_checkpoint_file(name: str) -> Path | None:
     under the URL's file name, as ``torch.hub.load_state_dict_from_url`` keeps it
     (``TORCH_HOME`` moves it).
     """
-    import os
-    from urllib.parse import urlparse
-
-    from mmengine.runner import checkpoint as mmckpt
     scheme, _, model = name.partition('://')
     if scheme in ('torchvision', 'modelzoo'):
         url = mmckpt.get_torchvision_models().get(model)
@@ -196,7 +195,7 @@ class UnknownDialectError(ValueError):
                 'it does not look like a ResNet checkpoint (no conv1, stem or layer1 keys)')
         return (f'cannot tell the dialect of this checkpoint from its keys (e.g. '
                 f'{self.keys[:3]}): {what}; if it is a ResNet, pass {how} (allowed values: '
-                f'{", ".join(SOURCES)})')
+                f'{allowed(SOURCES, quote=False)})')
 
 
 def module_names(ckpt) -> set[str]:
@@ -298,9 +297,8 @@ def convert(state_dict: Mapping, source: str | None = None,
     if source is None:
         source = detect_source(sd, modules)
         label = source_label(source, sd, modules)
-    elif source not in SOURCES:
-        raise ValueError(f'source={source!r} is not supported; allowed values: '
-                         f'{", ".join(SOURCES)}')
+    else:
+        check_choice('source', source, SOURCES, quote=False)
     out, dropped = {}, []
     prefixed = source in ('mmdet', 'mmpretrain') and any(k.startswith('backbone.') for k in sd)
     deep_timm = source == 'timm' and 'conv1.0.weight' in sd
