@@ -66,7 +66,7 @@ def test_tool_writes_json_and_plot(tmp_path):
     assert (tmp_path / 'b.png').stat().st_size > 1000
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "allowed values: eval, train" in bad.stderr
+    assert bad.returncode == 2 and "allowed values: 'eval', 'train'" in bad.stderr
 
 
 def test_cp_variants_in_one_run():

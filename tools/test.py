@@ -1,118 +1,20 @@
 """Evaluate a checkpoint with mmdet's COCO metric (mmengine Runner), like mmdet's tools/test.py.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
-        [--data-root DIR] [--val-ann FILE --img-dir DIR] [--classes a,b,c]
-        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}]
-
-``--val-ann`` (alias ``--test-ann``), ``--img-dir`` and ``--classes`` as in
-tools/train.py; the COCO evaluator follows the test set's annotation file unless
-``--cfg-options`` sets ``test_evaluator.ann_file`` (a WARNING line then names both files
-when they differ).
-
-``--out`` saves the raw predictions (mmdet's ``DumpDetResults``, a pickle);
-``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
-``P.segm.json``) that any COCO tool can read. The checkpoint must fit the config's
-detector strictly (else one line with the missing/unexpected counts; ``--no-strict``
-evaluates it anyway, what does not fit left random). Errors (e.g. a damaged checkpoint) end in
-one line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback).
+``python tools/test.py ARGS`` is the installed ``rb-test ARGS``: both run
+resnet_backbone/tools/test.py, whose docstring and ``--help`` describe the arguments.
 """
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from mmengine.config import DictAction  # noqa: E402
-
-from resnet_backbone.cli import run_tool  # noqa: E402
-from resnet_backbone.engine.distributed import process_group_closed  # noqa: E402
-from resnet_backbone.engine.training import (  # noqa: E402
-    add_data_arguments,
-    build_runner,
-    check_data_arguments,
-    load_config,
-    prepare_data,
-    setup_environment,
-)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Evaluate a detector checkpoint (COCO metric).',
-                                epilog='--debug (or RESNET_BACKBONE_DEBUG=1): show the full '
-                                       'traceback of an error')
-    p.add_argument('config', help='config file path')
-    p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--work-dir', help='where the evaluation logs go')
-    p.add_argument('--out', help='save predictions to this .pkl file')
-    p.add_argument('--json-prefix', help='also write COCO-format results PREFIX.bbox.json')
-    add_data_arguments(p, train=False)
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config keys; applied after the other flags, so it wins')
-    p.add_argument('--no-strict', action='store_true',
-                   help="evaluate a checkpoint that does not fit the config's model "
-                        "(mmengine's non-strict load: what does not fit stays random)")
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if not Path(args.config).is_file():
-        p.error(f'config {args.config!r}: no such file')
-    if not Path(args.checkpoint).is_file():
-        p.error(f'checkpoint {args.checkpoint!r}: no such file')
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        p.error(f'--out must end with .pkl or .pickle; got {args.out!r}')
-    check_data_arguments(p, args)
-    return args
-
-
-def check_checkpoint_fits(cfg, checkpoint: str) -> None:
-    """One line unless ``checkpoint`` is a detector checkpoint that loads strictly into
-    the config's model (:func:`resnet_backbone.apis.features.load_detector_checkpoint`).
-
-    mmengine's Runner loads non-strictly: an R18 checkpoint on an R50 config logged one
-    WARNING and printed an mAP of mostly random weights. ``--no-strict`` skips this.
-    """
-    from mmengine.registry import DefaultScope
-
-    from resnet_backbone.apis.features import CheckpointMismatchError, load_detector_checkpoint
-    from resnet_backbone.engine.training import check_load_from
-    cfg.load_from = checkpoint
-    check_load_from(cfg, 'checkpoint')  # a damaged file: its own one line
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
-        from mmdet.registry import MODELS
-        model = MODELS.build(cfg.model)
-    record = load_detector_checkpoint(model, checkpoint)  # CheckpointMismatchError
-    if record.get('loaded') != 'detector':
-        raise CheckpointMismatchError(
-            f'checkpoint {checkpoint} holds backbone weights only, not a detector: its '
-            'neck and heads would be evaluated with random weights; give a checkpoint '
-            'trained with this config, or --no-strict')
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    setup_environment()
-    work_dir = args.work_dir or str(Path('work_dirs') / Path(args.config).stem / 'test')
-    cfg = load_config(args.config, work_dir=work_dir, cfg_options=args.cfg_options,
-                      data_root=args.data_root, launcher=args.launcher,
-                      classes=args.classes, val_ann=args.val_ann, img_dir=args.img_dir)
-    if not args.no_strict:  # before data is made or the Runner writes its work dir
-        check_checkpoint_fits(cfg, args.checkpoint)
-    prepare_data(cfg, ('test',), tool='test.py')
-    cfg.load_from = args.checkpoint
-    if args.json_prefix:
-        evaluator = cfg.test_evaluator
-        evaluator.outfile_prefix = args.json_prefix
-    with process_group_closed():
-        runner = build_runner(cfg, checkpoint_arg='checkpoint')
-        if args.out:
-            from mmdet.evaluation import DumpDetResults
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        return runner.test()
-
+try:
+    from resnet_backbone.tools.test import *  # noqa: F403  (its names, for tests)
+    from resnet_backbone.tools.test import run
+except ImportError as exc:  # not installed, or a broken dependency: one line, and the fix
+    if '--debug' in sys.argv:
+        raise
+    why = str(exc) if exc.name != 'resnet_backbone' else (
+        "resnet_backbone is not installed in this Python; run 'bash tools/setup.sh' "
+        '(it runs pip install -e .)')
+    sys.exit(f'test.py: error: {why}')
 
 if __name__ == '__main__':
-    run_tool('test.py', main)
+    run()

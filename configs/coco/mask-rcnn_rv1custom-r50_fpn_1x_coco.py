@@ -1,3 +1,6 @@
 # Mask R-CNN R50-FPN 1x on COCO (mmdet's zoo recipe), backbone swapped for ResNetV1Custom.
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+# Registers ResNetV1Custom for any tool that reads this file, mmdet's own tools/train.py
+# included (this project's tools import the package anyway).
+custom_imports = dict(imports=['resnet_backbone'], allow_failed_imports=False)
 model = dict(backbone=dict(type='ResNetV1Custom'))

@@ -2,4 +2,7 @@
 # Every other backbone key (depth, frozen_stages=1, norm_eval, torchvision weights) is
 # mmdet's own.
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+# Registers ResNetV1Custom for any tool that reads this file, mmdet's own tools/train.py
+# included (this project's tools import the package anyway).
+custom_imports = dict(imports=['resnet_backbone'], allow_failed_imports=False)
 model = dict(backbone=dict(type='ResNetV1Custom'))

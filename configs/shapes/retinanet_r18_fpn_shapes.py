@@ -5,6 +5,9 @@ _base_ = [
     '../_base_/shapes_detection.py',
     '../_base_/iter_schedule.py',  # includes mmdet's default_runtime
 ]
+# Registers ResNetV1Custom for any tool that reads this file, mmdet's own tools/train.py
+# included (this project's tools import the package anyway).
+custom_imports = dict(imports=['resnet_backbone'], allow_failed_imports=False)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     backbone=dict(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..engine.compat import quiet_init_logging
+from ..spec import ARCH_LAYOUT, check_choice
 
 #: largest allowed error of onnxruntime vs eager, relative to the output's largest value
 ONNX_TOLERANCE = 1e-4
@@ -62,6 +63,80 @@ def default_fpn(backbone: nn.Module, out_channels: int = 256, num_outs: int = 5)
     with quiet_init_logging():
         neck.init_weights()
     return neck
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
+
+
+def build_export_model(config: str | None = None, checkpoint: str | None = None, *,
+                       depth: int | None = None, with_neck: bool = False, strict: bool = True,
+                       log=print) -> nn.Module:
+    """The module ``tools/export.py`` exports: a backbone, or a :class:`BackboneWithNeck`.
+
+    Args:
+        config: an mmdet config: its detector's backbone (and neck) are exported, and
+            ``checkpoint`` is a detector checkpoint or a backbone-only file (the neck then
+            stays random, and ``log`` says so).
+        checkpoint: without ``config``, backbone weights in any dialect that
+            :func:`~resnet_backbone.models.resnet.backbone_for_checkpoint` reads; the
+            depth, stem and shortcut layout are inferred from it (``depth`` overrides).
+        depth: without ``config``: the depth (default: inferred from ``checkpoint``, else
+            50; without a checkpoint the weights are random, seed 0).
+        with_neck: add the config's neck, or (no config) mmdet's FPN (:func:`default_fpn`).
+        strict: a checkpoint that does not fit is a one-line
+            :class:`~resnet_backbone.cli.ToolError` with the missing and unexpected counts;
+            ``False`` loads only the tensors that fit.
+        log: where the ``[export] weights: ...`` lines go.
+
+    Example:
+        >>> m = build_export_model(depth=18, log=lambda s: None)
+        >>> type(m).__name__, m.depth
+        ('ResNetV1Custom', 18)
+    """
+    from ..cli import ToolError
+    if depth is not None:
+        check_choice('depth', depth, ARCH_LAYOUT)
+    if config:
+        from .features import FeatureExtractor
+        fx = FeatureExtractor.from_config(config, checkpoint, strict=strict)
+        log(f'[export] weights: {fx.weights["source"]} ({fx.weights.get("note", "")})'
+            .replace(' ()', ''))
+        detector = fx.model
+        if with_neck:
+            if not getattr(detector, 'with_neck', False):
+                raise ToolError(f'--with-neck: {config} has no neck')
+            return BackboneWithNeck(detector.backbone, detector.neck)
+        return detector.backbone
+    from ..models.resnet import ResNetV1Custom
+    torch.manual_seed(0)
+    if checkpoint:
+        from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
+        from ..models.resnet import backbone_for_checkpoint
+        try:  # the architecture the checkpoint implies, as convert_weights.py infers it
+            backbone, converted, kwargs = backbone_for_checkpoint(checkpoint, depth=depth)
+        except UnknownDialectError as exc:
+            raise ToolError(f'{checkpoint}: '
+                            f'{exc.message("--source to tools/convert_weights.py")}') from None
+        try:
+            report = load_state_dict(backbone, converted.state_dict, source=converted.label,
+                                     strict=strict, log=False, checkpoint=checkpoint)
+        except IncompleteCheckpointError as exc:
+            r = exc.report
+            raise ToolError(
+                f'checkpoint {checkpoint} does not fit ResNetV1Custom({_kwargs_text(kwargs)}): '
+                f'{len(r.missing)} missing, {len(r.unexpected)} unexpected, '
+                f'{len(r.mismatched)} shape-mismatched tensors (coverage {r.coverage:.2f}%); '
+                + ('drop --depth to infer it from the checkpoint, or ' if depth else '')
+                + 'pass --no-strict to load only what fits') from None
+        log(f'[export] weights: {checkpoint}: ResNetV1Custom({_kwargs_text(kwargs)})')
+        log(f'[export] {report.summary()}')
+    else:
+        backbone = ResNetV1Custom(depth=depth or 50)
+        with quiet_init_logging():
+            backbone.init_weights()
+        log('[export] weights: random (seed 0); pass --checkpoint for real ones')
+    return BackboneWithNeck(backbone, default_fpn(backbone)) if with_neck else backbone
 
 
 def output_names(model: nn.Module, example: torch.Tensor) -> list[str]:

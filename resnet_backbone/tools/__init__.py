@@ -1,0 +1,44 @@
+"""The command-line tools: each module's ``main(argv)`` is one tool, ``run()`` its entry.
+
+Every tool is reachable three ways, all running the same ``main``:
+
+=====================  ===========================  ==========================================
+installed command      file in a checkout           module
+=====================  ===========================  ==========================================
+``rb-train``           ``python tools/train.py``    ``python -m resnet_backbone.tools.train``
+``rb-test``            ``python tools/test.py``     ``resnet_backbone.tools.test``
+``rb-dump``            ``tools/dump_features.py``   ``resnet_backbone.tools.dump_features``
+``rb-convert``         ``tools/convert_weights.py`` ``resnet_backbone.tools.convert_weights``
+``rb-export``          ``tools/export.py``          ``resnet_backbone.tools.export``
+``rb-benchmark``       ``tools/benchmark.py``       ``resnet_backbone.tools.benchmark``
+``rb-demo``            ``tools/demo.py``            ``resnet_backbone.tools.demo``
+``rb-doctor``          (none)                       ``python -m resnet_backbone.doctor``
+=====================  ===========================  ==========================================
+
+The files under ``tools/`` only re-export their module (so ``python tools/train.py CONFIG``
+works as mmdet users expect); the commands are ``[project.scripts]`` in pyproject.toml.
+This package sits on top: it may import everything else in ``resnet_backbone``, and
+nothing in the library imports it.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+#: installed command -> the module whose ``run()`` it calls (``[project.scripts]``)
+COMMANDS = {
+    'rb-train': 'train',
+    'rb-test': 'test',
+    'rb-dump': 'dump_features',
+    'rb-convert': 'convert_weights',
+    'rb-export': 'export',
+    'rb-benchmark': 'benchmark',
+    'rb-demo': 'demo',
+}
+
+
+def prog(default: str) -> str:
+    """The name errors start with: the command as the user typed it (``rb-train`` or
+    ``train.py``), else ``default``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ''
+    return name if name and name not in ('-c', '-m', '__main__.py') else default
