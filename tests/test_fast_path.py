@@ -1,17 +1,20 @@
 """The fast path (BN folded into convs on the fly) against the reference mode."""
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import pytest
 import torch
-from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
+from conftest import OpCounter, backward_outputs, grads_by_name, randomize_, rel_err
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnet_backbone import ResNetV1Custom
+import resnet_backbone.models.fast as fast_mod
+from resnet_backbone import ResNetV1Custom, options
 from resnet_backbone.apis.export import trace
 from resnet_backbone.models.fast import always_fold, mkldnn_fusion
 
 REL = 1e-5
-
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +23,6 @@ def _fold_every_size():
     tests check the fold itself, so every eval BN folds."""
     with always_fold():
         yield
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def pair(**kw):
@@ -189,7 +188,8 @@ def test_fused_path_in_a_frozen_train_step():
 def test_fused_path_leaves_callers_tensors_alone():
     """The in-place add only ever writes into a map the block itself made, or one its own
     ResLayer hands over - never into a tensor a caller or a forward hook still holds."""
-    _, fast = pair(depth=50)
+    ref, fast = pair(depth=50)
+    ref.eval()
     fast.eval()
     x = torch.rand(2, 3, 64, 64)
     kept = []
@@ -205,8 +205,20 @@ def test_fused_path_leaves_callers_tensors_alone():
         before = inp.clone()
         block(inp)
         assert torch.equal(inp, before)
-    with torch.inference_mode():  # inference tensors are fine too
-        fast(torch.rand(1, 3, 32, 32))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(x)
+        want_block = ref.layer1[1](inp)
+    with torch.inference_mode():  # inference tensors take the fused path too
+        with OpCounter() as ops:
+            got = fast(x)
+        assert ops.count('mkldnn._convolution_pointwise') > 0
+        inp = inp.clone()  # an inference tensor: writable in inference mode
+        got_block = block(inp)
+        assert torch.equal(inp, before)  # its own input is still not the output buffer
+    for g, w in zip(got, want):
+        assert rel_err(g, w) <= REL
+    assert rel_err(got_block, want_block) <= REL
 
 
 def test_fusion_off_where_other_tools_trace():
@@ -222,16 +234,72 @@ def test_fusion_off_where_other_tools_trace():
             assert rel_err(a, b) <= REL
 
 
-def test_small_inputs_fold_only_where_it_pays(monkeypatch):
+def test_small_inputs_fold_only_where_it_pays():
     """Folding adds weight-sized work per call; deep layers of a small input skip it and
     run conv + BN as the reference does, with the same outputs."""
-    import resnet_backbone.models.fast as fast_mod
-    monkeypatch.setattr(fast_mod, '_FOLD_ALWAYS', False)  # undo the autouse fixture
     ref, fast = pair(depth=50)
     ref.eval(), fast.eval()
     small = torch.rand(1, 3, 32, 32)  # layer4 runs at 1x1: 1 position vs 288+ weights
-    assert 0 < bn_calls(fast, small) < bn_calls(ref, small)
-    assert bn_calls(fast, torch.rand(1, 3, 1024, 1024)) == 0  # layer4: 32x32 >= 576
+    with options.using(fold_always=False):  # undo the autouse fixture
+        assert 0 < bn_calls(fast, small) < bn_calls(ref, small)
+        assert bn_calls(fast, torch.rand(1, 3, 1024, 1024)) == 0  # layer4: 32x32 >= 576
+        with torch.no_grad():
+            for r, f in zip(ref(small), fast(small)):
+                assert rel_err(f, r) <= REL
+
+
+# ---- the private oneDNN ops are probed once; without them the plain folded ops run ----
+
+class _Raising:
+    """Stands in for ``torch.ops.mkldnn`` after a signature change: every op raises."""
+
+    def __getattr__(self, name):
+        def op(*args, **kwargs):
+            raise RuntimeError(f'{name}() got an unexpected argument')
+        op.binary = op
+        return op
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """Forget the probe's verdict before and after the test (it is cached per process)."""
+    fast_mod.fused_ops_work.cache_clear()
+    probes, logs = [], []
+    real = fast_mod._probe_fused_ops
+    monkeypatch.setattr(fast_mod, '_probe_fused_ops', lambda: probes.append(1) or real())
+    monkeypatch.setattr(fast_mod, 'print_log', lambda msg, **kw: logs.append((msg, kw)))
+    yield probes, logs
+    fast_mod.fused_ops_work.cache_clear()
+
+
+@pytest.mark.parametrize('ops', [SimpleNamespace(), _Raising()], ids=['missing', 'raises'])
+def test_broken_private_op_falls_back_to_folded_ops(ops, fresh_probe, monkeypatch):
+    probes, logs = fresh_probe
+    monkeypatch.setattr(fast_mod, '_mkldnn_ops', ops)
+    ref, fast = pair(depth=50)
+    fast.eval()
+    x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        for r, f in zip(ref(small), fast(small)):
-            assert rel_err(f, r) <= REL
+        with OpCounter() as counter:
+            outs = fast(x)
+            again = fast(x)
+        with mkldnn_fusion(False):
+            folded = fast(x)
+        want = ref.eval()(x)
+    assert counter.count('mkldnn._convolution_pointwise') == 0
+    for o, a, f, r in zip(outs, again, folded, want):
+        assert torch.equal(o, f) and torch.equal(a, f)
+        assert rel_err(o, r) <= REL
+    assert len(probes) == 1  # once per process, not per call
+    assert len(logs) == 1 and logs[0][1]['level'] == logging.DEBUG
+    assert 'using the plain folded ops' in logs[0][0]
+
+
+def test_working_private_op_is_probed_once_and_used(fresh_probe):
+    probes, logs = fresh_probe
+    _, fast = pair(depth=18)
+    fast.eval()
+    with torch.no_grad():
+        assert fused_calls(fast, torch.rand(1, 3, 32, 32)) > 0  # the probe is not counted
+        assert fused_calls(fast, torch.rand(1, 3, 32, 32)) > 0
+    assert len(probes) == 1 and not logs

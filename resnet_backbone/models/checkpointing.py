@@ -1,76 +1,76 @@
-"""Gradient checkpointing for residual blocks, done right.
+"""Gradient checkpointing for residual blocks: non-reentrant, BN statistics updated once.
 
-mmdet calls ``torch.utils.checkpoint.checkpoint(fn, x)``. On current torch that warns
-on every forward (no explicit ``use_reentrant``), and it skips any block whose input
-does not require grad (the first block after frozen stages), because the reentrant
-variant would silently give that block's parameters no gradient. It also lets a
-train-mode BatchNorm update its running statistics twice per step (once in forward,
-once in the recompute; pytorch#96136).
+``checkpointed`` runs a block's residual under ``torch.utils.checkpoint`` with
+``use_reentrant=False`` (correct gradients whatever the input, and no warning). During
+the backward recompute (see :func:`recomputing`) every BatchNorm flavour's running
+statistics are put back as they were, so a train-mode BN updates them once per step,
+and the forward's :class:`~resnet_backbone.options.Options` are replayed, so the
+recompute folds and fuses exactly as the forward did, whichever thread runs backward.
+How this differs from mmdet's ``with_cp``: README, "Differences from mmdet's ResNet".
 
-Here: the non-reentrant variant (correct gradients whatever the input), explicit so it
-never warns, and a recompute context that restores BatchNorm's running statistics
-after the recompute (which normalises with batch statistics anyway, so outputs and
-gradients are unchanged).
-
-The recompute also skips work whose result nobody needs. Backward needs the tensors
-the ops *saved*, not every output: a block's last conv and its projection shortcut feed
-only the residual add, which saves nothing, so during the recompute (see
-:func:`recomputing`) their folded convs save their inputs and return an empty tensor
-instead of convolving. Only the head of the branch (conv1, conv2) is really recomputed;
-outputs and gradients are unchanged, and so is what is kept between forward and
-backward (only the block input). Measured alternatives, R50 2x3x512x512 on 2 CPU cores,
-one interleaved run: running the shortcut outside the checkpoint kept 166.5 MiB instead
-of 156.0 for 1.261x instead of 1.290x; the shortcut and last conv outside, 216.7 MiB
-for 1.202x.
+The recompute also skips work whose result nobody needs: a block whose description
+proves that its last conv feeds only the residual add (see
+:meth:`resnet_backbone.models.blocks.ResBlock.recompute_may_skip_tail`) lets that folded
+conv and its projection shortcut save their inputs and return an empty tensor instead
+of convolving. One line of why: the add saves nothing for backward, so backward needs
+only what the convs save, not their outputs. Measurements: ``docs/fast_path.md``.
 """
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-_state = threading.local()
+from .. import options
+from .norm import is_batch_norm
 
 
 def recomputing() -> bool:
-    """True while :func:`checkpointed` recomputes a forward for backward (this thread)."""
-    return getattr(_state, 'recomputing', False)
+    """True while :func:`checkpointed` recomputes a forward for backward (this context)."""
+    return options.current().recomputing
+
+
+def _stat_buffers(norm: nn.Module) -> list[torch.Tensor]:
+    return [b for b in (getattr(norm, name, None) for name in
+                        ('running_mean', 'running_var', 'num_batches_tracked'))
+            if isinstance(b, torch.Tensor)]
 
 
 @contextlib.contextmanager
-def _recompute_context(norms: list[_BatchNorm]) -> Iterator[None]:
-    prev = recomputing()
-    _state.recomputing = True
-    try:
-        with _running_stats_restored(norms):
-            yield
-    finally:
-        _state.recomputing = prev
+def _recompute_context(norms: list[nn.Module], forward_options: options.Options
+                       ) -> Iterator[None]:
+    with options.using(forward_options, recomputing=True), _running_stats_restored(norms):
+        yield
 
 
 @contextlib.contextmanager
-def _running_stats_restored(norms: list[_BatchNorm]) -> Iterator[None]:
+def _running_stats_restored(norms: list[nn.Module]) -> Iterator[None]:
     """Put the running statistics back as they were once the recompute is done.
 
     (Switching ``track_running_stats`` off instead would change what batch_norm saves
     for backward, which the checkpoint's recompute check rejects.)
     """
-    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-              if b is not None] for m in norms]
+    saved = [[b.clone() for b in _stat_buffers(m)] for m in norms]
     try:
         yield
     finally:
         with torch.no_grad():
             for m, bufs in zip(norms, saved):
-                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-                        if b is not None]
-                for b, old in zip(live, bufs):
+                for b, old in zip(_stat_buffers(m), bufs):
                     b.copy_(old)
+
+
+def updates_running_stats(module: nn.Module) -> bool:
+    """Does ``module`` update BatchNorm running statistics in its forward pass?
+
+    Every BatchNorm flavour (``norm.is_batch_norm``: torch's BN/SyncBN and mmcv's
+    ``MMSyncBN``) in train mode that tracks running statistics.
+    """
+    return is_batch_norm(module) and module.training \
+        and getattr(module, 'track_running_stats', True)
 
 
 def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -78,17 +78,26 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """Run ``fn(x)`` under non-reentrant checkpointing on behalf of ``module``.
 
     Train-mode BatchNorm layers inside ``module`` update their running statistics in
-    the forward pass only, never again in the backward recompute.
+    the forward pass only, never again in the backward recompute, and the recompute
+    runs under the options the forward ran under.
+
+    Args:
+        fn: The computation to checkpoint (a block's residual branch + shortcut + add).
+        x: Its input; the only tensor kept between forward and backward.
+        module: The module ``fn`` belongs to (its BatchNorm layers are protected).
+
+    Returns:
+        ``fn(x)``.
     """
     if torch.compiler.is_compiling():
         # torch.compile has no custom context_fn; it replays buffer updates from the
         # forward graph only (its recompute lives in the backward graph and does not touch
         # the running statistics) and prunes unused recompute itself.
         return checkpoint(fn, x, use_reentrant=False)
-    norms = [m for m in module.modules()
-             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    norms = [m for m in module.modules() if updates_running_stats(m)]
+    forward_options = options.current()
 
     def context_fn():
-        return contextlib.nullcontext(), _recompute_context(norms)
+        return contextlib.nullcontext(), _recompute_context(norms, forward_options)
 
     return checkpoint(fn, x, use_reentrant=False, context_fn=context_fn)

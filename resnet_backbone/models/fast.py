@@ -31,35 +31,48 @@ the weights must reach the loss as it does in the reference, so the ReLU runs as
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import threading
+
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import options
 from .norm import FrozenBatchNorm2d
 
-_MKLDNN_FUSION = True
 _MKLDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+#: where the private oneDNN ops are looked up (a test replaces it to simulate a torch
+#: without them)
+_mkldnn_ops = torch.ops.mkldnn
 
 
-class mkldnn_fusion:  # noqa: N801 - used like torch.no_grad
-    """Context manager (or plain call) to turn the oneDNN fused kernels off or on.
+def mkldnn_fusion(enabled: bool) -> contextlib.AbstractContextManager:
+    """Context manager to turn the oneDNN fused kernels off or on (this thread/context).
+
+    A thin wrapper over :func:`resnet_backbone.options.using` (``mkldnn_fusion=``).
 
     Example:
         >>> with mkldnn_fusion(False):
         ...     pass  # folded convs run as plain F.conv2d + add + relu here
     """
+    return options.using(mkldnn_fusion=bool(enabled))
 
-    def __init__(self, enabled: bool) -> None:
-        global _MKLDNN_FUSION
-        self.prev, _MKLDNN_FUSION = _MKLDNN_FUSION, bool(enabled)
 
-    def __enter__(self) -> None:
-        return None
+def always_fold() -> contextlib.AbstractContextManager:
+    """Context manager: fold every foldable conv whatever the input size (tests, export).
 
-    def __exit__(self, *exc) -> None:
-        global _MKLDNN_FUSION
-        _MKLDNN_FUSION = self.prev
+    A thin wrapper over :func:`resnet_backbone.options.using` (``fold_always=True``).
+
+    Example:
+        >>> with always_fold():
+        ...     pass
+    """
+    return options.using(fold_always=True)
 
 
 def _capturing() -> bool:
@@ -74,15 +87,16 @@ def fusion_ok(x: torch.Tensor, params) -> bool:
     Eager CPU float32 only, no autocast, and nothing for autograd to record (no grad
     mode, or neither ``x`` nor any of ``params`` requires grad). Tracing, scripting,
     ``torch.compile`` and ONNX export always take the plain ops, which they understand.
+    The private oneDNN ops must also pass :func:`fused_ops_work` (probed once).
     """
     if _capturing():  # checked first: dynamo treats it as a constant and stops here
         return False
-    if not (_MKLDNN_FUSION and _MKLDNN_AVAILABLE and x.device.type == 'cpu'
+    if not (options.current().mkldnn_fusion and _MKLDNN_AVAILABLE and x.device.type == 'cpu'
             and x.dtype == torch.float32) or torch.is_autocast_enabled('cpu'):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return False
-    return True
+    return fused_ops_work()
 
 
 def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
@@ -93,8 +107,7 @@ def conv_norm_relu_fused(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> t
     """``relu(norm(conv(x)))``: conv + bias as one oneDNN kernel, then an in-place ReLU
     that keeps NaN (callers check :func:`fusion_ok`)."""
     weight, bias = folded_params(conv, norm)
-    out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), 'none',
-                                                  [], None)
+    out = _mkldnn_ops._convolution_pointwise(x, weight, bias, *_geometry(conv), 'none', [], None)
     return out.relu_()  # not oneDNN's 'relu' post-op: it maps NaN to 0 (module docstring)
 
 
@@ -103,9 +116,57 @@ def conv_norm_add_relu_(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor,
     """``acc = relu(acc + norm(conv(x)))`` in place: conv + add as one oneDNN kernel, then
     an in-place ReLU that keeps NaN; returns ``acc``."""
     weight, bias = folded_params(conv, norm)
-    torch.ops.mkldnn._convolution_pointwise_.binary(
+    _mkldnn_ops._convolution_pointwise_.binary(
         acc, x, weight, bias, *_geometry(conv), 'add', 1.0, None, [], None)
     return acc.relu_()  # oneDNN's fused ReLU maps NaN to 0 in channels_last
+
+
+@functools.cache
+def fused_ops_work() -> bool:
+    """Do torch's private oneDNN fused ops exist and compute what this module expects?
+
+    ``torch.ops.mkldnn._convolution_pointwise`` is private: it may be missing from a build
+    or change its signature. It is probed once per process, at first use, on tiny tensors
+    in a helper thread (so the caller's dispatch modes, op counters, grad and autocast
+    state neither see nor change it). On any failure the fast path runs the plain folded
+    ops instead (same results) and one DEBUG log line says why.
+    """
+    result: list[str | None] = []
+    probe = threading.Thread(target=lambda: result.append(_probe_fused_ops()),
+                             name='resnet_backbone-onednn-probe', daemon=True)
+    probe.start()
+    probe.join()
+    failure = result[0] if result else 'the probe thread died'
+    if failure is not None:
+        print_log('resnet_backbone: oneDNN fused kernels unavailable, using the plain folded '
+                  f'ops ({failure})', logger='current', level=logging.DEBUG)
+    return failure is None
+
+
+def _probe_fused_ops() -> str | None:
+    """Run both fused ops once against ``F.conv2d``; ``None`` if they agree, else why not."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 5, 5, generator=g)
+    weight = torch.randn(3, 4, 3, 3, generator=g)
+    bias = torch.randn(3, generator=g)
+    geometry = ([1, 1], [2, 1], [1, 1], 1)  # padding, stride, dilation, groups
+    try:
+        with torch.no_grad():
+            want = F.conv2d(x, weight, bias, geometry[1], geometry[0], geometry[2], geometry[3])
+            acc = torch.randn(want.shape, generator=g)
+            got = _mkldnn_ops._convolution_pointwise(x, weight, bias, *geometry, 'none', [],
+                                                     None)
+            into = acc.clone()
+            _mkldnn_ops._convolution_pointwise_.binary(into, x, weight, bias, *geometry, 'add',
+                                                       1.0, None, [], None)
+    except Exception as exc:  # missing op, changed signature, unsupported build: all mean no
+        return f'{type(exc).__name__}: {exc}'.splitlines()[0]
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape \
+            or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        return '_convolution_pointwise differs from F.conv2d'
+    if not torch.allclose(into, acc + want, rtol=1e-4, atol=1e-5):
+        return '_convolution_pointwise_.binary differs from F.conv2d + add'
+    return None
 
 
 #: Fold only where the activation work it saves can outweigh the weight-sized work it
@@ -115,30 +176,12 @@ def conv_norm_add_relu_(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor,
 #: deep layers of small inputs (where folding measured up to 1.7x slower) do not fold.
 #: (1.0 was measured too: at 2x512x512 it unfolds layer3/4's 3x3 convs and lost ~5%.)
 FOLD_MIN_RATIO = 16.0
-_FOLD_ALWAYS = False
-
-
-class always_fold:  # noqa: N801 - used like torch.no_grad
-    """Context manager: fold every foldable conv whatever the input size (tests, export).
-
-    Example:
-        >>> with always_fold():
-        ...     pass
-    """
-
-    def __enter__(self) -> None:
-        global _FOLD_ALWAYS
-        self.prev, _FOLD_ALWAYS = _FOLD_ALWAYS, True
-
-    def __exit__(self, *exc) -> None:
-        global _FOLD_ALWAYS
-        _FOLD_ALWAYS = self.prev
 
 
 def worth_folding(conv: nn.Conv2d, positions: int) -> bool:
     """Is folding ``conv`` cheaper than running its BN, for ``positions`` output
     positions (N x H_out x W_out)? Always yes while tracing, compiling or exporting."""
-    if _FOLD_ALWAYS or _capturing():
+    if options.current().fold_always or _capturing():
         return True
     per_channel = conv.weight[0].numel()
     return positions * FOLD_MIN_RATIO >= per_channel
