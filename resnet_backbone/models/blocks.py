@@ -2,21 +2,32 @@
 
 The module layout and attribute names follow mmdet's ``ResNet`` blocks exactly
 (``conv1``, ``bn1``/``gn1``, ``downsample``, plugin names, ...), so state dicts are
-interchangeable and, in reference mode, outputs are bitwise equal.
+interchangeable and, in reference mode, outputs are bitwise equal. How they differ from
+mmdet's on purpose: README, "Differences from mmdet's ResNet".
 
-What differs from mmdet:
-- checkpointing (``with_cp``) is non-reentrant and covers every block that has a
-  trainable parameter, including the first one after frozen stages
-  (see :mod:`resnet_backbone.models.checkpointing`);
-- blocks know how to freeze themselves (:meth:`ResBlock.freeze`);
-- bad arguments raise one-line ``ValueError`` / ``TypeError`` instead of bare asserts;
-- ``dcn`` dicts are copied, not mutated (mmdet pops ``fallback_on_stride`` from the dict
-  shared by every block, so only the first block sees it); here every block whose 3x3
-  conv is strided falls back to a plain conv.
+Each block *describes* its residual branch once (:meth:`ResBlock.describe`: an ordered
+tuple of :class:`Step` plus the shortcut, a :class:`BlockDescription`). The generic code
+in :class:`ResBlock` derives every way of running it from that one description: the
+reference ops (``fast=False``), BN folded into the convs (``fast=True``), the fused
+oneDNN inference kernels, and the checkpoint recompute that skips the last conv when the
+description proves that conv feeds only the residual add.
+
+Example (a block whose conv3 output is scaled: the scale is a step's plugin, so the
+generic code knows the last conv no longer feeds only the add):
+    >>> class Scaled(Bottleneck):
+    ...     def __init__(self, *args, **kwargs):
+    ...         super().__init__(*args, **kwargs)
+    ...         self.scale = nn.Identity()
+    ...     def describe(self):
+    ...         desc = super().describe()
+    ...         return desc.with_last_step(plugins=(*desc.steps[-1].plugins, 'scale'))
+    >>> Scaled(16, 4).recompute_may_skip_tail()
+    False
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
@@ -38,15 +49,83 @@ from .fast import (
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of a residual branch: ``plugins(act(norm(conv(x))))``.
+
+    Names are attribute names on the block, so the description adds no module and
+    changes no state-dict key. A conv's groups, stride and dilation come from the conv
+    module itself (ResNeXt needs no new field).
+
+    Attributes:
+        conv: The conv module's name, e.g. ``'conv1'``.
+        norm: The norm module's name, e.g. ``block.norm1_name`` (``'bn1'``, ``'gn1'``).
+        act: Apply the block's ``relu`` after the norm.
+        plugins: Names of modules applied in order after that (mmcv plugins such as
+            ``after_conv3`` ones, or any module: a learnable scale, a drop-path).
+    """
+
+    conv: str
+    norm: str
+    act: bool = True
+    plugins: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockDescription:
+    """A block's computation: ``out_act(steps(x) + shortcut(x))``.
+
+    Attributes:
+        steps: The residual branch, in order (at least one step).
+        shortcut: Name of the shortcut module: ``None`` at run time means identity, else an
+            ``nn.Sequential`` of (pool?, conv, norm, ...) such as ``downsample``.
+        out_act: Apply the block's ``relu`` after the add (``False`` e.g. for
+            pre-activation units).
+    """
+
+    steps: tuple[Step, ...]
+    shortcut: str = 'downsample'
+    out_act: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.steps or not all(isinstance(s, Step) for s in self.steps):
+            raise ValueError(f'a block description needs one or more Step; got {self.steps!r}')
+
+    @property
+    def tail_feeds_only_the_add(self) -> bool:
+        """Is the last conv + norm's output used by the residual add and nothing else?"""
+        last = self.steps[-1]
+        return not last.act and not last.plugins
+
+    def with_last_step(self, **changes) -> BlockDescription:
+        """This description with the last step's fields changed (e.g. ``plugins=``)."""
+        last = dataclasses.replace(self.steps[-1], **changes)
+        return dataclasses.replace(self, steps=(*self.steps[:-1], last))
+
+
+#: ResBlock methods that run a description; a subclass overriding any of them computes
+#: something the description does not say, so it gets neither the recompute skip nor
+#: the fused kernels (it still runs correctly, like the reference).
+_GENERIC_METHODS = ('forward', '_checkpointed_forward', '_residual', '_run_steps',
+                    '_shortcut', '_fused_forward')
+
+
 class ResBlock(BaseModule):
-    """Base class of the residual blocks: checkpointed forward and ``freeze()``."""
+    """Base class of the residual blocks: runs :meth:`describe`'s description, checkpointed
+    or not, folded or not, fused or not; and ``freeze()``.
+
+    A subclass builds its modules and says how they connect in :meth:`describe`; it does
+    not write ``forward``.
+    """
 
     expansion = 1
     with_cp: bool
     downsample: nn.Module | None
     norm1_name: str
     norm2_name: str
-    #: fold eval-mode BN into the convs (see :mod:`resnet_backbone.models.fast`); the backbone
+    relu: nn.Module
+    stride: int
+    #: fold eval BN into the convs (see :mod:`resnet_backbone.models.fast`); the backbone
     #: sets it. False = mmdet's exact op order.
     fast: bool = False
 
@@ -68,22 +147,23 @@ class ResBlock(BaseModule):
             p.requires_grad = False
         return self
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """The branch up to (not including) its last conv."""
+    def describe(self) -> BlockDescription:  # pragma: no cover - abstract
+        """The block's computation, once (see :class:`BlockDescription`)."""
         raise NotImplementedError
 
-    def _tail(self, out: torch.Tensor, output_unused: bool = False
-              ) -> torch.Tensor:  # pragma: no cover - abstract
-        """The branch's last conv + norm (+ plugins), before the shortcut is added."""
-        raise NotImplementedError
+    def _runs_as_described(self) -> bool:
+        """True unless a subclass replaced part of the generic code that runs the
+        description (then only the description-independent reference run is safe)."""
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(ResBlock, name) for name in _GENERIC_METHODS)
 
-    def _shortcut(self, x: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
-        if self.downsample is None:
-            return x
-        return sequential_conv_norm(self.downsample, x, self.fast, output_unused)
+    def recompute_may_skip_tail(self) -> bool:
+        """May a checkpoint recompute skip the last conv (and the projection shortcut)?
 
-    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:  # pragma: no cover
-        raise NotImplementedError
+        Only where the description proves their outputs feed the residual add and nothing
+        else, and the block runs exactly its description.
+        """
+        return self._runs_as_described() and self.describe().tail_feeds_only_the_add
 
     def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
         """Run the block.
@@ -93,50 +173,83 @@ class ResBlock(BaseModule):
             owns_input: The caller gives up ``x``: nothing else reads it afterwards, so
                 the fused inference path may reuse its memory for the output. The
                 owning ``ResLayer`` sets it for its own intermediate maps only.
+
+        Returns:
+            The block's output map.
         """
+        desc = self.describe()
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return self._checkpointed_forward(x)
-        if self._fusable(x):
-            return self._fused_forward(x, owns_input)
-        return self.relu(self._residual(x))
+            out = self._checkpointed_forward(x)
+        elif self._fusable(x, desc):
+            return self._fused_forward(x, owns_input, desc)
+        else:
+            out = self._residual(x)
+        return self.relu(out) if desc.out_act else out
 
     def _checkpointed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The whole residual (branch, shortcut, add) under one checkpoint: only ``x`` is
-        kept. (Running the shortcut or the last conv outside it was measured: more bytes
-        kept; the recompute skip in :meth:`_residual` saves that time without them. See
-        :mod:`resnet_backbone.models.checkpointing`.)"""
-        return self.relu(checkpointed(self._residual, x, self))
+        """Branch, shortcut and add under one checkpoint: only ``x`` is kept (one line of
+        why: measured to keep the fewest bytes; see ``docs/fast_path.md``)."""
+        return checkpointed(self._residual, x, self)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        # In a checkpoint recompute the last conv and the shortcut feed only the add
-        # (which saves nothing): their convs save their inputs and skip the work.
-        unused = recomputing() and self._tail_feeds_only_the_add()
-        out = self._tail(self._head(x), unused)
-        out += self._shortcut(x, unused)
+        """``steps(x) + shortcut(x)``, folded where ``fast``."""
+        desc = self.describe()
+        # In a checkpoint recompute a last conv that feeds only the add (which saves
+        # nothing) need not run: its conv and the shortcut's save their inputs and skip it.
+        unused = recomputing() and self.recompute_may_skip_tail()
+        out = self._run_steps(x, desc, unused)
+        out += self._shortcut(x, desc, unused)
         return out
 
-    def _tail_feeds_only_the_add(self) -> bool:
-        return True
+    def _run_steps(self, x: torch.Tensor, desc: BlockDescription,
+                   tail_unused: bool = False) -> torch.Tensor:
+        """The residual branch: every step in order."""
+        out = x
+        last = len(desc.steps) - 1
+        for i, step in enumerate(desc.steps):
+            out = conv_norm(getattr(self, step.conv), getattr(self, step.norm), out, self.fast,
+                            tail_unused and i == last)
+            if step.act:
+                out = self.relu(out)
+            for name in step.plugins:
+                out = getattr(self, name)(out)
+        return out
 
-    def _fusable(self, x: torch.Tensor) -> bool:
-        if not (self.fast and not self.with_plugins and not self.with_dcn
-                and fusion_ok(x, self.parameters())):
+    def _shortcut(self, x: torch.Tensor, desc: BlockDescription,
+                  output_unused: bool = False) -> torch.Tensor:
+        shortcut = getattr(self, desc.shortcut)
+        if shortcut is None:
+            return x
+        return sequential_conv_norm(shortcut, x, self.fast, output_unused)
+
+    def _fusable(self, x: torch.Tensor, desc: BlockDescription) -> bool:
+        """Can the fused kernels run the description exactly? Every step but the last is
+        conv + norm + ReLU, the last conv + norm feeds only the add, ReLU after the add."""
+        *head, tail = desc.steps
+        if not (self.fast and self._runs_as_described() and desc.out_act
+                and desc.tail_feeds_only_the_add and type(self.relu) is nn.ReLU
+                and all(s.act and not s.plugins for s in head)):
+            return False
+        if not fusion_ok(x, self.parameters()):
             return False
         # every conv's output is at least as large as the block's (strided) output
         positions = x.shape[0] * -(-x.shape[2] // self.stride) * -(-x.shape[3] // self.stride)
         return all(foldable(c, n) and worth_folding(c, positions)
-                   for c, n in self._conv_norm_pairs())
+                   for c, n in ((getattr(self, s.conv), getattr(self, s.norm))
+                                for s in desc.steps))
 
-    def _fused_forward(self, x: torch.Tensor, owns_input: bool) -> torch.Tensor:
+    def _fused_forward(self, x: torch.Tensor, owns_input: bool,
+                       desc: BlockDescription) -> torch.Tensor:
         """The fast inference path: every conv + BN (+ ReLU) as one oneDNN kernel, and the
         last conv accumulated in place into the shortcut (see :mod:`resnet_backbone.models.fast`).
         """
-        *head, (conv, norm) = self._conv_norm_pairs()
+        *head, tail = desc.steps
         out = x
-        for c, n in head:
-            out = conv_norm_relu_fused(c, n, out)
-        identity = self._shortcut(x)
+        for step in head:
+            out = conv_norm_relu_fused(getattr(self, step.conv), getattr(self, step.norm), out)
+        identity = self._shortcut(x, desc)
+        conv, norm = getattr(self, tail.conv), getattr(self, tail.norm)
         if _reusable(identity, x, owns_input):
             return conv_norm_add_relu_(conv, norm, out, identity)
         out = conv_norm(conv, norm, out, True)
@@ -199,14 +312,10 @@ class BasicBlock(ResBlock):
         self.with_dcn = False
         self.with_plugins = False
 
-    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.conv1, self.norm1), (self.conv2, self.norm2)]
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(conv_norm(self.conv1, self.norm1, x, self.fast))
-
-    def _tail(self, out: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
-        return conv_norm(self.conv2, self.norm2, out, self.fast, output_unused)
+    def describe(self) -> BlockDescription:
+        """conv1 + norm1 + ReLU, conv2 + norm2; ``relu(branch + shortcut)``."""
+        return BlockDescription((Step('conv1', self.norm1_name),
+                                 Step('conv2', self.norm2_name, act=False)))
 
 
 class Bottleneck(ResBlock):
@@ -323,25 +432,12 @@ class Bottleneck(ResBlock):
     def norm3(self) -> nn.Module:
         return getattr(self, self.norm3_name)
 
-    def _conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3)]
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        out = conv_norm(self.conv1, self.norm1, x, self.fast)
-        out = self.relu(out)
-        if self.with_plugins:
-            out = self.forward_plugin(out, self.after_conv1_plugin_names)
-        out = conv_norm(self.conv2, self.norm2, out, self.fast)
-        out = self.relu(out)
-        if self.with_plugins:
-            out = self.forward_plugin(out, self.after_conv2_plugin_names)
-        return out
-
-    def _tail(self, out: torch.Tensor, output_unused: bool = False) -> torch.Tensor:
-        out = conv_norm(self.conv3, self.norm3, out, self.fast, output_unused)
-        if self.with_plugins:
-            out = self.forward_plugin(out, self.after_conv3_plugin_names)
-        return out
-
-    def _tail_feeds_only_the_add(self) -> bool:
-        return not (self.with_plugins and self.after_conv3_plugin_names)
+    def describe(self) -> BlockDescription:
+        """conv1 + norm1 + ReLU (+ after_conv1 plugins), conv2 + norm2 + ReLU (+ after_conv2
+        plugins), conv3 + norm3 (+ after_conv3 plugins); ``relu(branch + shortcut)``."""
+        plugins = {pos: tuple(getattr(self, f'{pos}_plugin_names', ())) if self.with_plugins
+                   else () for pos in PLUGIN_POSITIONS}
+        return BlockDescription((
+            Step('conv1', self.norm1_name, plugins=plugins['after_conv1']),
+            Step('conv2', self.norm2_name, plugins=plugins['after_conv2']),
+            Step('conv3', self.norm3_name, act=False, plugins=plugins['after_conv3'])))
