@@ -18,6 +18,7 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 from .models.resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+from .spec import choice_error
 
 try:
     from mmdet.registry import MODELS as PARENT
@@ -40,18 +41,46 @@ def _allowed_keys() -> list[str]:
             if n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
+def backbone_class(type_name: object) -> type | None:
+    """Our backbone class a config's ``type`` names, or None when it names none of ours.
+
+    Args:
+        type_name: ``'ResNetV1Custom'``, ``'resnet_backbone.ResNetV1dCustom'``,
+            ``'mmdet.ResNetV1cCustom'`` (the scopes they are registered in), or a class.
+
+    Example:
+        >>> backbone_class('resnet_backbone.ResNetV1dCustom').__name__
+        'ResNetV1dCustom'
+        >>> backbone_class('ResNet') is None
+        True
+    """
+    if inspect.isclass(type_name):
+        return type_name if type_name in BACKBONES else None
+    if not isinstance(type_name, str):
+        return None
+    scope, _, name = type_name.rpartition('.')
+    if scope not in ('', 'resnet_backbone', 'mmdet'):
+        return None
+    return next((cls for cls in BACKBONES if cls.__name__ == name), None)
+
+
 def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
                           prefix: str = 'model.backbone') -> None:
     """One-line ``ValueError`` for an unknown or missing key of one of our backbones.
 
     Configs (and ``--cfg-options model.backbone.dept=50``) fail late and at length
-    otherwise. Types that are not ours (mmdet's ``ResNet``, ...) are not checked.
+    otherwise. Types that are not ours (mmdet's ``ResNet``, ...) are not checked, nor
+    are the registry's own keys (``type``, ``_scope_``, ``_delete_``: any ``_``-name).
+    The one implementation of this check: the tools' config check should call it.
 
     Args:
-        type_name: the config's ``type``: ``'ResNetV1Custom'``, ``'ResNetV1dCustom'``,
-            ``'resnet_backbone.ResNetV1cCustom'``, or one of the classes.
-        kwargs: the other keys of the backbone config (a ``type`` key is ignored).
+        type_name: the config's ``type`` (see :func:`backbone_class`).
+        kwargs: the backbone config, or its other keys.
         prefix: where the keys live in the config, for the message.
+
+    Raises:
+        ValueError: ``'<prefix>.<key>: unknown key for <class>; did you mean ...?'`` per
+            misspelt key, or ``'<prefix>.depth is missing ...'``.
 
     Example:
         >>> try:
@@ -60,15 +89,12 @@ def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
         ...     print(str(exc).split(' (allowed keys')[0])
         model.backbone.dept: unknown key for ResNetV1Custom; did you mean 'depth'?
     """
-    names = {cls.__name__: cls for cls in BACKBONES}
-    if inspect.isclass(type_name):
-        cls = type_name if type_name in BACKBONES else None
-    else:
-        cls = names.get(str(type_name).removeprefix('resnet_backbone.'))
+    cls = backbone_class(type_name)
     if cls is None:
         return
     allowed = _allowed_keys()
-    unknown = [k for k in kwargs if k != 'type' and k not in allowed]
+    unknown = [k for k in kwargs
+               if k != 'type' and not str(k).startswith('_') and k not in allowed]
     if unknown:
         parts = []
         for key in unknown:
@@ -77,5 +103,5 @@ def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
             parts.append(f'{prefix}.{key}: unknown key for {cls.__name__}{hint}')
         raise ValueError(f"{'; '.join(parts)} (allowed keys: {', '.join(allowed)})")
     if 'depth' not in kwargs:
-        raise ValueError(f'{prefix}.depth is missing: {cls.__name__} needs it; allowed '
-                         f"values: {', '.join(str(d) for d in ARCH_SETTINGS)}")
+        raise choice_error(f'{prefix}.depth is missing: {cls.__name__} needs it',
+                           ARCH_SETTINGS)

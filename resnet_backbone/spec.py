@@ -1,5 +1,5 @@
 """The vocabulary every layer shares: the architecture table, stem types, styles,
-output shapes and the one choice check.
+output shapes and the one choice check (:func:`check_choice`, :func:`choice_error`).
 
 A leaf: it imports only the standard library, so the weight converters
 (:mod:`resnet_backbone.io`) and the network (:mod:`resnet_backbone.models`) can both use
@@ -37,20 +37,57 @@ STYLES = ('pytorch', 'caffe')
 class ShapeSpec(NamedTuple):
     """Channels and stride (w.r.t. the input) of one feature map.
 
-    detectron2's ``ShapeSpec`` also carries height and width; ours describes a map for
-    any input size, so it has only the two fields that do not depend on it.
+    Not detectron2's ``ShapeSpec`` and not interchangeable with it: detectron2's has four
+    fields, ``(channels, height, width, stride)``, so positional code written for one
+    reads the wrong field of the other. Ours describes a map for any input size, so it
+    has only the two fields that do not depend on the input.
+
+    Example:
+        >>> ShapeSpec(channels=256, stride=4)
+        ShapeSpec(channels=256, stride=4)
     """
 
     channels: int
     stride: int
 
 
-def allowed(values: Iterable) -> str:
-    """``"'a', 'b'"``: the allowed values as an error message lists them."""
-    return ', '.join(repr(v) for v in values)
+def allowed(values: Iterable | str, *, quote: bool = True) -> str:
+    """The allowed values as every error message lists them.
+
+    Args:
+        values: the values, or a ready-made description such as ``'-1..4'``.
+        quote: ``repr`` each value (``'a', 'b'``) or not (``a, b``, for names a user
+            types on a command line).
+
+    Example:
+        >>> allowed(['pytorch', 'caffe']), allowed(['c1', 'c2'], quote=False)
+        ("'pytorch', 'caffe'", 'c1, c2')
+    """
+    if isinstance(values, str):
+        return values
+    return ', '.join(repr(v) if quote else str(v) for v in values)
 
 
-def check_choice(name: str, value, choices: Iterable, hint: str = '') -> None:
+def choice_error(problem: str, choices: Iterable | str, suffix: str = '', *,
+                 quote: bool = True) -> ValueError:
+    """The one-line ``ValueError`` of a "not one of these" check: ``'<problem>; allowed
+    values: <choices><suffix>'``.
+
+    Args:
+        problem: what is wrong, naming the argument (``"levels ['c9'] are not available"``).
+        choices: the allowed values (see :func:`allowed`).
+        suffix: appended as is, e.g. ``' (num_stages=4)'`` or ``'; use ...'``.
+        quote: see :func:`allowed`.
+
+    Example:
+        >>> str(choice_error('format=png is not supported', ['pt', 'npz'], quote=False))
+        'format=png is not supported; allowed values: pt, npz'
+    """
+    return ValueError(f'{problem}; allowed values: {allowed(choices, quote=quote)}{suffix}')
+
+
+def check_choice(name: str, value: object, choices: Iterable, hint: str = '', *,
+                 quote: bool = True) -> None:
     """Raise the one-line ``ValueError`` every "not one of these" check gives.
 
     Args:
@@ -58,10 +95,20 @@ def check_choice(name: str, value, choices: Iterable, hint: str = '') -> None:
         value: what was given.
         choices: the allowed values.
         hint: an optional fix appended to the message.
+        quote: see :func:`allowed`.
+
+    Raises:
+        ValueError: ``"<name>=<value!r> is not supported; allowed values: ..."``.
+
+    Example:
+        >>> check_choice('depth', 42, (18, 50))
+        Traceback (most recent call last):
+        ...
+        ValueError: depth=42 is not supported; allowed values: 18, 50
     """
     choices = tuple(choices)
     # bool is an int: depth=True must not pass as depth 1
     if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices) \
             or value not in choices:
-        raise ValueError(f'{name}={value!r} is not supported; allowed values: '
-                         f'{allowed(choices)}' + (f'; {hint}' if hint else ''))
+        raise choice_error(f'{name}={value!r} is not supported', choices,
+                           f'; {hint}' if hint else '', quote=quote)

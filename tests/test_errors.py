@@ -74,12 +74,12 @@ def test_forward_input_errors(shape, pattern):
         model(torch.rand(shape))
 
 
-def test_forward_features_level_error():
+def test_forward_levels_level_error():
     model = ResNetV1Custom(depth=18, base_channels=4, num_stages=3, strides=(1, 2, 2),
                            dilations=(1, 1, 1), out_indices=(0, 1, 2))
     with pytest.raises(ValueError, match=r"^levels \['c5'\] are not available; allowed "
                                          r"values: 'c1', 'c2', 'c3', 'c4'$"):
-        model.forward_features(torch.rand(1, 3, 32, 32), levels=['c2', 'c5'])
+        model.forward_levels(torch.rand(1, 3, 32, 32), levels=['c2', 'c5'])
 
 
 # ---------------------------------------------------------------- issue 11, finding 6
@@ -131,7 +131,7 @@ def test_forward_dtype_mismatch_is_one_line(dtype, model_dtype, fix, stem_type):
     x = (torch.rand(1, 3, 32, 32) * 255).to(dtype)
     pattern = (rf"^input dtype is {dtype} but the model's parameters are {model_dtype}; "
                + fix)
-    for call in (model, model.forward_features):
+    for call in (model, model.forward_levels):
         with pytest.raises(TypeError, match=pattern) as info:
             call(x)
         assert '\n' not in str(info.value)
@@ -171,6 +171,12 @@ def test_check_backbone_kwargs():
         check_backbone_kwargs(ResNetV1cCustom, dict(base_channels=8))
     check_backbone_kwargs('ResNetV1Custom', dict(depth=50, frozen_stages=1, fast=False))
     check_backbone_kwargs('ResNet', dict(dept=50))  # not ours: mmdet's own errors
+    check_backbone_kwargs('mmdet.ResNet', dict(dept=50))
+    # the registry's own keys are no typos; the mmdet scope names ours too
+    check_backbone_kwargs('ResNetV1Custom', dict(depth=50, _scope_='mmdet', _delete_=True))
+    with pytest.raises(ValueError, match=r"^model\.backbone\.frozen_stage: unknown key for "
+                                         r"ResNetV1Custom; did you mean 'frozen_stages'\?"):
+        check_backbone_kwargs('mmdet.ResNetV1Custom', dict(depth=50, frozen_stage=1))
 
 
 # ---------------------------------------------------------------- tools/export.py

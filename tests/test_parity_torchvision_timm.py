@@ -29,7 +29,7 @@ def test_torchvision_weights_give_equal_features(depth):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = extractor(x)
-        feats = ours.forward_features(x, levels=['c1', 'c2', 'c3', 'c4', 'c5'])
+        feats = ours.forward_levels(x, levels=['c1', 'c2', 'c3', 'c4', 'c5'])
         outs = ours(x)
     for name in ref:
         assert torch.equal(ref[name], feats[name]), name
@@ -51,7 +51,7 @@ def test_timm_weights_give_equal_features(name, kwargs):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = tm(x)  # [act1 (stride 2), layer1..layer4]
-        feats = ours.forward_features(x, levels=['c1', 'c2', 'c3', 'c4', 'c5'])
+        feats = ours.forward_levels(x, levels=['c1', 'c2', 'c3', 'c4', 'c5'])
     assert [f.shape[-1] for f in ref] == [32, 16, 8, 4, 2]
     for r, key in zip(ref, feats):
         assert torch.equal(r, feats[key]), key

@@ -1,8 +1,10 @@
 """``ResNetV1Custom``: the backbone.
 
 A drop-in for mmdet's ``ResNet`` / ``ResNetV1d``: the same constructor keywords, the
-same module tree and state-dict keys, the same outputs. On top of that it fixes what
-mmdet gets subtly wrong (see README, "Differences from mmdet").
+same module tree and state-dict keys, the same outputs, and mmdet's two extension hooks
+(``make_res_layer(**kwargs)`` and ``_make_stem_layer(in_channels, stem_channels)``), so
+a ResNeXt-style variant is a subclass of a few lines, as in mmdet. On top of that it
+fixes what mmdet gets subtly wrong (see README, "Differences from mmdet").
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from ..io import weights
-from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, allowed, check_choice
+from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, check_choice, choice_error
 from .blocks import BasicBlock, Bottleneck, ResBlock
 from .fast import conv_norm_relu, sequential_conv_norm
-from .norm import FrozenBatchNorm2d, check_norm_cfg, is_batch_norm
+from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .stages import ResLayer
-from .stem import build_stem
+from .stem import build_stem, module_stride
 
 #: block kind (see ``spec.ARCH_LAYOUT``) -> the class that builds it
 BLOCKS: dict[str, type[ResBlock]] = {'basic': BasicBlock, 'bottleneck': Bottleneck}
@@ -34,7 +36,6 @@ ARCH_SETTINGS: dict[int, tuple[type[ResBlock], tuple[int, int, int, int]]] = {
 #: dtype -> the Tensor/Module method that converts to it (for the dtype-mismatch error)
 _CAST = {torch.float16: 'half', torch.bfloat16: 'bfloat16', torch.float32: 'float',
          torch.float64: 'double'}
-
 
 
 def _as_stage_tuple(name: str, value, num_stages: int, kind: type) -> tuple:
@@ -91,6 +92,10 @@ class ResNetV1Custom(BaseModule):
             ``norm_eval``, ``model.eval()``); within ~1e-6 relative of the reference.
             ``fast=False`` is the reference mode: mmdet's op order, bitwise its outputs.
 
+    Extension points (mmdet's names and semantics): a subclass may set ``arch_settings``
+    (depth -> (block class, blocks per stage)), override :meth:`make_res_layer` (e.g. to
+    pass ``groups``/``base_width`` to a ResNeXt block) and :meth:`_make_stem_layer`.
+
     Example:
         >>> import torch
         >>> from resnet_backbone import ResNetV1Custom
@@ -132,7 +137,8 @@ class ResNetV1Custom(BaseModule):
                  fast: bool = True) -> None:
         super().__init__(init_cfg)
         # ---- validation: one-line errors naming the argument and the allowed values
-        check_choice('depth', depth, ARCH_SETTINGS)
+        arch_settings = self.arch_settings  # a subclass's own table (ResNeXt-style)
+        check_choice('depth', depth, arch_settings)
         check_choice('num_stages', num_stages, (1, 2, 3, 4))
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'in_channels must be a positive int; got {in_channels!r}')
@@ -157,21 +163,21 @@ class ResNetV1Custom(BaseModule):
                             f'in 0..{num_stages - 1}; got {out_indices!r}')
         out_indices = tuple(out_indices)
         if any(not isinstance(i, int) or not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'out_indices={out_indices!r} out of range; allowed values: '
-                             f'{allowed(range(num_stages))} (num_stages={num_stages})')
+            raise choice_error(f'out_indices={out_indices!r} out of range', range(num_stages),
+                               f' (num_stages={num_stages})')
         if list(out_indices) != sorted(set(out_indices)):
             raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
                              f'{tuple(sorted(set(out_indices)))!r}')
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages!r} is out of range; allowed values: '
-                             f'-1..{num_stages} (num_stages={num_stages})')
+            raise choice_error(f'frozen_stages={frozen_stages!r} is out of range',
+                               f'-1..{num_stages}', f' (num_stages={num_stages})')
         if isinstance(with_cp, bool):
             with_cp = (with_cp,) * num_stages
         with_cp = _as_stage_tuple('with_cp', with_cp, num_stages, bool)
         if stage_with_dcn is None:
             stage_with_dcn = (False,) * num_stages
         stage_with_dcn = _as_stage_tuple('stage_with_dcn', stage_with_dcn, num_stages, bool)
-        if dcn is not None and ARCH_SETTINGS[depth][0] is BasicBlock:
+        if dcn is not None and issubclass(arch_settings[depth][0], BasicBlock):
             raise ValueError(f'dcn is only supported by Bottleneck blocks (depth >= 50); '
                              f'got dcn with depth={depth}')
         if dcn is not None and not any(stage_with_dcn):
@@ -191,16 +197,12 @@ class ResNetV1Custom(BaseModule):
             if stages is not None and len(stages) != num_stages:
                 raise ValueError(f'plugins: stages must have one entry per stage: '
                                  f'num_stages={num_stages} but len(stages)={len(stages)}')
-        norm_cfg = dict(norm_cfg) if norm_cfg is not None else dict(type='BN', requires_grad=True)
-        if norm_cfg.get('type') == 'FrozenBN':
-            # mmdet registers its own 'FrozenBN' (no num_batches_tracked handling, so BN
-            # checkpoints fail a strict load); under default_scope='mmdet' the string would
-            # resolve to it. Ours is the one this backbone documents and tests.
-            norm_cfg['type'] = FrozenBatchNorm2d
+        # type='FrozenBN' -> our FrozenBatchNorm2d in every scope (mmdet's fails BN loads)
+        norm_cfg = resolve_norm_cfg(norm_cfg)
         check_norm_cfg(norm_cfg)
 
         # ---- init config, exactly as mmdet
-        block, stage_blocks = ARCH_SETTINGS[depth]
+        block, stage_blocks = arch_settings[depth]
         self.zero_init_residual = zero_init_residual
         block_init_cfg = None
         if isinstance(pretrained, str):
@@ -210,8 +212,9 @@ class ResNetV1Custom(BaseModule):
         elif init_cfg is None:
             self.init_cfg = [dict(type='Kaiming', layer='Conv2d'),
                              dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
-            if zero_init_residual:
-                last = 'norm2' if block is BasicBlock else 'norm3'
+            last = 'norm2' if issubclass(block, BasicBlock) else \
+                'norm3' if issubclass(block, Bottleneck) else None
+            if zero_init_residual and last is not None:
                 block_init_cfg = dict(type='Constant', val=0, override=dict(name=last))
 
         self.depth = depth
@@ -237,24 +240,21 @@ class ResNetV1Custom(BaseModule):
         self.stage_blocks = stage_blocks[:num_stages]
 
         # ---- stem, then stages (registration order = mmdet's, so seeded inits agree)
-        stem = build_stem(stem_type, in_channels, self.stem_channels, conv_cfg, norm_cfg)
-        for name, module in stem.modules.items():
-            self.add_module(name, module)
-        if stem.norm_name is not None:
-            self.norm1_name = stem.norm_name
-        self._stem_conv_stride = stem.conv_stride
         self.in_channels = in_channels
-
         self.inplanes = self.stem_channels
+        self._make_stem_layer(in_channels, self.stem_channels)
+        self._check_stem()
+        self._stem_conv_stride = module_stride(*self._stem_modules())
+        stride = self._stem_conv_stride * module_stride(self.maxpool)
+
         self.res_layers: list[str] = []
-        stride = stem.stride
         channels, out_strides = [], []
         for i, num_blocks in enumerate(self.stage_blocks):
             planes = base_channels * 2 ** i
-            layer = ResLayer(
-                block, self.inplanes, planes, num_blocks, stride=strides[i],
-                dilation=dilations[i], style=style, avg_down=avg_down, with_cp=with_cp[i],
-                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+            layer = self.make_res_layer(
+                block=block, inplanes=self.inplanes, planes=planes, num_blocks=num_blocks,
+                stride=strides[i], dilation=dilations[i], style=style, avg_down=avg_down,
+                with_cp=with_cp[i], conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                 dcn=dcn if stage_with_dcn[i] else None,
                 plugins=self.make_stage_plugins(plugins, i) if plugins is not None else None,
                 init_cfg=block_init_cfg)
@@ -307,21 +307,81 @@ class ResNetV1Custom(BaseModule):
             shapes[f'c{i + 2}'] = ShapeSpec(self._stage_channels[i], self._stage_strides[i])
         return shapes
 
-    @staticmethod
-    def feature_channels(depth: int, base_channels: int = 64,
+    @classmethod
+    def feature_channels(cls, depth: int, base_channels: int = 64,
                          out_indices: Sequence[int] = (0, 1, 2, 3)) -> list[int]:
         """Output channels without building the model, e.g. for an FPN's ``in_channels``.
 
-        >>> ResNetV1Custom.feature_channels(18)
-        [64, 128, 256, 512]
+        Args:
+            depth: a key of ``arch_settings``.
+            base_channels: width of the first stage.
+            out_indices: stage indices (0 = C2).
+
+        Example:
+            >>> ResNetV1Custom.feature_channels(18)
+            [64, 128, 256, 512]
         """
-        check_choice('depth', depth, ARCH_SETTINGS)
-        expansion = ARCH_SETTINGS[depth][0].expansion
+        check_choice('depth', depth, cls.arch_settings)
+        expansion = cls.arch_settings[depth][0].expansion
         return [base_channels * 2 ** i * expansion for i in out_indices]
 
     @property
     def norm1(self) -> nn.Module:
         return getattr(self, self.norm1_name)
+
+    # ------------------------------------------------------------------ mmdet's hooks
+    def make_res_layer(self, **kwargs) -> nn.Module:
+        """Build one stage; mmdet's hook, with its keyword arguments.
+
+        ``__init__`` calls it once per stage with ``block``, ``inplanes``, ``planes``,
+        ``num_blocks``, ``stride``, ``dilation``, ``style``, ``avg_down``, ``with_cp``
+        (this stage's bool), ``conv_cfg``, ``norm_cfg``, ``dcn``, ``plugins`` and
+        ``init_cfg``. Override it to pass a custom block its own arguments, as mmdet's
+        ResNeXt does::
+
+            def make_res_layer(self, **kwargs):
+                return ResLayer(groups=self.groups, base_width=self.base_width,
+                                base_channels=self.base_channels, **kwargs)
+
+        The stage must output ``planes * block.expansion`` channels at ``stride``.
+
+        Returns:
+            The stage, registered as ``layer{i + 1}``.
+        """
+        return ResLayer(**kwargs)
+
+    def _make_stem_layer(self, in_channels: int, stem_channels: int) -> None:
+        """Build the stem and attach it; mmdet's hook, with its semantics.
+
+        The default builds the ``stem_type`` layout (:func:`~.stem.build_stem`). An
+        override attaches, as mmdet's does, either ``self.stem`` (run as is; a
+        ``Sequential`` of conv/norm/ReLU is folded in fast mode) or ``self.conv1`` with
+        ``self.norm1_name`` (the norm's attribute name) and ``self.relu``, and always
+        ``self.maxpool`` (``nn.Identity()`` for none). ``self.conv_cfg``,
+        ``self.norm_cfg``, ``self.deep_stem`` and ``self.stem_type`` are set before the
+        call. The strides (``out_strides``) are read off the conv and pool layers.
+
+        Args:
+            in_channels: image channels.
+            stem_channels: channels the first stage receives.
+        """
+        stem = build_stem(self.stem_type, in_channels, stem_channels, self.conv_cfg,
+                          self.norm_cfg)
+        for name, module in stem.modules.items():
+            self.add_module(name, module)
+        if stem.norm_name is not None:
+            self.norm1_name = stem.norm_name
+
+    def _check_stem(self) -> None:
+        """One line when an overridden ``_make_stem_layer`` broke mmdet's contract."""
+        has = lambda name: isinstance(getattr(self, name, None), nn.Module)  # noqa: E731
+        conv_layout = has('conv1') and has('relu') and \
+            isinstance(getattr(self, 'norm1_name', None), str) and has(self.norm1_name)
+        if (has('stem') or conv_layout) and has('maxpool'):
+            return
+        raise TypeError(f'{type(self).__name__}._make_stem_layer must attach self.stem, or '
+                        'self.conv1 + self.norm1_name + self.relu, and self.maxpool '
+                        "(nn.Identity() for none), as mmdet's ResNet._make_stem_layer does")
 
     def make_stage_plugins(self, plugins: list[dict], stage_idx: int) -> list[dict]:
         """The plugins of stage ``stage_idx`` (mmdet's semantics of ``stages``)."""
@@ -335,7 +395,7 @@ class ResNetV1Custom(BaseModule):
 
     # ------------------------------------------------------------------ freezing
     def _stem_modules(self) -> list[nn.Module]:
-        if self.stem_type == 'deep':
+        if 'stem' in self._modules:
             return [self.stem]
         return [self.conv1, self.norm1]
 
@@ -398,7 +458,9 @@ class ResNetV1Custom(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'input has {x.shape[1]} channels but in_channels='
                              f'{self.in_channels}; pass (N, {self.in_channels}, H, W)')
-        weight = self._first_conv.weight
+        weight = next((p for m in self._stem_modules() for p in m.parameters()), None)
+        if weight is None:
+            return
         if x.dtype != weight.dtype and not (
                 x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
             # else the first conv fails with a long dtype-mismatch traceback
@@ -410,14 +472,12 @@ class ResNetV1Custom(BaseModule):
             raise TypeError(f'input dtype is {x.dtype} but the model\'s parameters are '
                             f'{weight.dtype}; {fix}')
 
-    @property
-    def _first_conv(self) -> nn.Module:
-        return self.stem[0] if self.stem_type == 'deep' else self.conv1
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""
-        if self.stem_type == 'deep':
-            return sequential_conv_norm(self.stem, x, self._fast)
+        if 'stem' in self._modules:
+            if isinstance(self.stem, nn.Sequential):
+                return sequential_conv_norm(self.stem, x, self._fast)
+            return self.stem(x)
         return conv_norm_relu(self.conv1, self.norm1, self.relu, x, self._fast)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -431,15 +491,31 @@ class ResNetV1Custom(BaseModule):
                 outs.append(x)
         return tuple(outs)
 
-    def forward_features(self, x: torch.Tensor, levels: Sequence[str] | None = None
-                         ) -> dict[str, torch.Tensor]:
+    def forward_levels(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
+                       ) -> dict[str, torch.Tensor]:
         """Named maps ``{'c1': ..., 'c2': ..., ...}`` for dumping and inspection.
+
+        Not timm's ``forward_features`` (which returns the last map) nor its
+        ``forward_intermediates``: a dict of the named levels, computed in one pass that
+        stops after the deepest level asked for.
 
         Args:
             x: (N, C, H, W) input.
             levels: names among ``'c1'`` (stem, before the max-pool) and ``'c2'``..``'c5'``
-                (every built stage, not only ``out_indices``). Default: ``'c1'`` and the
-                ``out_indices`` maps.
+                (every built stage, not only ``out_indices``), as a sequence or a
+                comma-separated string. Default: ``'c1'`` and the ``out_indices`` maps.
+
+        Returns:
+            ``{level: (N, C, H, W) map}`` in the order asked for.
+
+        Raises:
+            ValueError: an unknown level (one line listing the available ones).
+
+        Example:
+            >>> m = ResNetV1Custom(depth=18, base_channels=8).eval()
+            >>> {k: tuple(v.shape) for k, v in m.forward_levels(
+            ...     torch.rand(1, 3, 64, 64), levels=['c1', 'c5']).items()}
+            {'c1': (1, 8, 32, 32), 'c5': (1, 64, 2, 2)}
         """
         built = ['c1'] + [f'c{i + 2}' for i in range(self.num_stages)]
         if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
@@ -448,8 +524,7 @@ class ResNetV1Custom(BaseModule):
             levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
         unknown = [lv for lv in levels if lv not in built]
         if unknown:
-            raise ValueError(f'levels {unknown!r} are not available; allowed values: '
-                             f'{allowed(built)}')
+            raise choice_error(f'levels {unknown!r} are not available', built)
         self._check_input(x)
         feats = {}
         x = self.forward_stem(x)
@@ -460,6 +535,14 @@ class ResNetV1Custom(BaseModule):
             x = getattr(self, name)(x)
             feats[f'c{i + 2}'] = x
         return {lv: feats[lv] for lv in levels}
+
+    def forward_features(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """Deprecated alias of :meth:`forward_levels`, kept for release 0.1 only.
+
+        The name means "the last map" in timm; use :meth:`forward_levels`.
+        """
+        return self.forward_levels(x, levels)
 
 
 def _preset(name: str, doc: str, **preset):
@@ -495,7 +578,6 @@ def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | N
     implied = dict(converted.implied)
     implied.update({k: v for k, v in overrides.items() if v is not None})
     if 'depth' not in implied:
-        raise ValueError('cannot infer the depth from the keys; pass --depth (allowed '
-                         f'values: {", ".join(map(str, ARCH_SETTINGS))})')
+        raise choice_error('cannot infer the depth from the keys; pass --depth', ARCH_SETTINGS)
     kwargs = {k: v for k, v in implied.items() if v is not None}
     return ResNetV1Custom(**kwargs), converted, kwargs

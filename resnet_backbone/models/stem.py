@@ -11,7 +11,9 @@ Three layouts, chosen by ``stem_type``:
   inputs. Keys ``conv1.weight``, ``bn1.*``.
 
 The stem modules are attached to the backbone directly (not under a ``Stem`` parent),
-because that is where every checkpoint in the field keeps them.
+because that is where every checkpoint in the field keeps them. A subclass of the
+backbone may build its own stem in ``_make_stem_layer`` (mmdet's hook); its strides are
+then read off its modules by :func:`module_stride`.
 """
 from __future__ import annotations
 
@@ -40,9 +42,45 @@ class StemSpec:
     stride: int
 
 
+def module_stride(*modules: nn.Module) -> int:
+    """The product of the strides of every conv and pooling layer in ``modules``.
+
+    Anything with ``kernel_size`` and ``stride`` counts (``nn.Conv2d``, mmcv's DCN, the
+    pools); a non-square stride counts by its first (height) entry.
+
+    Example:
+        >>> module_stride(nn.Conv2d(3, 8, 7, stride=2), nn.MaxPool2d(3, 2), nn.ReLU())
+        4
+    """
+    stride = 1
+    for module in modules:
+        for m in module.modules():
+            s = getattr(m, 'stride', None)
+            if s is None or not hasattr(m, 'kernel_size'):
+                continue
+            stride *= int(s[0] if isinstance(s, (tuple, list)) else s)
+    return stride
+
+
 def build_stem(stem_type: str, in_channels: int, stem_channels: int,
                conv_cfg: dict | None, norm_cfg: dict) -> StemSpec:
-    """Build the stem layers for ``stem_type`` ('classic', 'deep' or 'small')."""
+    """Build the stem layers for ``stem_type`` ('classic', 'deep' or 'small').
+
+    Args:
+        stem_type: one of ``spec.STEM_TYPES``.
+        in_channels: image channels.
+        stem_channels: output channels of the stem.
+        conv_cfg: mmcv conv config (``None`` = ``nn.Conv2d``).
+        norm_cfg: mmcv norm config.
+
+    Returns:
+        The modules to attach and the stem's strides.
+
+    Example:
+        >>> spec = build_stem('classic', 3, 8, None, dict(type='BN'))
+        >>> list(spec.modules), spec.conv_stride, spec.stride
+        (['conv1', 'bn1', 'relu', 'maxpool'], 2, 4)
+    """
     if stem_type == 'deep':
         half = stem_channels // 2
         stem = nn.Sequential(
