@@ -8,25 +8,111 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+#: Detections drawn on a prediction picture score at least this. The detector's own
+#: ``test_cfg.score_thr`` is far lower (0.05) because the COCO mAP needs the low-scoring
+#: tail; a picture for a person shows what the model is reasonably sure of.
+SCORE_THRESHOLD = 0.3
+#: Boxes overlapping by more than this IoU are one object, whatever their classes: the
+#: picture keeps only the highest-scoring one (mmdet's NMS runs per class, so one circle
+#: can come out as "circle 0.69" and "square 0.44" on nearly the same box).
+NMS_IOU = 0.5
+#: height of one ``class score`` tag in pixels (PIL's default font is 11 px tall)
+TAG_HEIGHT = 11
+
+
+def legend(score_thr: float = SCORE_THRESHOLD, iou: float = NMS_IOU) -> str:
+    """The line a prediction sheet prints above the images: what it shows."""
+    return (f'score >= {score_thr:g}, one box per object (boxes overlapping by IoU > {iou:g} '
+            'are one object: the highest-scoring class is shown)')
+
+
+def select_detections(boxes: np.ndarray, scores: Sequence[float], *,
+                      score_thr: float = SCORE_THRESHOLD, iou: float = NMS_IOU) -> list[int]:
+    """Indices of the detections to draw, highest score first.
+
+    Drops scores below ``score_thr``, then runs NMS across classes: of boxes that
+    overlap by IoU > ``iou`` only the highest-scoring one stays, with its own label.
+
+    Example:
+        >>> boxes = np.array([[10, 10, 50, 50], [12, 11, 51, 50], [60, 60, 90, 90.]])
+        >>> select_detections(boxes, [0.44, 0.69, 0.1])  # one object, two classes; a low one
+        [1]
+    """
+    import torch
+    from torchvision.ops import nms
+    scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
+    keep = torch.nonzero(scores_t >= score_thr).flatten()
+    if keep.numel() == 0:
+        return []
+    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)[keep]
+    kept = keep[nms(boxes_t, scores_t[keep], iou)]  # nms returns them by score, descending
+    return [int(i) for i in kept]
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_tags(boxes: Sequence[Sequence[float]], widths: Sequence[float],
+               image_size: tuple[int, int], height: int = TAG_HEIGHT) -> list[tuple]:
+    """Where each box's tag goes: ``(x0, y0, x1, y1)``, no two overlapping.
+
+    A tag sits on the box's top edge, just above it; if that would leave the image or
+    cover an earlier tag, just below the top edge inside the box, then just below the
+    box, then the free place nearest the box's bottom edge (down or up). Earlier boxes
+    (the higher scores, see :func:`select_detections`) keep the better places. Only when
+    no free place is left in the image at all does a tag overlap one (it then sits at
+    its first choice).
+    """
+    img_w, img_h = image_size
+    placed: list[tuple] = []
+    for box, width in zip(boxes, widths):
+        x0, y0, _, y1 = (float(v) for v in box)
+        x = min(max(x0, 0.0), max(img_w - width, 0.0))
+        first = [y0 - height, y0, y1]
+        rest = sorted(range(0, max(img_h - height, 0) + 1),
+                      key=lambda y, y1=y1: (abs(y - y1), y))  # nearest the box first
+        rect = None
+        for y in [*first, *rest]:
+            if y < 0 or y + height > img_h:
+                continue
+            cand = (x, float(y), x + width, float(y + height))
+            if not any(_overlap(cand, other) for other in placed):
+                rect = cand
+                break
+        if rect is None:  # the image is full of tags
+            y = min(max(y0 - height, 0.0), max(img_h - height, 0.0))
+            rect = (x, y, x + width, y + height)
+        placed.append(rect)
+    return placed
+
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
                     scores: Sequence[float], classes: Sequence[str],
-                    palette: Sequence[tuple[int, int, int]], *, score_thr: float = 0.3,
+                    palette: Sequence[tuple[int, int, int]], *,
+                    score_thr: float = SCORE_THRESHOLD, iou: float = NMS_IOU,
                     scale: int = 2) -> Image.Image:
-    """Draw boxes with ``class score`` tags on an RGB ``image`` (H, W, 3), upscaled."""
+    """Draw one box per object with a ``class score`` tag on an RGB ``image`` (H, W, 3),
+    upscaled ``scale`` times.
+
+    What is drawn is :func:`select_detections` (scores >= ``score_thr``, NMS across
+    classes at ``iou``); the tags are placed by :func:`place_tags`, so none covers
+    another.
+    """
     pil = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
                                         Image.NEAREST)
     draw = ImageDraw.Draw(pil)
-    for box, label, score in zip(boxes, labels, scores):
-        if score < score_thr:
-            continue
-        colour = tuple(palette[int(label) % len(palette)])
-        x0, y0, x1, y1 = (float(v) * scale for v in box)
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
-        tag = f'{classes[int(label)]} {score:.2f}'
-        tw = draw.textlength(tag)
-        draw.rectangle([x0, max(y0 - 11, 0), x0 + tw + 4, max(y0 - 11, 0) + 11], fill=colour)
-        draw.text((x0 + 2, max(y0 - 11, 0)), tag, fill=(255, 255, 255))
+    keep = select_detections(boxes, scores, score_thr=score_thr, iou=iou)
+    scaled = [[float(v) * scale for v in boxes[i]] for i in keep]
+    tags = [f'{classes[int(labels[i])]} {float(scores[i]):.2f}' for i in keep]
+    rects = place_tags(scaled, [draw.textlength(t) + 4 for t in tags], pil.size)
+    for i, box in zip(keep, scaled):
+        colour = tuple(palette[int(labels[i]) % len(palette)])
+        draw.rectangle(box, outline=colour, width=2)
+    for i, tag, rect in zip(keep, tags, rects):  # tags last: no box line crosses one
+        colour = tuple(palette[int(labels[i]) % len(palette)])
+        draw.rectangle(rect, fill=colour)
+        draw.text((rect[0] + 2, rect[1]), tag, fill=(255, 255, 255))
     return pil
 
 
@@ -41,19 +127,26 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def save_grid(images: Sequence[Image.Image], path: str | Path, cols: int = 3) -> Path:
-    """Tile equally sized images into one PNG."""
+def save_grid(images: Sequence[Image.Image], path: str | Path, cols: int = 3,
+              caption: str = '') -> Path:
+    """Tile equally sized images into one PNG, with an optional caption line on top."""
     w, h = images[0].size
     rows = (len(images) + cols - 1) // cols
-    sheet = Image.new('RGB', (cols * w, rows * h), (255, 255, 255))
+    top = 16 if caption else 0
+    sheet = Image.new('RGB', (cols * w, rows * h + top), (255, 255, 255))
+    if caption:
+        ImageDraw.Draw(sheet).text((4, 2), caption, fill=(0, 0, 0))
     for i, im in enumerate(images):
-        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h + top))
     return save_png(sheet, path)
 
 
 def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
-                     out_png: str | Path, *, score_thr: float = 0.3) -> Path:
-    """Run a detector on ``image_paths`` and save a sheet with the predicted boxes."""
+                     out_png: str | Path, *, score_thr: float = SCORE_THRESHOLD,
+                     iou: float = NMS_IOU) -> Path:
+    """Run a detector on ``image_paths`` and save a sheet with the predicted boxes: one
+    per object, scores >= ``score_thr`` (see :func:`draw_detections`), and a caption
+    line saying so (:func:`legend`)."""
     from mmdet.apis import inference_detector, init_detector
     model = init_detector(config, checkpoint, device='cpu')
     meta = model.dataset_meta or {}
@@ -65,8 +158,8 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
         pred = inference_detector(model, str(path)).pred_instances
         tiles.append(draw_detections(image, pred.bboxes.numpy(), pred.labels.tolist(),
                                      pred.scores.tolist(), classes, palette,
-                                     score_thr=score_thr))
-    return save_grid(tiles, out_png)
+                                     score_thr=score_thr, iou=iou))
+    return save_grid(tiles, out_png, caption=legend(score_thr, iou))
 
 
 # ---------------------------------------------------------------- feature-map overlays
