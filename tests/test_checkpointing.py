@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import OpCounter, backward_outputs, grads_by_name, randomize_
+from mmcv.ops import SyncBatchNorm as MMSyncBN
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import resnet_backbone.models.checkpointing as ckpt
-from resnet_backbone import ResNetV1Custom
+from resnet_backbone import ResNetV1Custom, options
+from resnet_backbone.models.blocks import Bottleneck
 from resnet_backbone.models.fast import always_fold
+from resnet_backbone.models.norm import is_batch_norm
 
 pytestmark = pytest.mark.filterwarnings('error')  # `pytest -W error` for this module
-
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +23,7 @@ def _fold_every_size():
     recompute-skip counts assume every eval BN folds."""
     with always_fold():
         yield
+
 
 def _pair(depth, frozen, stem='classic', norm_eval=True, **kw):
     common = dict(depth=depth, base_channels=4, frozen_stages=frozen, stem_type=stem,
@@ -112,3 +117,53 @@ def test_recompute_runs_the_tail_when_bn_trains():
     _, cp = _pair(50, frozen=1, norm_eval=False)
     recomputed = _convs_in_backward(cp, torch.rand(2, 3, 64, 64))
     assert len(recomputed) == 3 * 13 + 3  # three convs per block + three shortcuts
+
+
+class OneProcessMMSyncBN(MMSyncBN):
+    """mmcv's ``MMSyncBN`` (a plain ``nn.Module``, not a ``_BatchNorm``) on one CPU
+    process: mmcv has no CPU sync-BN kernels, and on one process sync BN is BN, so the
+    normalisation runs as ``F.batch_norm``; the statistics bookkeeping is mmcv's."""
+
+    _abbr_ = 'bn'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or not self.track_running_stats, self.momentum,
+                            self.eps)
+
+
+def test_mmsyncbn_running_stats_updated_once_per_step(monkeypatch):
+    monkeypatch.setattr(torch.distributed, 'get_world_size', lambda group=None: 1)
+    kw = dict(norm_cfg=dict(type=OneProcessMMSyncBN))
+    plain = randomize_(Bottleneck(16, 4, **kw)).train()
+    cp = Bottleneck(16, 4, with_cp=True, **kw).train()
+    cp.load_state_dict(plain.state_dict())
+    assert not isinstance(cp.bn1, _BatchNorm) and is_batch_norm(cp.bn1)
+    x = torch.rand(2, 16, 8, 8)
+    backward_outputs([plain(x)])
+    backward_outputs([cp(x)])
+    checked = 0
+    for (name, b_plain), b_cp in zip(plain.named_buffers(), cp.buffers()):
+        if name.endswith('num_batches_tracked'):
+            assert int(b_cp) == int(b_plain) == 1, name
+            checked += 1
+        else:
+            torch.testing.assert_close(b_cp, b_plain, rtol=1e-6, atol=1e-7, msg=name)
+    assert checked == 3
+
+
+def test_recompute_replays_the_forward_options():
+    """The recompute folds exactly as the forward did even where backward runs under
+    other options (here: without always_fold, so small deep layers would not fold)."""
+    plain, cp = _pair(50, frozen=1)
+    x = torch.rand(1, 3, 32, 32)  # layer4 at 1x1: folds only under always_fold
+    outs_p, outs_c = plain(x), cp(x)
+    backward_outputs(outs_p)
+    with options.using(fold_always=False):
+        backward_outputs(outs_c)
+    gp, gc = grads_by_name(plain), grads_by_name(cp)
+    for name, p in cp.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(gc[name], gp[name], rtol=1e-5, atol=1e-6)
