@@ -1,6 +1,8 @@
 """Feature extraction: values equal the model's own forward, geometry, alignment."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +252,67 @@ def test_restart_reads_only_the_records_metadata(fx, tmp_path, monkeypatch, fmt)
     monkeypatch.setattr(dump, 'load_levels', no_arrays)
     s = dump.dump_features(fx, [img], img.parent, tmp_path / 'out', fmt=fmt, progress=False)
     assert s.already_there == 1
+
+
+class TimmLikeBackbone(torch.nn.Module):
+    """A timm-style model used as a backbone: ``forward`` gives the maps, while
+    ``forward_features`` (timm's name) gives only the last map and takes no levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.b = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1)
+
+    def forward_features(self, x):
+        return self.b(self.a(x))
+
+    def forward(self, x):
+        a = self.a(x)
+        return (a, self.b(a))
+
+
+def test_timm_style_forward_features_is_not_taken_for_ours():
+    """features.py picks our levels path by class, not by the method name timm also uses."""
+    bb = TimmLikeBackbone().eval()
+    fx = FeatureExtractor(bb)
+    assert fx.strides == {'c2': 4, 'c3': 8} and fx.levels == ['c2', 'c3']
+    rec = fx(np.zeros((64, 64, 3), dtype=np.uint8))
+    batch = fx.preprocess(np.zeros((64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        want = bb(batch['inputs'])
+    assert torch.equal(rec.levels['c2'], want[0]) and torch.equal(rec.levels['c3'], want[1])
+
+
+def test_from_config_leaves_the_process_as_it_was():
+    """No process-wide patching from a library call: mmengine's file backends, warning
+    filters, torch's safe globals and mmdet's CocoDataset are what they were before."""
+    code = f'''
+import warnings
+import torch
+from mmengine.fileio import FileClient
+from mmengine.fileio.backends import registry_utils
+from mmdet.datasets import CocoDataset
+from mmdet.utils import register_all_modules
+from resnet_backbone.apis.features import FeatureExtractor
+
+def state():
+    return (dict(registry_utils.backends), dict(FileClient._backends),
+            [f for f in warnings.filters  # (mmengine re-imports pkg_resources per config)
+             if getattr(f[2], '__module__', '') != 'pkg_resources'],
+            list(torch.serialization.get_safe_globals()),
+            CocoDataset.filter_data)
+
+register_all_modules(init_default_scope=False)  # dependencies' import-time filters first
+before = state()
+fx = FeatureExtractor.from_config({SHAPES!r}, levels=['c5', 'p3'])
+assert fx.weights['source'] == 'random', fx.weights
+after = state()
+names = ['backends', 'FileClient._backends', 'warnings.filters', 'safe globals',
+         'CocoDataset.filter_data']
+changed = [n for n, b, a in zip(names, before, after) if b != a]
+assert not changed, changed
+assert registry_utils.backends['local'].__name__ == 'LocalBackend'
+'''
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,12 +1,18 @@
 """frozen_stages and norm_eval: no grads, eval mode kept, statistics untouched."""
 from __future__ import annotations
 
+import logging
+
+import mmdet.models  # noqa: F401  (registers mmdet's own, different 'FrozenBN')
 import pytest
 import torch
 from conftest import backward_outputs, randomize_
+from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnet_backbone import ResNetV1Custom
+from resnet_backbone import FrozenBatchNorm2d, ResNetV1Custom
+from resnet_backbone.models import norm
 from resnet_backbone.models.norm import is_batch_norm
 
 
@@ -69,10 +75,6 @@ def test_is_batch_norm_catches_duck_typed_syncbn():
 
 @pytest.mark.parametrize('scope', [None, 'mmdet'])
 def test_frozen_bn_option_loads_bn_checkpoints_strictly(scope):
-    import mmdet.models  # noqa: F401  (registers mmdet's own, different 'FrozenBN')
-    from mmengine.registry import DefaultScope
-
-    from resnet_backbone import FrozenBatchNorm2d
     bn = randomize_(ResNetV1Custom(depth=18, base_channels=4))
     with DefaultScope.overwrite_default_scope(scope):
         frozen = ResNetV1Custom(depth=18, base_channels=4, norm_cfg=dict(type='FrozenBN'))
@@ -84,3 +86,30 @@ def test_frozen_bn_option_loads_bn_checkpoints_strictly(scope):
     with torch.no_grad():
         for a, b in zip(bn.eval()(x), frozen.train()(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_bn_replacement_is_visible(monkeypatch):
+    """type='FrozenBN' becomes our class: shown by norm_cfg and logged once at DEBUG."""
+    logger = MMLogger.get_current_instance()
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    monkeypatch.setattr(norm, '_FROZEN_BN_LOGGED', False)
+    monkeypatch.setattr(logger, 'level', logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        for _ in range(2):
+            with DefaultScope.overwrite_default_scope('mmdet'):
+                model = ResNetV1Custom(depth=18, base_channels=4,
+                                       norm_cfg=dict(type='FrozenBN'))
+    finally:
+        logger.removeHandler(handler)
+    assert model.norm_cfg['type'] is FrozenBatchNorm2d
+    said = [r for r in records if 'FrozenBN' in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.DEBUG
+    assert "builds resnet_backbone's FrozenBatchNorm2d (not mmdet's FrozenBN)" in \
+        said[0].getMessage()

@@ -48,9 +48,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm  # a dependency of mmdet
 
 from ..cli import ToolError
 from ..io.fileio import atomic_path, atomic_write_bytes
+from ..spec import check_choice
 from .features import (
     FeatureExtractor,
     UnreadableImageError,
@@ -59,6 +62,7 @@ from .features import (
     state_dict_digest,
     unpad_to_original,
 )
+from .visualize import blend, channel_grid, feature_sheet, save_png
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 FORMATS = ('npz', 'pt', 'safetensors')
@@ -114,7 +118,6 @@ def collect_images(path: str | Path) -> tuple[list[Path], Path]:
 
 
 def _common_dir(paths: Sequence[Path]) -> str:
-    import os
     return os.path.commonpath([str(p.resolve().parent) for p in paths])
 
 
@@ -143,12 +146,11 @@ def save_levels(path: Path, levels: dict[str, torch.Tensor], meta: dict, fmt: st
             torch.save({'levels': {k: v.cpu() for k, v in levels.items()}, 'meta': meta_json},
                        tmp)
         elif fmt == 'safetensors':
-            from safetensors.torch import save_file
+            from safetensors.torch import save_file  # optional: only for this format
             save_file({k: v.cpu().contiguous() for k, v in levels.items()}, str(tmp),
                       metadata={'meta': meta_json})
         else:
-            raise ValueError(f"format={fmt!r} is not supported; allowed values: "
-                             f"{', '.join(FORMATS)}")
+            check_choice('format', fmt, FORMATS, quote=False)
 
 
 def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -162,7 +164,7 @@ def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         d = torch.load(path, weights_only=True)
         return d['levels'], json.loads(d['meta'])
     if path.suffix == '.safetensors':
-        from safetensors import safe_open
+        from safetensors import safe_open  # optional: only for this format
         with safe_open(str(path), framework='pt') as f:
             meta = json.loads(f.metadata()['meta'])
             return {k: f.get_tensor(k) for k in f.keys()}, meta
@@ -176,7 +178,7 @@ def read_meta(path: Path) -> dict:
         with np.load(path) as z:
             return json.loads(str(z['__meta__']))
     if path.suffix == '.safetensors':
-        from safetensors import safe_open
+        from safetensors import safe_open  # optional: only for this format
         with safe_open(str(path), framework='pt') as f:
             return json.loads(f.metadata()['meta'])
     if path.suffix == '.pt':  # memory-mapped: the arrays' bytes are never read
@@ -187,7 +189,7 @@ def read_meta(path: Path) -> dict:
 # ---------------------------------------------------------------- fingerprints
 def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
     """What produces this run's records; a record is reused only if it stored the same."""
-    from .. import __version__
+    from .. import __version__  # the package's own: version.py is not committed yet
     w = fx.weights
     if w.get('sha256'):
         weights = {'file_sha256': w['sha256']}
@@ -267,9 +269,6 @@ def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: d
     ``mean``: mean of |activation| over channels; ``topk``: the ``topk`` channels with
     the highest mean activation, one tile each, in a grid per level.
     """
-    from PIL import Image
-
-    from .visualize import blend, channel_grid, feature_sheet, save_png
     image = np.asarray(Image.open(image_path).convert('RGB'))
     heats = {}
     for name, t in levels.items():
@@ -314,14 +313,9 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     ``overwrite`` (then stale records are removed first and every image is redone). See
     the module docstring.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is not supported; allowed values: {', '.join(FORMATS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; allowed values: {', '.join(DTYPES)}")
-    if overlay_mode not in OVERLAY_MODES:
-        raise ValueError(f'overlay_mode={overlay_mode!r} is not supported; allowed values: '
-                         f"{', '.join(OVERLAY_MODES)}")
-    from tqdm import tqdm
+    check_choice('format', fmt, FORMATS, quote=False)
+    check_choice('dtype', dtype, DTYPES, quote=False)
+    check_choice('overlay_mode', overlay_mode, OVERLAY_MODES, quote=False)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     fp = fingerprint(fx, dtype=dtype, fmt=fmt)

@@ -23,15 +23,38 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from mmcv.transforms import Compose
+from mmdet.registry import MODELS as MMDET_MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import DefaultScope
+from PIL import Image
 from torch import nn
+
+from ..engine.compat import quiet_init_logging
+from ..io.weights import (
+    _OPTIONAL,
+    _URL_PREFIXES,
+    IncompleteCheckpointError,
+    UnknownDialectError,
+    cached_checkpoint_file,
+    convert,
+    load_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
+from ..models.resnet import ResNetV1Custom
+from ..spec import choice_error
 
 #: ImageNet statistics (RGB), used for a bare backbone that has no data preprocessor.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -59,6 +82,8 @@ class _BareBackboneDetector(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
+        # not at the top: mmdet.models imports mmcv.ops (compiled ops, seconds), which only
+        # a bare backbone's preprocessing needs
         from mmdet.models.data_preprocessors import DetDataPreprocessor
         self.backbone = backbone
         self.data_preprocessor = DetDataPreprocessor(
@@ -113,12 +138,21 @@ class FeatureExtractor:
         levels: Names to return; default: the backbone outputs (``c2``..``c5`` as its
             ``out_indices`` say). ``c1`` is the stem before the max-pool (our backbone
             only); ``pN`` are neck outputs, named by their stride 2**N.
+
+    The backbone's levels come from :meth:`ResNetV1Custom.forward_levels` when the
+    backbone is ours (``isinstance``, never by a method name: timm's ``forward_features``
+    means something else), else from its ``forward`` (a tuple of maps).
+
+    Example:
+        >>> fx = FeatureExtractor(ResNetV1Custom(depth=18, base_channels=8),
+        ...                       levels='c1,c5')
+        >>> rec = fx(np.zeros((64, 64, 3), dtype=np.uint8))
+        >>> {k: tuple(v.shape) for k, v in rec.levels.items()}, rec.strides
+        ({'c1': (1, 8, 32, 32), 'c5': (1, 64, 2, 2)}, {'c1': 2, 'c5': 32})
     """
 
     def __init__(self, model: nn.Module, *, pipeline: Sequence[dict] | None = None,
-                 levels: Sequence[str] | None = None) -> None:
-        from mmcv.transforms import Compose
-        from mmdet.utils import register_all_modules
+                 levels: Sequence[str] | str | None = None) -> None:
         register_all_modules(init_default_scope=False)
         self.model = model if hasattr(model, 'data_preprocessor') else \
             _BareBackboneDetector(model)
@@ -127,7 +161,6 @@ class FeatureExtractor:
         self.config_sha256: str | None = None  # set by from_config (see config_digest)
         self.backbone = self.model.backbone
         self.neck = getattr(self.model, 'neck', None)
-        from mmengine.registry import DefaultScope
         with DefaultScope.overwrite_default_scope('mmdet'):
             self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
                                               else _default_pipeline())
@@ -139,14 +172,14 @@ class FeatureExtractor:
         self.levels = list(levels) if levels is not None else default
         unknown = [lv for lv in self.levels if lv not in self.strides]
         if unknown:
-            raise ValueError(f'levels {unknown} are not available from this model; allowed '
-                             f"values: {', '.join(self.strides)}")
+            raise choice_error(f'levels {unknown} are not available from this model',
+                               self.strides, quote=False)
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_config(cls, config, checkpoint: str | None = None, *, device: str = 'cpu',
-                    levels: Sequence[str] | None = None, seed: int = 0,
-                    strict: bool = True) -> FeatureExtractor:
+    def from_config(cls, config: str | Path | Config, checkpoint: str | Path | None = None, *,
+                    device: str = 'cpu', levels: Sequence[str] | str | None = None,
+                    seed: int = 0, strict: bool = True) -> FeatureExtractor:
         """Build the detector of ``config`` and load ``checkpoint`` (if any).
 
         The checkpoint is loaded strictly, with the same load report as
@@ -162,18 +195,29 @@ class FeatureExtractor:
         ``Pretrained`` backbone file is loaded, a local path or a ``torchvision://`` /
         ``open-mmlab://`` name found where mmengine's loader looks for it (torch.hub's
         cache); otherwise the weights are random (seeded), and :attr:`weights` says why.
-        """
-        from mmengine.config import Config
-        from mmengine.registry import DefaultScope
 
-        from ..engine.training import setup_environment
-        setup_environment()
+        It changes nothing process-wide beyond registering mmdet's modules (what importing
+        them does): the tools' :func:`~resnet_backbone.engine.training.setup_environment`
+        (warning filters, file backends, dataset guards) is theirs to call.
+
+        Args:
+            config: a config file or a loaded ``Config`` (with ``--cfg-options`` applied).
+            checkpoint: a detector checkpoint or backbone-only weights; ``None`` keeps the
+                config's initialisation.
+            device: where the model runs.
+            levels: as in :class:`FeatureExtractor`.
+            seed: seeds the random initialisation of whatever the checkpoint does not fill.
+            strict: refuse a checkpoint that does not fit (see above).
+
+        Returns:
+            The extractor; :attr:`weights` and :attr:`config_sha256` say what it holds.
+        """
+        register_all_modules(init_default_scope=False)
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
         digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
-            from mmdet.registry import MODELS
             torch.manual_seed(seed)
-            model = MODELS.build(cfg.model)
+            model = MMDET_MODELS.build(cfg.model)
             if checkpoint is not None:
                 weights = load_detector_checkpoint(model, checkpoint, seed=seed,
                                                    strict=strict)
@@ -188,8 +232,6 @@ class FeatureExtractor:
     @staticmethod
     def _init(model, cfg, seed) -> dict:
         """The config's own initialisation; what it loaded, or why the weights are random."""
-        from ..engine.compat import quiet_init_logging
-        from ..io.weights import _URL_PREFIXES, cached_checkpoint_file
         init = cfg.model.get('backbone', {}).get('init_cfg')
         pretrained = init.get('checkpoint') if isinstance(init, dict) and \
             init.get('type') == 'Pretrained' else None
@@ -252,9 +294,9 @@ class FeatureExtractor:
         input is (1, 3, check_size, check_size), and a backbone whose output is no tuple
         of feature maps raises one line (a classifier passed as a backbone)."""
         stem = {}
-        if hasattr(self.backbone, 'forward_features'):
+        if isinstance(self.backbone, ResNetV1Custom):  # by class: timm's names mean other things
             every = [f'c{i + 2}' for i in range(self.backbone.num_stages)]
-            feats = self.backbone.forward_features(x, levels=['c1'] + every)
+            feats = self.backbone.forward_levels(x, levels=['c1'] + every)
             stem = {'c1': feats.pop('c1')}
             c_outs = tuple(feats.values())
             backbone_outs = tuple(c_outs[i] for i in self.backbone.out_indices)
@@ -330,11 +372,8 @@ class FeatureExtractor:
         return FeatureRecord(feats, {lv: self.strides[lv] for lv in feats}, meta)
 
 
-if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
 #: what :meth:`FeatureExtractor.preprocess` accepts (see :func:`as_image_array`)
-ImageInput = Union[str, Path, np.ndarray, torch.Tensor, 'PILImage']
+ImageInput = str | Path | np.ndarray | torch.Tensor | Image.Image
 
 
 def _describe(image) -> str:
@@ -419,10 +458,6 @@ def as_image_array(image) -> np.ndarray:
 
 
 def _is_pil(image) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - PIL comes with mmcv
-        return False
     return isinstance(image, Image.Image)
 
 
@@ -480,7 +515,6 @@ class CheckpointMismatchError(ValueError):
 def _share(model: nn.Module, part: nn.Module, report) -> float:
     """% of ``model``'s parameter and buffer elements that ``report``'s load into
     ``part`` filled (step counters excluded, as in the load report)."""
-    from ..io.weights import _OPTIONAL
     total = sum(t.numel() for k, t in model.state_dict().items() if not _OPTIONAL.search(k))
     own = part.state_dict()
     covered = sum(own[k].numel() for k in report.loaded if not _OPTIONAL.search(k))
@@ -498,19 +532,6 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: 
     the load report of ``init_cfg=dict(type='Pretrained')`` in the log. A strict load
     that does not fit raises :class:`CheckpointMismatchError` (one line).
     """
-    import logging
-
-    from mmengine.logging import print_log
-
-    from ..engine.compat import quiet_init_logging
-    from ..io.weights import (
-        IncompleteCheckpointError,
-        UnknownDialectError,
-        convert,
-        load_state_dict,
-        read_checkpoint,
-        unwrap_state_dict,
-    )
     name = str(checkpoint)
     ckpt = read_checkpoint(checkpoint)  # one line naming an unreadable file
     sd = unwrap_state_dict(ckpt)
@@ -640,7 +661,6 @@ def unpad_to_original(heat: torch.Tensor, stride: int, meta: dict) -> torch.Tens
     stretched to the padded input, cropped to ``img_shape`` (padding removed), un-flipped,
     then resized to ``ori_shape``.
     """
-    import torch.nn.functional as F
     h, w = heat.shape[-2:]
     full = F.interpolate(heat[None, None].float(), size=(h * stride, w * stride),
                          mode='bilinear', align_corners=False)
