@@ -66,7 +66,7 @@ def test_tool_writes_json_and_plot(tmp_path):
     assert (tmp_path / 'b.png').stat().st_size > 1000
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "allowed values: 'eval', 'train'" in bad.stderr
+    assert bad.returncode == 2 and "allowed values: eval, train" in bad.stderr
 
 
 def test_cp_variants_in_one_run():
@@ -87,3 +87,18 @@ def test_table_marks_cells_that_do_not_apply_with_a_dash():
     assert 'nan' not in text.lower()
     line = text.splitlines()[2].split()
     assert line[4] == '0.900' and line[5:] == ['-'] * 5
+
+
+def test_depth_choices_come_from_the_architecture_table(capsys):
+    """--depth offered 18..152 by hand; it is spec.ARCH_LAYOUT now, and a depth that
+    mmdet's ResNet (whose weights every model shares) lacks is one line saying so."""
+    from resnet_backbone.spec import ARCH_LAYOUT
+    from resnet_backbone.tools import benchmark as tool
+    assert 200 in ARCH_LAYOUT
+    with pytest.raises(SystemExit) as info:
+        tool.parse_args(['--depth', '200'])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and err.endswith(
+        "--depth 200: every model starts from mmdet's ResNet weights, and mmdet's ResNet "
+        'has no depth 200; allowed values: 18, 34, 50, 101, 152'), err
+    assert tool.parse_args(['--depth', '101']).depth == 101

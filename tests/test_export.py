@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import backward_outputs, grads_by_name, randomize_
+from conftest import backward_outputs, grads_by_name, randomize_, rel_err
 
 from resnet_backbone import ResNetV1Custom
 from resnet_backbone.apis.export import (
@@ -16,11 +16,6 @@ from resnet_backbone.apis.export import (
     export_onnx,
     trace,
 )
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest error relative to the reference's largest value."""
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def small(seed: int = 0, **kw) -> ResNetV1Custom:
@@ -61,7 +56,7 @@ def test_jit_trace_matches_eager():
             assert a.shape == b.shape
         y = torch.rand(2, 3, 64, 64)
         for a, b in zip(traced(y), model(y)):  # traced: all folded; eager: by input size
-            assert rel(a, b) <= 1e-5
+            assert rel_err(a, b) <= 1e-5
 
 
 def test_jit_script_is_reported_unsupported():
@@ -72,6 +67,7 @@ def test_jit_script_is_reported_unsupported():
             torch.jit.script(ResNetV1Custom(depth=18, base_channels=4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('with_cp,norm_eval', [(False, True), (True, True), (True, False)])
 def test_torch_compile_single_graph(with_cp, norm_eval):
     """fullgraph=True fails on any graph break. aot_eager runs dynamo and AOTAutograd
@@ -86,7 +82,7 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():  # compiled: every BN folded; eager: by input size
         for a, b in zip(compiled(x), ref(x)):
-            assert rel(a, b) <= 1e-5
+            assert rel_err(a, b) <= 1e-5
     model.train(), ref.train()
     backward_outputs(compiled(x))
     backward_outputs(ref(x))
@@ -97,7 +93,7 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
         if g is None:
             assert gm[name] is None, name
         else:
-            assert rel(gm[name], g) <= 1e-4, name
+            assert rel_err(gm[name], g) <= 1e-4, name
 
 
 def test_plain_jit_trace_with_its_default_check():

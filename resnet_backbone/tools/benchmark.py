@@ -60,15 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.models = tuple(m.strip() for m in a.models.split(','))
     bad = [m for m in a.modes if m not in MODES]
     if bad:
-        p.error(f'--modes {bad} not supported; allowed values: {allowed(MODES)}')
+        p.error(f'--modes {bad} not supported; allowed values: {allowed(MODES, quote=False)}')
     choices = MODELS + tuple(f'{m}-cp' for m in MODELS if m != 'torchvision')
     bad = [m for m in a.models if m not in choices]
     if bad:
-        p.error(f'--models {bad} not supported; allowed values: {allowed(choices)}')
+        p.error(f'--models {bad} not supported; allowed values: {allowed(choices, quote=False)}')
     if a.depth not in mmdet_depths():
         p.error(f"--depth {a.depth}: every model starts from mmdet's ResNet weights, and "
                 f"mmdet's ResNet has no depth {a.depth}; allowed values: "
-                f'{allowed(mmdet_depths())}')
+                f'{allowed(mmdet_depths(), quote=False)}')
     if a.repeats < 1 or a.warmup < 0:
         p.error('--repeats must be >= 1 and --warmup >= 0')
     if a.malloc_tuned:

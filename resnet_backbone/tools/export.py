@@ -34,6 +34,7 @@ import torch
 from ..apis import export as export_lib
 from ..apis.export import build_export_model
 from ..cli import run_tool
+from ..engine.training import setup_environment
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
 
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         Path(args.out).suffix)
     if fmt is None:
         p.error(f"--format: cannot tell it from {args.out!r}; allowed values: "
-                f"{allowed(FORMATS)} (or name the file .onnx / .pt)")
+                f"{allowed(FORMATS, quote=False)} (or name the file .onnx / .pt)")
     args.format = fmt
     for name in ('config', 'checkpoint'):
         value = getattr(args, name)
@@ -84,6 +85,7 @@ def build(args) -> torch.nn.Module:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_environment()  # the tools' process set-up (warning filters, registries)
     model = build(args).eval()
     backbone = model.backbone if hasattr(model, 'neck') else model
     if hasattr(backbone, 'fast'):

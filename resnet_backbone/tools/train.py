@@ -14,8 +14,9 @@ the embedded ``data/shapes/`` generates it on first use. ``--cfg-options`` is ap
 after these flags and wins; each COCO evaluator follows its dataset's annotation file
 unless you set its ``ann_file`` yourself.
 
-``ResNetV1Custom`` is registered for you (no ``custom_imports`` needed). ``--resume``
-without a path resumes from the newest complete checkpoint in the work dir; a kill
+``ResNetV1Custom`` is registered for you: a config of your own needs no
+``custom_imports`` (this project's configs carry it for mmdet's own tools/train.py).
+``--resume`` without a path resumes from the newest complete checkpoint in the work dir; a kill
 loses at most one checkpoint interval. Errors end in one line (``--debug`` or
 ``RESNET_BACKBONE_DEBUG=1`` for the traceback); Ctrl-C exits 130 and says how to resume.
 """

@@ -4,7 +4,9 @@ from __future__ import annotations
 import re
 import warnings
 
+import pytest
 import torch
+from conftest import backward_outputs, grads_by_name, randomize_, rel_err
 
 from .conftest import CONFIG, run_tool
 
@@ -38,9 +40,8 @@ def test_export_tool_torchscript_and_errors(tmp_path):
     assert not (tmp_path / 'x.bin').exists()
 
 
+@pytest.mark.slow
 def test_inductor_compile_eval_and_train():
-    from conftest import backward_outputs, grads_by_name, randomize_
-
     from resnet_backbone import ResNetV1Custom
     ref = randomize_(ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1))
     model = ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1)
@@ -49,19 +50,16 @@ def test_inductor_compile_eval_and_train():
     compiled = torch.compile(model, fullgraph=True)  # Inductor: generates and builds C++
     x = torch.rand(2, 3, 64, 64)
     model.eval(), ref.eval()
-    def rel(a, b):  # largest error relative to the tensor's scale
-        return float((a - b).abs().max() / b.abs().max())
-
     with torch.no_grad():
         for a, b in zip(compiled(x), ref(x)):
-            assert rel(a, b) <= 1e-5
+            assert rel_err(a, b) <= 1e-5
     model.train(), ref.train()
     backward_outputs(compiled(x))
     backward_outputs(ref(x))
     gm, gr = grads_by_name(model), grads_by_name(ref)
     for name, g in gr.items():
         if g is not None:
-            assert rel(gm[name], g) <= 1e-4, name
+            assert rel_err(gm[name], g) <= 1e-4, name
 
 
 def test_export_checkpoint_that_does_not_fit_the_config(tmp_path):
