@@ -12,16 +12,18 @@ flows through it into ``W``, ``gamma`` and ``beta`` when they are trainable.
 Only exactly-equivalent cases fold: a plain ``nn.Conv2d`` without bias and with zero
 padding, followed by a ``BatchNorm2d``/``SyncBatchNorm`` in eval mode (or our
 ``FrozenBatchNorm2d``). Everything else (train-mode BN, GN, DCN, custom convs) runs as
-usual. The result differs from the unfolded one only by float rounding (about 1e-6
-relative); ``fast=False`` on the backbone is the bitwise reference (mmdet's op order).
+usual. The result differs from the unfolded one only by float rounding; ``fast=False``
+on the backbone is the bitwise reference (mmdet's op order).
 
 Where autograd records nothing (``torch.no_grad``/inference, or frozen stages in a
 train step) on a CPU float32 tensor in eager mode, the folded convs also go through
 oneDNN's fused kernels: conv + bias in one pass, and the block's last conv accumulated
-*into* its shortcut tensor (conv + add, no new buffer). On CPU that matters more than
-the saved passes suggest: glibc serves every buffer above 32 MB with a fresh ``mmap``,
-so each one costs ~8k page faults. Results equal the unfused folded ops bitwise (same
-oneDNN convolution, same post-op order), and :func:`mkldnn_fusion` turns them off.
+*into* its shortcut tensor (conv + add, no new buffer): every large buffer saved is a
+fresh ``mmap`` and its page faults saved (figures: ``docs/fast_path.md``). Results equal
+the unfused folded ops (same oneDNN convolution, same post-op order),
+:func:`mkldnn_fusion` turns them off, and a torch without the private ops (probed once,
+:func:`fused_ops_work`) runs the unfused folded ops. Settings are per context:
+:mod:`resnet_backbone.options`.
 
 The ReLU is *not* a oneDNN post-op: oneDNN's ReLU is ``max(x, 0)`` with the zero as
 the operand an x86 ``max`` returns for a NaN, so it turns NaN into 0 (always for
@@ -35,6 +37,7 @@ import contextlib
 import functools
 import logging
 import threading
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +84,18 @@ def _capturing() -> bool:
         or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def fusion_ok(x: torch.Tensor, params) -> bool:
+def fusion_ok(x: torch.Tensor, params: Iterable[torch.Tensor]) -> bool:
     """True when the oneDNN fused inference kernels may run on ``x``.
 
-    Eager CPU float32 only, no autocast, and nothing for autograd to record (no grad
-    mode, or neither ``x`` nor any of ``params`` requires grad). Tracing, scripting,
-    ``torch.compile`` and ONNX export always take the plain ops, which they understand.
-    The private oneDNN ops must also pass :func:`fused_ops_work` (probed once).
+    Eager CPU float32 only, no autocast, the ``mkldnn_fusion`` option on, and nothing for
+    autograd to record (no grad mode, or neither ``x`` nor any of ``params`` requires
+    grad). Tracing, scripting, ``torch.compile`` and ONNX export always take the plain
+    ops, which they understand. The private oneDNN ops must also pass
+    :func:`fused_ops_work` (probed once).
+
+    Args:
+        x: The input the kernels would read.
+        params: The parameters of the modules they would replace.
     """
     if _capturing():  # checked first: dynamo treats it as a constant and stops here
         return False
@@ -172,9 +180,8 @@ def _probe_fused_ops() -> str | None:
 #: Fold only where the activation work it saves can outweigh the weight-sized work it
 #: adds (refolding the weight each call; in backward, the weight gradient's chain rule):
 #: output positions (N x H x W) x FOLD_MIN_RATIO >= weights per output channel. 16 keeps
-#: every conv of ResNet-50 folded from 2x512x512 up (layer4's 3x3: 512 x 16 >= 4608);
-#: deep layers of small inputs (where folding measured up to 1.7x slower) do not fold.
-#: (1.0 was measured too: at 2x512x512 it unfolds layer3/4's 3x3 convs and lost ~5%.)
+#: every conv of ResNet-50 folded from 2x512x512 up (layer4's 3x3: 512 x 16 >= 4608) and
+#: leaves deep layers of small inputs unfolded (measurements: ``docs/fast_path.md``).
 FOLD_MIN_RATIO = 16.0
 
 
@@ -231,7 +238,7 @@ class _FoldedConv(torch.autograd.Function):
 
     Plain autograd through ``weight * scale`` saves the folded weight for the conv's
     backward *and* ``weight`` for the multiply's: two copies of every trainable conv
-    weight (89 MiB for ResNet-50's stages 2-4). This saves ``x``, ``weight`` and
+    weight. This saves ``x``, ``weight`` and
     ``scale`` and refolds the weight in backward (a weight-sized multiply). Forward and
     gradient formulas are the ones autograd would use, in the same order.
     """
@@ -288,8 +295,18 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
               output_unused: bool = False) -> torch.Tensor:
     """``norm(conv(x))``, folded into one conv when ``fast`` and exactly equivalent.
 
-    ``output_unused``: the caller is a checkpoint recompute that needs only what this conv
-    saves for backward, not its output; a folded conv then returns an empty tensor.
+    Args:
+        conv: The conv module.
+        norm: The norm module that follows it.
+        x: The input.
+        fast: Fold where :func:`foldable` and :func:`worth_folding` say so; ``False`` runs
+            ``norm(conv(x))`` as is (the reference).
+        output_unused: The caller is a checkpoint recompute that needs only what this
+            conv saves for backward, not its output; a folded conv then returns an
+            uninitialised tensor. Only for an output that provably feeds nothing.
+
+    Returns:
+        ``norm(conv(x))`` (or, with ``output_unused``, possibly an uninitialised map).
     """
     if not (fast and foldable(conv, norm) and worth_folding(conv, out_positions(conv, x))):
         return norm(conv(x))
@@ -307,7 +324,15 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
 
 def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.Tensor,
                    fast: bool) -> torch.Tensor:
-    """``relu(norm(conv(x)))``: one fused kernel where possible, else folded or as is."""
+    """``relu(norm(conv(x)))``: one fused kernel where possible, else folded or as is.
+
+    Args:
+        conv: The conv module.
+        norm: The norm module that follows it.
+        relu: The activation module (fused only when it is an ``nn.ReLU``).
+        x: The input.
+        fast: As in :func:`conv_norm`.
+    """
     if fast and foldable(conv, norm) and isinstance(relu, nn.ReLU) \
             and fusion_ok(x, (*conv.parameters(), *norm.parameters())) \
             and worth_folding(conv, out_positions(conv, x)):
@@ -319,7 +344,12 @@ def sequential_conv_norm(seq: nn.Sequential, x: torch.Tensor, fast: bool,
                          output_unused: bool = False) -> torch.Tensor:
     """Run ``seq`` (pool?, conv, norm, relu?, ...), folding each conv + norm (+ ReLU).
 
-    ``output_unused`` is passed to the last conv + norm when nothing follows it.
+    Args:
+        seq: The modules, e.g. a projection shortcut.
+        x: The input.
+        fast: As in :func:`conv_norm`.
+        output_unused: Passed to the last conv + norm when nothing follows it (see
+            :func:`conv_norm`).
     """
     mods = list(seq)
     i = 0
