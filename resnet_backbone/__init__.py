@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-__version__ = '0.1.0'
+from .version import __version__  # noqa: F401  (a leaf: importable with a broken stack)
+
 __all__ = ['ARCH_SETTINGS', 'BasicBlock', 'Bottleneck', 'FrozenBatchNorm2d', 'ResLayer',
            'ResNetV1Custom', 'ResNetV1cCustom', 'ResNetV1dCustom', 'ShapeSpec']
 

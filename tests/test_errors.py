@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import run_cli
 
+import resnet_backbone.apis.export as export_lib
 from resnet_backbone import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+from resnet_backbone.registry import check_backbone_kwargs
 
 BAD = [
     (dict(depth=42), ValueError, r"^depth=42 is not supported; allowed values: 18, 34, 50, "
@@ -156,7 +158,6 @@ def test_forward_under_autocast_takes_other_dtypes():
 
 # ---------------------------------------------------------------- config key typos
 def test_check_backbone_kwargs():
-    from resnet_backbone.registry import check_backbone_kwargs
     with pytest.raises(ValueError, match=r"^model\.backbone\.dept: unknown key for "
                                          r"ResNetV1Custom; did you mean 'depth'\? \(allowed "
                                          r"keys: depth, in_channels, .*, fast\)$"):
@@ -209,8 +210,6 @@ def test_export_tool_debug_shows_traceback(tmp_path, monkeypatch, capsys):
 
 
 def test_export_tool_ctrl_c_exits_130_without_partial_file(tmp_path, monkeypatch, capsys):
-    import resnet_backbone.apis.export as export_lib
-
     class Traced:
         def save(self, path):
             Path(path).write_bytes(b'half a file')

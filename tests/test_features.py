@@ -1,6 +1,7 @@
 """Feature extraction: values equal the model's own forward, geometry, alignment."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_backbone import ResNetV1Custom
-from resnet_backbone.apis.features import FeatureExtractor, extract, unpad_to_original
+import resnet_backbone.apis.dump as dump
+from resnet_backbone import ResNetV1Custom, __version__
+from resnet_backbone.apis.dump import dump_features, fingerprint, load_levels, read_meta
+from resnet_backbone.apis.features import (
+    FeatureExtractor,
+    config_digest,
+    extract,
+    unpad_to_original,
+)
+from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,8 +115,6 @@ def test_neck_levels_named_by_position_at_odd_sizes(tmp_path):
 def test_records_carry_a_fingerprint_of_what_made_them(fx, tmp_path):
     """Issue 11: a record stored nothing that would tell a re-run with another config,
     checkpoint, levels or dtype that it is stale."""
-    from resnet_backbone import __version__
-    from resnet_backbone.apis.dump import dump_features, read_meta
     img = tmp_path / 'in' / 'a.png'
     img.parent.mkdir()
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
@@ -115,7 +122,6 @@ def test_records_carry_a_fingerprint_of_what_made_them(fx, tmp_path):
     meta = read_meta(tmp_path / 'out' / 'a.png.npz')
     assert 'fingerprint' in meta, 'the record stores no fingerprint'
     fp = meta['fingerprint']
-    from resnet_backbone.apis.features import config_digest
     cfg = load_config(SHAPES)
     assert fp == {'config': config_digest(cfg), 'weights': {'random_seed': 0},
                   'levels': fx.levels, 'dtype': 'float16', 'format': 'npz',
@@ -129,8 +135,6 @@ def test_records_carry_a_fingerprint_of_what_made_them(fx, tmp_path):
 
 def test_stale_records_stop_with_one_line_naming_overwrite(fx, tmp_path):
     """Issue 11: a re-run with other settings said 'already there' and kept stale files."""
-    from resnet_backbone.apis.dump import dump_features, read_meta
-    from resnet_backbone.cli import ToolError
     img = tmp_path / 'in' / 'a.png'
     img.parent.mkdir()
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
@@ -150,7 +154,6 @@ def test_stale_records_stop_with_one_line_naming_overwrite(fx, tmp_path):
 def test_interrupted_overlay_leaves_no_record(fx, tmp_path, monkeypatch):
     """Issue 11: the record was written before the overlays, so Ctrl-C between them left
     an image that a re-run counted as done, without its overlays."""
-    import resnet_backbone.apis.dump as dump
     img = tmp_path / 'in' / 'a.png'
     img.parent.mkdir()
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
@@ -183,9 +186,6 @@ def _png(path: Path, value: int, shape=(40, 60, 3)) -> Path:
 def test_replaced_image_is_redumped(fx, tmp_path):
     """Issue 11 review: the fingerprint missed the image itself; an image replaced at
     the same path was reported 'already there' and kept its old features."""
-    import os
-
-    from resnet_backbone.apis.dump import dump_features, load_levels
     img = _png(tmp_path / 'in' / 'a.png', 0)
     out = tmp_path / 'out'
     dump_features(fx, [img], img.parent, out, progress=False)
@@ -204,7 +204,6 @@ def test_replaced_image_is_redumped(fx, tmp_path):
 def test_fingerprint_without_config_covers_pipeline_and_preprocessor():
     """Issue 11 review: FeatureExtractor(model, pipeline=...) had config None in its
     fingerprint, so other pipelines or mean/std gave the same fingerprint."""
-    from resnet_backbone.apis.dump import fingerprint
     bb = ResNetV1Custom(depth=18, base_channels=8).eval()
     load = [dict(type='LoadImageFromFile')]
     pack = [dict(type='PackDetInputs')]
@@ -223,7 +222,6 @@ def test_fingerprint_without_config_covers_pipeline_and_preprocessor():
 def test_only_image_faults_are_skipped(fx, tmp_path, monkeypatch):
     """Issue 11 review: any exception of fx(image) (out of memory, a model bug) was
     counted as 'skipped N unreadable', exit 0 if another image worked."""
-    from resnet_backbone.apis.dump import dump_features
     good = _png(tmp_path / 'in' / 'a.png', 0)
     bad = tmp_path / 'in' / 'b.png'
     bad.write_bytes(b'\x89PNG\r\n\x1a\n not an image')
@@ -243,7 +241,6 @@ def test_only_image_faults_are_skipped(fx, tmp_path, monkeypatch):
 def test_restart_reads_only_the_records_metadata(fx, tmp_path, monkeypatch, fmt):
     """Issue 11 review: a restart read every array of every record (read_meta ->
     load_levels) where only the metadata is needed."""
-    import resnet_backbone.apis.dump as dump
     img = _png(tmp_path / 'in' / 'a.png', 0)
     dump.dump_features(fx, [img], img.parent, tmp_path / 'out', fmt=fmt, progress=False)
 

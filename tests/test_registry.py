@@ -4,14 +4,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from mmdet.registry import MODELS
 from mmengine.config import Config
+from mmengine.registry import MODELS as ROOT
 from mmengine.registry import DefaultScope
 
 import resnet_backbone
 
 
 def test_resolves_under_default_scope_mmdet():
-    from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):
         for name in ('ResNetV1Custom', 'ResNetV1cCustom', 'ResNetV1dCustom'):
             model = MODELS.build(dict(type=name, depth=18, base_channels=4))
@@ -19,8 +20,6 @@ def test_resolves_under_default_scope_mmdet():
 
 
 def test_fully_qualified_type_string():
-    from mmdet.registry import MODELS
-    from mmengine.registry import MODELS as ROOT
     for registry in (MODELS, ROOT):
         model = registry.build(dict(type='resnet_backbone.ResNetV1Custom', depth=18,
                                     base_channels=4))
@@ -49,7 +48,6 @@ def test_custom_imports_in_a_fresh_process(tmp_path):
 def test_config_dict_roundtrip():
     cfg = Config(dict(model=dict(type='ResNetV1Custom', depth=50, deep_stem=True,
                                  avg_down=True)))
-    from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
     assert model.stem_type == 'deep' and model.avg_down

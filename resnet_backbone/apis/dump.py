@@ -54,6 +54,7 @@ from tqdm import tqdm  # a dependency of mmdet
 from ..cli import ToolError
 from ..io.fileio import atomic_path, atomic_write_bytes
 from ..spec import check_choice
+from ..version import __version__
 from .features import (
     FeatureExtractor,
     UnreadableImageError,
@@ -189,7 +190,6 @@ def read_meta(path: Path) -> dict:
 # ---------------------------------------------------------------- fingerprints
 def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
     """What produces this run's records; a record is reused only if it stored the same."""
-    from .. import __version__  # the package's own: version.py is not committed yet
     w = fx.weights
     if w.get('sha256'):
         weights = {'file_sha256': w['sha256']}
