@@ -103,9 +103,9 @@ class BlockDescription:
         return dataclasses.replace(self, steps=(*self.steps[:-1], last))
 
 
-#: ResBlock methods that run a description; a subclass overriding any of them computes
-#: something the description does not say, so it gets neither the recompute skip nor
-#: the fused kernels (it still runs correctly, like the reference).
+#: ResBlock methods that run a description; a subclass overriding any of them may compute
+#: something the description does not say, so it gets neither the recompute skip nor the
+#: fused kernels (its convs still fold where ``fast``: that is exact op by op).
 _GENERIC_METHODS = ('forward', '_checkpointed_forward', '_residual', '_run_steps',
                     '_shortcut', '_fused_forward')
 
@@ -212,8 +212,16 @@ class ResBlock(BaseModule):
                             tail_unused and i == last)
             if step.act:
                 out = self.relu(out)
-            for name in step.plugins:
-                out = getattr(self, name)(out)
+            if step.plugins:
+                out = self.forward_plugin(out, list(step.plugins))
+        return out
+
+    def forward_plugin(self, x: torch.Tensor, plugin_names: list[str]) -> torch.Tensor:
+        """Apply the modules named ``plugin_names`` in order (mmdet's name and signature,
+        so a subclass that overrides it is honoured)."""
+        out = x
+        for name in plugin_names:
+            out = getattr(self, name)(out)
         return out
 
     def _shortcut(self, x: torch.Tensor, desc: BlockDescription,
@@ -421,12 +429,6 @@ class Bottleneck(ResBlock):
 
     # mmdet-compatible name
     make_block_plugins = _make_plugins
-
-    def forward_plugin(self, x: torch.Tensor, plugin_names: list[str]) -> torch.Tensor:
-        out = x
-        for name in plugin_names:
-            out = getattr(self, name)(out)
-        return out
 
     @property
     def norm3(self) -> nn.Module:
