@@ -431,6 +431,10 @@ def test_reading_a_checkpoint_leaves_torchs_allow_list_alone(tmp_path):
     inside a scoped allow-list; before, every call added to torch's process-wide list."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
+    from resnet_backbone.io.checkpoint_io import (
+        RUNNER_CHECKPOINT_GLOBALS,
+        allow_runner_checkpoint_globals,
+    )
     from resnet_backbone.io.weights import read_checkpoint
     hub = HistoryBuffer()
     hub.update(1.0)
@@ -441,6 +445,11 @@ def test_reading_a_checkpoint_leaves_torchs_allow_list_alone(tmp_path):
         ckpt = read_checkpoint(tmp_path / 'r.pth')
         assert torch.equal(ckpt['state_dict']['w'], torch.ones(1))
         assert torch.serialization.get_safe_globals() == []
+        # a tool allowed them for the whole process (mmengine's Runner loads with plain
+        # torch.load): a read in between must leave them allowed
+        allow_runner_checkpoint_globals()
+        read_checkpoint(tmp_path / 'r.pth')
+        assert set(RUNNER_CHECKPOINT_GLOBALS) <= set(torch.serialization.get_safe_globals())
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(saved)

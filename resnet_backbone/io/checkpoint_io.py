@@ -38,12 +38,14 @@ so that a test can reliably kill a run there. Unset, nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import os.path as osp
 import pickle
 import re
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +103,24 @@ def allow_runner_checkpoint_globals() -> None:
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
 
 
-def runner_checkpoint_globals():
+@contextlib.contextmanager
+def runner_checkpoint_globals() -> Iterator[None]:
     """A context in which ``torch.load(weights_only=True)`` reads Runner checkpoints; the
-    process's allow-list is as it was afterwards."""
-    return torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS)
+    process's allow-list is as it was afterwards.
+
+    Not ``torch.serialization.safe_globals``: its exit removes the globals even when they
+    were allowed before it, which broke a tool's later Runner load.
+    """
+    before = set(torch.serialization.get_safe_globals())
+    added = [g for g in RUNNER_CHECKPOINT_GLOBALS if g not in before]
+    torch.serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        if added:
+            kept = [g for g in torch.serialization.get_safe_globals() if g not in added]
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(kept)
 
 
 class AtomicLocalBackend(LocalBackend):
