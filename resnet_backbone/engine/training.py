@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
-import difflib
-import inspect
 import json
 import logging
 import os
@@ -52,7 +50,7 @@ from ..io.checkpoint_io import (
     find_resumable_checkpoint,
     use_safe_checkpoint_hook,
 )
-from ..registry import BACKBONES
+from ..registry import check_backbone_kwargs
 from .compat import silence_dependency_warnings, summarise_frozen_params
 from .distributed import init_cpu_process_group
 
@@ -353,46 +351,18 @@ def check_launcher(launcher: str) -> None:
                         f'process was not started by the launcher; {_HOW_TO_LAUNCH[launcher]}')
 
 
-def _backbone_class(type_):
-    if isinstance(type_, type):
-        return type_ if type_ in BACKBONES else None
-    if isinstance(type_, str):
-        name = type_.split('.')[-1]
-        if type_ in (name, f'resnet_backbone.{name}', f'mmdet.{name}'):
-            return next((c for c in BACKBONES if c.__name__ == name), None)
-    return None
-
-
-def _init_params(cls) -> list[str] | None:
-    """The keyword arguments ``cls`` accepts (following ``**kwargs`` to the base class)."""
-    for klass in cls.__mro__:
-        if '__init__' not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters
-        names = [n for n, p in params.items() if n != 'self'
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return names
-    return None
 
 
 def check_backbone_args(cfg: Config) -> None:
-    """One-line error for a ``model.backbone`` key our backbone does not take (a typo)."""
+    """One-line error for a ``model.backbone`` key our backbone does not take (a typo),
+    by the registry's one check (:func:`resnet_backbone.registry.check_backbone_kwargs`)."""
     backbone = (cfg.get('model') or {}).get('backbone')
     if not isinstance(backbone, dict):
         return
-    cls = _backbone_class(backbone.get('type'))
-    params = _init_params(cls) if cls is not None else None
-    if params is None:
-        return
-    for key in backbone:
-        if key == 'type' or key in params or key.startswith('_'):  # _scope_, _delete_
-            continue
-        close = difflib.get_close_matches(key, params, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else \
-            f'see the arguments in the {cls.__name__} docstring'
-        raise ToolError(f'model.backbone.{key}: {cls.__name__} has no argument {key!r}; '
-                        f'{hint} (fix the config or --cfg-options)')
+    try:
+        check_backbone_kwargs(backbone.get('type'), backbone)
+    except ValueError as exc:
+        raise ToolError(f'{exc} (fix the config or --cfg-options)') from None
 
 
 def load_config(config: str, *, work_dir: str | None = None, cfg_options: dict | None = None,

@@ -326,7 +326,7 @@ def test_option_mistakes_are_one_line(tmp_path):
     for var in ('SLURM_PROCID', 'SLURM_NTASKS', 'RANK', 'WORLD_SIZE', 'MASTER_ADDR',
                 'MASTER_PORT'):
         assert var not in os.environ, f'run this test outside a launcher ({var} is set)'
-    expect = {'typo': "model.backbone.dept: ResNetV1Custom has no argument 'dept'; "
+    expect = {'typo': "model.backbone.dept: unknown key for ResNetV1Custom; "
                       "did you mean 'depth'?",
               'slurm': '--launcher slurm: SLURM_PROCID, SLURM_NTASKS not set',
               'pytorch': '--launcher pytorch: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT '
