@@ -27,7 +27,8 @@ _PY_OPTS_WITH_ARG = ('-W', '-X', '--check-hash-based-pycs')
 
 
 def _started_as_doctor(argv: list[str] | None = None) -> bool:
-    """Was this interpreter started as ``python [options] -m resnet_backbone.doctor``?"""
+    """Was this interpreter started as ``python [options] -m resnet_backbone.doctor``, or
+    as the ``rb-doctor`` command (its console script)?"""
     argv = list(getattr(sys, 'orig_argv', ()) if argv is None else argv)
     it = iter(argv[1:])
     for arg in it:
@@ -38,7 +39,9 @@ def _started_as_doctor(argv: list[str] | None = None) -> bool:
         if arg in _PY_OPTS_WITH_ARG:
             next(it, None)
         elif arg == '-c' or arg == '-' or not arg.startswith('-'):
-            return False  # -c CODE, a script, or stdin: not the doctor
+            # -c CODE, stdin, or a script: only the rb-doctor script is the doctor
+            return os.path.basename(arg) == 'rb-doctor'
+
     return False
 
 

@@ -137,7 +137,7 @@ def test_finding14_missing_embedded_data_is_generated_with_one_line(tmp_path, mo
     import resnet_backbone.data.shapes as shapes
     real = shapes.generate
     made = []
-    monkeypatch.setattr(shapes, 'generate', lambda root: made.append(root) or real(
+    monkeypatch.setattr(training, 'generate', lambda root: made.append(root) or real(
         root, num_train=4, num_val=2, size=64))
     monkeypatch.chdir(tmp_path)  # a fresh clone: no data/ yet
     cfg = load_config(SHAPES)

@@ -98,6 +98,8 @@ def test_import_still_fails_loudly_with_broken_mmcv(tmp_path):
     (['python', '-m', 'pytest', '-m', 'resnet_backbone.doctor'], False),
     (['python', 'script.py', '-m', 'resnet_backbone.doctor'], False),
     (['python', '-c', 'import resnet_backbone', '-m', 'resnet_backbone.doctor'], False),
+    (['/x/.venv/bin/python', '/x/.venv/bin/rb-doctor'], True),  # the console script
+    (['/x/.venv/bin/python', '/x/.venv/bin/rb-train'], False),
 ])
 def test_started_as_doctor(argv, doctor):
     import resnet_backbone

@@ -29,7 +29,13 @@ from .norm import is_batch_norm
 
 
 def recomputing() -> bool:
-    """True while :func:`checkpointed` recomputes a forward for backward (this context)."""
+    """True while :func:`checkpointed` recomputes a forward for backward (this context).
+
+    Never under ``torch.compile``: its recompute lives in the compiled backward graph,
+    not in :func:`checkpointed`'s context (and dynamo cannot read a ContextVar).
+    """
+    if torch.compiler.is_compiling():
+        return False
     return options.current().recomputing
 
 

@@ -188,8 +188,8 @@ FOLD_MIN_RATIO = 16.0
 def worth_folding(conv: nn.Conv2d, positions: int) -> bool:
     """Is folding ``conv`` cheaper than running its BN, for ``positions`` output
     positions (N x H_out x W_out)? Always yes while tracing, compiling or exporting."""
-    if options.current().fold_always or _capturing():
-        return True
+    if _capturing() or options.current().fold_always:  # capture first: dynamo cannot
+        return True                                     # read a ContextVar
     per_channel = conv.weight[0].numel()
     return positions * FOLD_MIN_RATIO >= per_channel
 
