@@ -11,6 +11,8 @@ deterministic), peak CUDA memory on a GPU, and achieved GFLOP/s (FLOPs from
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import math
 import statistics
@@ -22,9 +24,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+try:
+    import resource  # POSIX only: page-fault counts
+except ImportError:
+    resource = None
 
 from ..engine.compat import quiet_init_logging
 from ..models.fast import mkldnn_fusion
+from ..models.resnet import ResNetV1Custom
 
 
 @dataclass
@@ -63,7 +72,7 @@ class _TorchvisionFeatures(nn.Module):
 
     def __init__(self, depth: int) -> None:
         super().__init__()
-        import torchvision
+        import torchvision  # only when torchvision is compared
         net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
         del net.fc
         self.net = net
@@ -102,9 +111,9 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
     A name with a ``-cp`` suffix (``mmdet-cp``, ``ours-fast-cp``) is that model with
     gradient checkpointing, so that cp on and off are compared within one run.
     """
+    # mmdet.models pulls in mmcv.ops: only when mmdet is compared
     from mmdet.models.backbones import ResNet
 
-    from ..models.resnet import ResNetV1Custom
     kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
               norm_eval=norm_eval)
     torch.manual_seed(seed)
@@ -174,9 +183,7 @@ def matmul_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
 def _minor_faults() -> int:
     """Page faults of this process so far. On CPU they are a real cost: glibc serves each
     buffer above 32 MB with a fresh mmap, and every 4 KiB page of it faults once."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX
+    if resource is None:  # not on POSIX
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -187,8 +194,6 @@ def tune_malloc() -> None:
     Process-wide, so it applies to every model in the run alike. It takes the page-fault
     cost out of the comparison (what jemalloc/tcmalloc do for PyTorch on CPU).
     """
-    import ctypes
-    import ctypes.util
     name = ctypes.util.find_library('c')
     libc = ctypes.CDLL(name) if name else None
     mallopt = getattr(libc, 'mallopt', None)
@@ -211,7 +216,6 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
     """Benchmark and return a JSON-ready report (see the module docstring)."""
     if malloc_tuned:
         tune_malloc()
-    from torch.utils.flop_counter import FlopCounterMode
     models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
                           with_cp=with_cp, include=include)
     # channels_last is part of *our* fast path; the baselines run as users run them
@@ -329,9 +333,9 @@ def table(report: dict) -> str:
 def plot(report: dict, path: str | Path) -> Path:
     """Bar charts relative to mmdet: median time (eval and train) and bytes saved for
     backward (train), with the 1.0 line and each bar's value."""
-    import matplotlib
+    import matplotlib  # matplotlib is slow to import: only for --plot
     matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg")
     rows = [r for r in report['results'] if 'time_vs_mmdet' in r]
     saved = [r for r in rows if r.get('saved_vs_mmdet') is not None]
     panels = [('median time / mmdet', rows, 'time_vs_mmdet')]

@@ -27,8 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cli import ToolError
 from ..engine.compat import quiet_init_logging
+from ..io.fileio import atomic_path
+from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
+from ..models.resnet import ResNetV1Custom, backbone_for_checkpoint
 from ..spec import ARCH_LAYOUT, check_choice
+from .features import FeatureExtractor
 
 #: largest allowed error of onnxruntime vs eager, relative to the output's largest value
 ONNX_TOLERANCE = 1e-4
@@ -57,7 +62,7 @@ class BackboneWithNeck(nn.Module):
 
 def default_fpn(backbone: nn.Module, out_channels: int = 256, num_outs: int = 5) -> nn.Module:
     """mmdet's ``FPN`` over every backbone output (Faster R-CNN's neck settings)."""
-    from mmdet.models.necks import FPN
+    from mmdet.models.necks import FPN  # mmdet.models pulls in mmcv.ops: only with a neck
     neck = FPN(in_channels=list(backbone.out_channels), out_channels=out_channels,
                num_outs=num_outs)
     with quiet_init_logging():
@@ -94,11 +99,9 @@ def build_export_model(config: str | None = None, checkpoint: str | None = None,
         >>> type(m).__name__, m.depth
         ('ResNetV1Custom', 18)
     """
-    from ..cli import ToolError
     if depth is not None:
         check_choice('depth', depth, ARCH_LAYOUT)
     if config:
-        from .features import FeatureExtractor
         fx = FeatureExtractor.from_config(config, checkpoint, strict=strict)
         log(f'[export] weights: {fx.weights["source"]} ({fx.weights.get("note", "")})'
             .replace(' ()', ''))
@@ -108,11 +111,8 @@ def build_export_model(config: str | None = None, checkpoint: str | None = None,
                 raise ToolError(f'--with-neck: {config} has no neck')
             return BackboneWithNeck(detector.backbone, detector.neck)
         return detector.backbone
-    from ..models.resnet import ResNetV1Custom
     torch.manual_seed(0)
     if checkpoint:
-        from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
-        from ..models.resnet import backbone_for_checkpoint
         try:  # the architecture the checkpoint implies, as convert_weights.py infers it
             backbone, converted, kwargs = backbone_for_checkpoint(checkpoint, depth=depth)
         except UnknownDialectError as exc:
@@ -163,7 +163,6 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,
         dynamic: Batch, height and width are dynamic axes (``n``, ``h``, ``w``).
         opset: ONNX opset; ``None`` = the exporter's default.
     """
-    from ..io.fileio import atomic_path
     path = Path(path)
     model = model.eval()
     names = output_names(model, example)
@@ -206,7 +205,7 @@ class OnnxCheck:
 def check_onnx(path: str | Path, model: nn.Module,
                shapes: Sequence[Sequence[int]]) -> list[OnnxCheck]:
     """Run ``path`` in onnxruntime and ``model`` in eager mode on random inputs."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: only to check an ONNX file
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     model = model.eval()
     gen = torch.Generator().manual_seed(0)

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+
+from ..io.fileio import atomic_write_bytes
 
 #: Detections drawn on a prediction picture score at least this. The detector's own
 #: ``test_cfg.score_thr`` is far lower (0.05) because the COCO mAP needs the low-scoring
@@ -38,8 +41,7 @@ def select_detections(boxes: np.ndarray, scores: Sequence[float], *,
         >>> select_detections(boxes, [0.44, 0.69, 0.1])  # one object, two classes; a low one
         [1]
     """
-    import torch
-    from torchvision.ops import nms
+    from torchvision.ops import nms  # torchvision.ops loads compiled ops: only when drawing boxes
     scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
     keep = torch.nonzero(scores_t >= score_thr).flatten()
     if keep.numel() == 0:
@@ -119,7 +121,6 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Save ``image`` as a PNG atomically: the file is complete or absent, never cut
     short by Ctrl-C or a kill."""
-    from ..io.fileio import atomic_write_bytes
     buf = io.BytesIO()
     image.save(buf, format='PNG')
     path = Path(path)
@@ -147,7 +148,10 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
     """Run a detector on ``image_paths`` and save a sheet with the predicted boxes: one
     per object, scores >= ``score_thr`` (see :func:`draw_detections`), and a caption
     line saying so (:func:`legend`)."""
-    from mmdet.apis import inference_detector, init_detector
+    from mmdet.apis import (  # mmdet.apis pulls in mmcv.ops: only for predictions
+        inference_detector,
+        init_detector,
+    )
     model = init_detector(config, checkpoint, device='cpu')
     meta = model.dataset_meta or {}
     classes = meta.get('classes', [str(i) for i in range(1000)])
@@ -165,7 +169,7 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
 # ---------------------------------------------------------------- feature-map overlays
 def colorize(heat: np.ndarray, cmap: str = 'inferno') -> np.ndarray:
     """(H, W) values -> (H, W, 3) uint8 RGB, min-max normalised."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib is slow to import: only for heatmaps
     lo, hi = float(heat.min()), float(heat.max())
     norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
     return (colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)

@@ -31,6 +31,7 @@ MODES = ('eval', 'train')
 def mmdet_depths() -> list[int]:
     """The depths of :data:`~resnet_backbone.spec.ARCH_LAYOUT` that mmdet's ResNet (the
     weights every model shares) also builds."""
+    # mmdet.models pulls in mmcv.ops: only for --depth checks
     from mmdet.models.backbones.resnet import ResNet
     return [d for d in sorted(ARCH_LAYOUT) if d in ResNet.arch_settings]
 

@@ -43,7 +43,9 @@ from ..apis.dump import (
     collect_images,
     dump_features,
 )
+from ..apis.features import FeatureExtractor
 from ..cli import ToolError, run_tool
+from ..engine.training import load_config, setup_environment
 from . import prog
 
 
@@ -88,8 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     check_out_dir(args.out)  # before the model is built: fail fast, write nothing
-    from ..apis.features import FeatureExtractor
-    from ..engine.training import load_config, setup_environment
     setup_environment()
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None

@@ -35,6 +35,7 @@ from ..apis import export as export_lib
 from ..apis.export import build_export_model
 from ..cli import run_tool
 from ..engine.training import setup_environment
+from ..io.fileio import atomic_path
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
 
@@ -98,7 +99,6 @@ def main(argv=None) -> int:
         path = export_lib.export_onnx(model, args.out, x, dynamic=not args.static)
     else:
         print('[export] tracing to TorchScript ...', flush=True)
-        from ..io.fileio import atomic_path
         path = Path(args.out)
         traced = export_lib.trace(model, x)
         with atomic_path(path) as tmp:  # complete or absent, also after Ctrl-C

@@ -24,14 +24,18 @@ import argparse
 import os
 from pathlib import Path
 
+from mmdet.registry import MODELS
 from mmengine.config import DictAction
+from mmengine.registry import DefaultScope
 
+from ..apis.features import CheckpointMismatchError, load_detector_checkpoint
 from ..cli import run_tool
 from ..engine.distributed import process_group_closed
 from ..engine.training import (
     add_data_arguments,
     build_runner,
     check_data_arguments,
+    check_load_from,
     load_config,
     prepare_data,
     setup_environment,
@@ -75,14 +79,10 @@ def check_checkpoint_fits(cfg, checkpoint: str) -> None:
     mmengine's Runner loads non-strictly: an R18 checkpoint on an R50 config logged one
     WARNING and printed an mAP of mostly random weights. ``--no-strict`` skips this.
     """
-    from mmengine.registry import DefaultScope
 
-    from ..apis.features import CheckpointMismatchError, load_detector_checkpoint
-    from ..engine.training import check_load_from
     cfg.load_from = checkpoint
     check_load_from(cfg, 'checkpoint')  # a damaged file: its own one line
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
-        from mmdet.registry import MODELS
         model = MODELS.build(cfg.model)
     record = load_detector_checkpoint(model, checkpoint)  # CheckpointMismatchError
     if record.get('loaded') != 'detector':
@@ -109,6 +109,7 @@ def main(argv=None) -> dict:
     with process_group_closed():
         runner = build_runner(cfg, checkpoint_arg='checkpoint')
         if args.out:
+            # mmdet.evaluation is heavy: only with --out
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         return runner.test()
