@@ -303,3 +303,17 @@ def test_working_private_op_is_probed_once_and_used(fresh_probe):
         assert fused_calls(fast, torch.rand(1, 3, 32, 32)) > 0  # the probe is not counted
         assert fused_calls(fast, torch.rand(1, 3, 32, 32)) > 0
     assert len(probes) == 1 and not logs
+
+
+@pytest.mark.parametrize('name', ['_global_forward_hooks', '_global_forward_pre_hooks'])
+def test_unknown_global_hook_registry_means_hooked(monkeypatch, name):
+    """The in-place reuse between blocks reads torch's private global-hook registries;
+    where a torch release no longer has one, every map counts as hooked (no reuse)."""
+    from torch.nn.modules import module as torch_module
+
+    from resnet_backbone.models import stages
+    _, fast = pair(depth=18)
+    prev, block = fast.layer1[0], fast.layer1[1]
+    assert not stages._hooked(prev, block)
+    monkeypatch.setattr(torch_module, name, None)  # renamed or gone in a future torch
+    assert stages._hooked(prev, block)

@@ -114,7 +114,20 @@ class ResLayer(Sequential):
         return x
 
 
+#: torch's private registries of global module hooks. Should a torch release rename them,
+#: we cannot tell whether a global hook is registered, so every map counts as hooked
+#: (no in-place reuse: the reference behaviour).
+_GLOBAL_HOOK_REGISTRIES = ('_global_forward_hooks', '_global_forward_pre_hooks')
+
+
+def _global_hooks() -> bool:
+    """Is a global forward (pre-)hook registered, or can we not tell?"""
+    return any(not isinstance(registry, dict) or bool(registry)
+               for registry in (getattr(_module, name, None)
+                                for name in _GLOBAL_HOOK_REGISTRIES))
+
+
 def _hooked(prev: nn.Module, block: nn.Module) -> bool:
     """Could a forward hook see (and keep) the map passed from ``prev`` to ``block``?"""
     return bool(prev._forward_hooks or block._forward_pre_hooks or block._forward_hooks
-                or _module._global_forward_hooks or _module._global_forward_pre_hooks)
+                or _global_hooks())
