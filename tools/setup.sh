@@ -2,6 +2,9 @@
 # One idempotent setup step for resnet_backbone.
 #
 #   bash tools/setup.sh          # create/refresh .venv/ with the pinned OpenMMLab stack
+#   PYTHON=/path/to/python3.13 bash tools/setup.sh     # the interpreter for a new venv
+#   VENV=/tmp/venv313 bash tools/setup.sh              # another venv folder
+#   STACK=latest bash tools/setup.sh                   # pins from constraints-latest.txt
 #
 # It creates .venv/ in the repo root and installs, in this order and pinned by
 # constraints.txt: torch + torchvision (the registry build, whose torchvision ops
@@ -9,15 +12,23 @@
 # project in editable mode with its dev extra. A second run with nothing to do only
 # checks the stamp and the imports, and finishes in a few seconds.
 #
+# mmcv is built once per torch build: `pip wheel` writes it to
+# $RB_WHEEL_CACHE/torch-<torch version>/ (default ~/.cache/resnet_backbone/wheels), and
+# only that folder is installed from, so a wheel built against another torch is never
+# reused (pip's own wheel cache keys on the sdist, not on torch). The torch it was built
+# for is recorded next to the package (mmcv/BUILT_WITH_TORCH.json), which the doctor
+# checks. On Python >= 3.13 the sdist is patched first (tools/patches/, see there).
+#
 # Every failure ends in ONE line saying what broke and how to fix it; the full
 # output of the failing step is kept in .venv/setup-logs/.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 LOGS="$VENV/setup-logs"
-CONSTRAINTS="$ROOT/constraints.txt"
+CONSTRAINTS="$ROOT/constraints${STACK:+-$STACK}.txt"
+WHEELS="${RB_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet_backbone/wheels}"
 STAMP="$VENV/.setup-stamp"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
@@ -28,7 +39,7 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 pin() {  # pin NAME -> version from constraints.txt
     local v
     v=$(grep -E "^$1==" "$CONSTRAINTS" | head -n1 | cut -d= -f3)
-    [ -n "$v" ] || die "constraints.txt has no pin for $1; add a line '$1==VERSION'."
+    [ -n "$v" ] || die "$(basename "$CONSTRAINTS") has no pin for $1; add a line '$1==VERSION'."
     printf '%s' "$v"
 }
 
@@ -44,7 +55,13 @@ run_step() {
         return 0
     fi
     local why="$hint"
-    if grep -qiE 'No matching distribution|Could not find a version|Failed to establish|Connection(Error| refused)|Max retries exceeded|HTTP error|403 Forbidden|Temporary failure in name resolution|ReadTimeout' "$log"; then
+    if grep -qE 'metadata-generation-failed|Getting requirements to build (wheel|editable) did not run successfully|Preparing metadata \((setup\.py|pyproject\.toml)\) did not run successfully|setup\.py egg_info did not run successfully' "$log"; then
+        # pip ran the package's setup.py to read its name/version/requirements, and
+        # that died: nothing was compiled yet, so "compiler error" would mislead.
+        local last
+        last=$(grep -E '^[[:space:]]*[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Exit|Interrupt)(:|$)' "$log" | tail -n1 | sed -e 's/^[[:space:]]*//')
+        why="pip's metadata generation failed (${last:-no Python error in the log}): the package's setup.py crashed on Python ${PY_VERSION:-?} before anything was compiled; use a Python it supports (PYTHON=/path/to/python3.11) or a patch in tools/patches/, then re-run 'bash tools/setup.sh'"
+    elif grep -qiE 'No matching distribution|Could not find a version|Failed to establish|Connection(Error| refused)|Max retries exceeded|HTTP error|403 Forbidden|Temporary failure in name resolution|ReadTimeout' "$log"; then
         why="a download was refused or failed (no access to the package registry?); check the network/proxy and re-run 'bash tools/setup.sh'"
     elif grep -qiE 'No space left on device' "$log"; then
         why="the disk is full (the venv needs about 5 GB); free space and re-run 'bash tools/setup.sh'"
@@ -56,11 +73,21 @@ run_step() {
 # ---- preconditions ---------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH; install Python >= 3.10 or set PYTHON=/path/to/python3."
-"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
-    || die "Python $("$PYTHON" -c 'import platform; print(platform.python_version())') is too old; resnet_backbone needs >= 3.10 (set PYTHON=/path/to/python3.11)."
-[ -f "$CONSTRAINTS" ] || die "constraints.txt is missing from $ROOT; restore it from git."
+# Run it once: a command that exists but does not run (a pyenv shim of a version that
+# is not active exits 127, a broken install crashes) is named as such, not as "too old".
+py_out=$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>&1)
+py_rc=$?
+py_out=$(printf '%s\n' "$py_out" | tail -n1)
+if [ "$py_rc" -ne 0 ] || ! [[ "$py_out" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    die "PYTHON='$PYTHON' ($(command -v "$PYTHON")) does not run (exit $py_rc: ${py_out:-no output}); set PYTHON to a working interpreter, e.g. PYTHON=\$(pyenv root)/versions/3.11.7/bin/python3.11 (a pyenv shim runs only for an active version)."
+fi
+PY_VERSION="$py_out"
+IFS=. read -r py_major py_minor _ <<<"$PY_VERSION"
+[ "$py_major" -eq 3 ] && [ "$py_minor" -ge 10 ] \
+    || die "Python $PY_VERSION ($PYTHON) is too old; resnet_backbone needs >= 3.10 (set PYTHON=/path/to/python3.11)."
+[ -f "$CONSTRAINTS" ] || die "$(basename "$CONSTRAINTS") is missing from $ROOT; restore it from git (or unset STACK)."
 
-want_stamp=$(cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/setup.sh" | sha256sum | cut -d' ' -f1)
+want_stamp=$(cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/setup.sh" "$ROOT"/tools/patches/* 2>/dev/null | sha256sum | cut -d' ' -f1)
 
 quick_check() {
     "$PY" - <<'EOF' >/dev/null 2>&1
@@ -70,26 +97,47 @@ torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
 EOF
 }
 
-if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && quick_check; then
-    say "environment is up to date (.venv), nothing to do"
+# mmcv_for_this_torch: mmcv at the pinned version, its compiled ops load, and the
+# record written at its install says it was built against the installed torch.
+MMCV_RECORD=BUILT_WITH_TORCH.json
+mmcv_for_this_torch() {
+    "$PY" - "$(pin mmcv)" "$MMCV_RECORD" <<'EOF' >/dev/null 2>&1
+import hashlib, json, os, sys
+import torch, mmcv, mmcv._ext  # noqa: F401
+assert mmcv.__version__ == sys.argv[1]
+pkg = os.path.dirname(mmcv.__file__)
+with open(os.path.join(pkg, sys.argv[2])) as f:
+    record = json.load(f)
+assert record['torch'] == torch.__version__
+with open(os.path.join(pkg, record['ext']), 'rb') as f:  # the record is about this build
+    assert hashlib.sha256(f.read()).hexdigest() == record['ext_sha256']
+EOF
+}
+
+if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && quick_check && mmcv_for_this_torch; then
+    say "environment is up to date ($VENV), nothing to do"
     exit 0
 fi
 
 T_START=$SECONDS
 if [ ! -x "$PY" ]; then
-    "$PYTHON" -m venv "$VENV" 2>"/tmp/resnet_backbone_venv.log" \
-        || die "could not create .venv ($(tail -n1 /tmp/resnet_backbone_venv.log)); on Debian/Ubuntu: apt-get install python3-venv."
+    venv_log=$(mktemp)
+    "$PYTHON" -m venv "$VENV" 2>"$venv_log" \
+        || die "could not create $VENV ($(tail -n1 "$venv_log")); on Debian/Ubuntu: apt-get install python3-venv."
     say "created $VENV"
 fi
 mkdir -p "$LOGS"
 PIP=("$PY" -m pip install -c "$CONSTRAINTS")
+PY_VERSION=$("$PY" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "$PY_VERSION")
 
 run_step "pip and build tools" "could not install pip/setuptools/wheel/ninja" \
     "${PIP[@]}" --upgrade pip setuptools wheel ninja
 
 # torch + torchvision: must come from the registry, and must really import together.
 TV_CHECK='import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)'
-if ! "$PY" -c "$TV_CHECK" >/dev/null 2>&1; then
+# ... and at the pinned versions (a changed pin replaces them; local labels like +cu130 aside)
+TV_PINNED="import sys, torch, torchvision; sys.exit(0 if (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('$(pin torch)', '$(pin torchvision)') else 1)"
+if ! { "$PY" -c "$TV_CHECK" && "$PY" -c "$TV_PINNED"; } >/dev/null 2>&1; then
     # A CPU-only torch (+cpu local version) cannot load torchvision's ops: replace it.
     if "$PY" -c 'import torch, sys; sys.exit(0 if "+cpu" in torch.__version__ else 1)' >/dev/null 2>&1; then
         run_step "remove CPU-only torch" "could not uninstall the CPU-only torch wheel" \
@@ -99,6 +147,7 @@ if ! "$PY" -c "$TV_CHECK" >/dev/null 2>&1; then
     # holding a CPU-only torch wheel, with which torchvision cannot import (`operator
     # torchvision::nms does not exist`). Only the registry build pairs with torchvision,
     # so this one step reads no pip config at all (pip ignores an empty PIP_FIND_LINKS).
+    TORCH_REINSTALLED=1
     run_step "torch and torchvision" "could not install torch $(pin torch) + torchvision $(pin torchvision) (about 2.7 GB of wheels)" \
         env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "${PIP[@]}" "torch==$(pin torch)" "torchvision==$(pin torchvision)"
     "$PY" -c "$TV_CHECK" >"$LOGS/torchvision_check.log" 2>&1 \
@@ -108,19 +157,80 @@ fi
 run_step "mmengine" "could not install mmengine $(pin mmengine)" \
     "${PIP[@]}" "mmengine==$(pin mmengine)"
 
-# mmcv: no registry wheels for this torch; build from source with compiled ops.
-if ! "$PY" -c "import mmcv, mmcv._ext, sys; sys.exit(0 if mmcv.__version__ == '$(pin mmcv)' else 1)" >/dev/null 2>&1; then
-    command -v "${CC:-gcc}" >/dev/null 2>&1 && command -v "${CXX:-g++}" >/dev/null 2>&1 \
-        || die "no C/C++ compiler found, needed to build mmcv's ops; install one (Debian/Ubuntu: apt-get install build-essential) and re-run."
-    "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
-        || die "Python headers (Python.h) are missing, needed to build mmcv's ops; install them (Debian/Ubuntu: apt-get install python3-dev) and re-run."
+# mmcv: no registry wheels for this torch; build from source with compiled ops, once per
+# torch build (see the top of this file), and record the torch it was built against.
+MMCV_V=$(pin mmcv)
+TORCH_V=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)
+record_mmcv_build() {  # record_mmcv_build SOURCE: mmcv/BUILT_WITH_TORCH.json for the doctor
+    "$PY" - "$TORCH_V" "$1" "$MMCV_RECORD" <<'EOF' || die "could not record the torch mmcv was built against (in mmcv's package folder); check that the venv is writable."
+import glob, hashlib, json, os, sys
+import mmcv
+pkg = os.path.dirname(mmcv.__file__)
+ext = sorted(glob.glob(os.path.join(pkg, '_ext*.so')))[0]
+with open(ext, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+with open(os.path.join(pkg, sys.argv[3]), 'w') as f:
+    json.dump({'torch': sys.argv[1], 'ext': os.path.basename(ext), 'ext_sha256': digest,
+               'source': sys.argv[2]}, f, indent=1)
+EOF
+}
+MMCV_PKG=$("$PY" -c 'import os, mmcv; print(os.path.dirname(mmcv.__file__))' 2>/dev/null)
+if [ "${TORCH_REINSTALLED:-0}" = 0 ] && [ "${RB_REBUILD_MMCV:-0}" = 0 ] && [ -n "$MMCV_PKG" ] \
+        && [ ! -e "$MMCV_PKG/$MMCV_RECORD" ] \
+        && "$PY" -c "import sys, mmcv, mmcv._ext; sys.exit(0 if mmcv.__version__ == '$MMCV_V' else 1)" >/dev/null 2>&1; then
+    # An mmcv installed before setup kept records (torch untouched by this run): adopt
+    # it rather than rebuild for 13 min; the record says so and the doctor shows it.
+    say "mmcv $MMCV_V is installed without a record of its torch: assuming torch $TORCH_V (RB_REBUILD_MMCV=1 bash tools/setup.sh rebuilds it)"
+    record_mmcv_build "adopted: installed before tools/setup.sh recorded builds"
+fi
+if ! mmcv_for_this_torch; then
+    PY_TAG=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+    WHEEL_DIR="$WHEELS/torch-$TORCH_V"
+    find_wheel() { ls "$WHEEL_DIR"/mmcv-"$MMCV_V"-"$PY_TAG"-*.whl 2>/dev/null | head -n1; }
+    wheel=$(find_wheel)
+    if [ -n "$wheel" ]; then
+        say "mmcv $MMCV_V for torch $TORCH_V ($PY_TAG) is in the wheel cache: $wheel"
+    else
+        command -v "${CC:-gcc}" >/dev/null 2>&1 && command -v "${CXX:-g++}" >/dev/null 2>&1 \
+            || die "no C/C++ compiler found, needed to build mmcv's ops; install one (Debian/Ubuntu: apt-get install build-essential) and re-run."
+        "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+            || die "Python headers (Python.h) are missing, needed to build mmcv's ops; install them (Debian/Ubuntu: apt-get install python3-dev) and re-run."
+        mkdir -p "$WHEEL_DIR" || die "cannot create the wheel cache $WHEEL_DIR; set RB_WHEEL_CACHE to a writable folder."
+        target="mmcv==$MMCV_V"
+        if "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)'; then
+            # Python >= 3.13: mmcv's setup.py needs a patch (PEP 667), so build from a
+            # patched copy of the sdist. 3.10-3.12 build the registry sdist unchanged.
+            PATCH="$ROOT/tools/patches/mmcv-$MMCV_V-py313.patch"
+            [ -f "$PATCH" ] || die "mmcv $MMCV_V's setup.py is not known to run on Python $PY_VERSION and tools/patches/ has no mmcv-$MMCV_V-py313.patch; use Python 3.10-3.12 (PYTHON=/path/to/python3.11) or add the patch."
+            command -v patch >/dev/null 2>&1 || die "the 'patch' command is missing, needed to patch mmcv for Python $PY_VERSION; install it (Debian/Ubuntu: apt-get install patch) and re-run."
+            sdist_sha=$(sed -n 's/^# sdist-sha256: *\([0-9a-f]\{64\}\).*/\1/p' "$PATCH" | head -n1)
+            [ -n "$sdist_sha" ] || die "$PATCH has no '# sdist-sha256: ...' line; restore it from git."
+            index_url=$("$PY" -m pip config get global.index-url 2>/dev/null || true)
+            run_step "mmcv sdist" "could not download mmcv $MMCV_V's sdist (see the log); check the network/proxy and re-run 'bash tools/setup.sh'" \
+                "$PY" "$ROOT/tools/patches/fetch_sdist.py" mmcv "$MMCV_V" "$sdist_sha" "$WHEELS/sdist" "$index_url"
+            SRC="$VENV/build/mmcv-$MMCV_V-patched"
+            say "Python $PY_VERSION: patching mmcv $MMCV_V's sdist with tools/patches/$(basename "$PATCH")"
+            run_step "mmcv patch" "tools/patches/$(basename "$PATCH") does not apply to mmcv $MMCV_V's sdist; fix the patch and re-run 'bash tools/setup.sh'" \
+                bash -c 'set -e; rm -rf "$1"; mkdir -p "$1"; tar xzf "$2" -C "$1" --strip-components=1; cd "$1"; patch -p1 --forward <"$3"' \
+                _ "$SRC" "$WHEELS/sdist/mmcv-$MMCV_V.tar.gz" "$PATCH"
+            sed 's/^/[setup]   mmcv patch: /' "$LOGS/mmcv_patch.log"
+            target="$SRC"
+        fi
+        say "building mmcv $MMCV_V with compiled ops for torch $TORCH_V: about 13 min on 2 cores, once per torch build (wheel kept in $WHEEL_DIR)"
+        # --no-cache-dir: pip's own cache could hand back a wheel built against another torch
+        MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" run_step "mmcv build" \
+            "the mmcv $MMCV_V build failed (compiler error or missing headers: see the log); fix the cause and re-run 'bash tools/setup.sh'" \
+            "$PY" -m pip wheel -c "$CONSTRAINTS" --no-deps --no-build-isolation --no-cache-dir -w "$WHEEL_DIR" "$target"
+        wheel=$(find_wheel)
+        [ -n "$wheel" ] || die "the mmcv build wrote no mmcv-$MMCV_V-$PY_TAG wheel into $WHEEL_DIR; see $LOGS/mmcv_build.log."
+        rm -rf "$VENV/build"
+    fi
     "$PY" -m pip uninstall -y mmcv mmcv-lite >/dev/null 2>&1
-    say "building mmcv $(pin mmcv) with compiled ops: about 13 min on 2 cores the first time, seconds when pip's wheel cache has it"
-    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" run_step "mmcv build" \
-        "the mmcv $(pin mmcv) build failed (compiler error or missing headers: see the log); fix the cause and re-run 'bash tools/setup.sh'" \
-        "${PIP[@]}" --no-build-isolation "mmcv==$(pin mmcv)"
+    run_step "mmcv install" "could not install $wheel" \
+        "${PIP[@]}" "$wheel"
     "$PY" -c 'import mmcv._ext' >"$LOGS/mmcv_check.log" 2>&1 \
-        || die "mmcv was installed but its compiled ops do not load ($(tail -n1 "$LOGS/mmcv_check.log")); run 'pip cache remove mmcv' and re-run 'bash tools/setup.sh'."
+        || die "mmcv was installed but its compiled ops do not load ($(tail -n1 "$LOGS/mmcv_check.log")); delete $WHEEL_DIR and re-run 'bash tools/setup.sh'."
+    record_mmcv_build "$wheel"
 fi
 
 run_step "mmdet" "could not install mmdet $(pin mmdet)" \
@@ -129,6 +239,6 @@ run_step "mmdet" "could not install mmdet $(pin mmdet)" \
 run_step "resnet_backbone (editable, dev extra)" "could not install this project; check pyproject.toml" \
     "${PIP[@]}" --no-build-isolation -e "$ROOT[dev]"
 
-quick_check || die "the stack installed but does not import; run '.venv/bin/python -m resnet_backbone.doctor' to see which piece is broken."
+quick_check && mmcv_for_this_torch || die "the stack installed but does not import; run '.venv/bin/python -m resnet_backbone.doctor' to see which piece is broken."
 echo "$want_stamp" >"$STAMP"
 say "done in $((SECONDS - T_START)) s; check it any time with: .venv/bin/python -m resnet_backbone.doctor"
