@@ -1,8 +1,9 @@
 """``python -m resnet_backbone.doctor``: check the installed stack, name what is broken.
 
 Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine, mmcv
-(and whether its compiled ops load), mmdet and numpy, whether CUDA is available, and
-whether ``ResNetV1Custom`` resolves in mmdet's registry. Exits 1 on a broken stack,
+(and whether its compiled ops load, and were built for the installed torch), mmdet and
+numpy, whether CUDA is available, and whether ``ResNetV1Custom`` resolves in mmdet's
+registry. Exits 1 on a broken stack,
 with one ``FIX:`` line per broken piece.
 
 It must run whatever is broken, since that is when it is needed: it imports only the
@@ -11,7 +12,10 @@ first) keeps its import error instead of raising it when started as this module.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
 import platform
 import re
 import sys
@@ -19,6 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SETUP = "run 'bash tools/setup.sh' from the repo root"
+# tools/setup.sh writes this next to mmcv's package when it installs an mmcv build:
+# {"torch": <torch.__version__ it was built against>, "ext": <_ext file name>,
+#  "ext_sha256": <its hash>, "source": <the wheel, or "adopted: ...">}
+MMCV_RECORD = 'BUILT_WITH_TORCH.json'
 
 
 @dataclass
@@ -72,6 +80,33 @@ def _mmcv_ext() -> str:
     return 'compiled ops load'
 
 
+def _mmcv_built_for_torch() -> str:
+    """mmcv._ext links torch's C++ ABI: an mmcv built against another torch may import
+    and then crash or compute garbage. Compare setup's record with the installed torch."""
+    import mmcv
+    import torch
+    pkg = os.path.dirname(mmcv.__file__)
+    path = os.path.join(pkg, MMCV_RECORD)
+    if not os.path.exists(path):
+        return (f'unknown: no {MMCV_RECORD} in {pkg} (mmcv was not installed by '
+                'tools/setup.sh, which records it)')
+    with open(path) as f:
+        record = json.load(f)
+    ext = os.path.join(pkg, record['ext'])
+    if not os.path.exists(ext):
+        return f'unknown: the recorded build {record["ext"]} is gone (mmcv was reinstalled)'
+    with open(ext, 'rb') as f:
+        if hashlib.sha256(f.read()).hexdigest() != record['ext_sha256']:
+            return (f'unknown: {MMCV_RECORD} describes another build of {record["ext"]} '
+                    '(mmcv was reinstalled outside tools/setup.sh)')
+    if record['torch'] != torch.__version__:
+        raise RuntimeError(f'mmcv._ext was built for torch {record["torch"]}, but torch '
+                           f'{torch.__version__} is installed')
+    adopted = (' (adopted by setup from an older install, not verified)'
+               if str(record.get('source', '')).startswith('adopted') else '')
+    return f'mmcv._ext built for torch {record["torch"]}, the installed one{adopted}'
+
+
 def _cuda() -> str:
     import torch
     if torch.cuda.is_available():
@@ -101,6 +136,8 @@ def run_checks() -> list[Check]:
         _guard('mmcv', SETUP + ' (builds mmcv from source)', _mmcv),
         _guard('mmcv._ext', "mmcv was installed without its compiled ops: 'pip uninstall -y "
                "mmcv' and " + SETUP + ' (it builds mmcv with MMCV_WITH_OPS=1)', _mmcv_ext),
+        _guard('mmcv build', "rebuild mmcv for the installed torch: " + SETUP + " (it builds "
+               "mmcv once per torch version and records which)", _mmcv_built_for_torch),
         _guard('mmdet', SETUP, lambda: _version('mmdet')),
         _guard('numpy', SETUP, lambda: _version('numpy')),
         _guard('cuda', '', _cuda, required=False),

@@ -104,3 +104,45 @@ def test_import_still_fails_loudly_with_broken_mmcv(tmp_path):
 def test_started_as_doctor(argv, doctor):
     import resnet_backbone
     assert resnet_backbone._started_as_doctor(argv) is doctor
+
+
+# ------------------------------------------------- mmcv built for another torch
+def _fake_mmcv_build(tmp_path: Path, monkeypatch, torch_version: str, ext_bytes=b'ops'):
+    """An mmcv package folder whose setup record says it was built for torch_version."""
+    import hashlib
+    import json
+    pkg = tmp_path / 'mmcv'
+    pkg.mkdir()
+    (pkg / '_ext.cpython-3x.so').write_bytes(ext_bytes)
+    (pkg / 'BUILT_WITH_TORCH.json').write_text(json.dumps({  # tools/setup.sh writes it
+        'torch': torch_version, 'ext': '_ext.cpython-3x.so',
+        'ext_sha256': hashlib.sha256(b'ops').hexdigest(), 'source': 'mmcv-2.1.0.whl'}))
+    # the real mmcv stays (its submodules load); only where it says it lives changes
+    import mmcv
+    monkeypatch.setattr(mmcv, '__file__', str(pkg / '__init__.py'))
+
+
+def test_doctor_names_mmcv_built_for_another_torch(tmp_path, monkeypatch, capsys):
+    """Before: no such check; an mmcv wheel cached for torch 2.13 reused under 2.14 passed."""
+    import torch
+    _fake_mmcv_build(tmp_path, monkeypatch, '1.0.0+old')
+    assert doctor.main() == 1
+    out = capsys.readouterr().out
+    assert '[BAD] mmcv build' in out, out
+    fixes = [line for line in out.splitlines() if line.startswith('FIX:')]
+    assert len(fixes) == 1, out
+    assert fixes[0].startswith('FIX: mmcv build is broken (RuntimeError: mmcv._ext was built '
+                               f'for torch 1.0.0+old, but torch {torch.__version__} is '
+                               'installed); rebuild mmcv for the installed torch'), fixes
+    assert 'tools/setup.sh' in fixes[0]
+
+
+def test_doctor_mmcv_build_record(tmp_path, monkeypatch):
+    import torch
+    _fake_mmcv_build(tmp_path, monkeypatch, torch.__version__)
+    assert doctor._mmcv_built_for_torch() == (
+        f'mmcv._ext built for torch {torch.__version__}, the installed one')
+    # a record of another build (mmcv reinstalled behind setup's back) proves nothing
+    (tmp_path / 'mmcv' / '_ext.cpython-3x.so').write_bytes(b'other ops')
+    assert doctor._mmcv_built_for_torch().startswith('unknown: BUILT_WITH_TORCH.json '
+                                                     'describes another build')

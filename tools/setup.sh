@@ -128,7 +128,7 @@ if [ ! -x "$PY" ]; then
 fi
 mkdir -p "$LOGS"
 PIP=("$PY" -m pip install -c "$CONSTRAINTS")
-PY_VERSION=$("$PY" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "$PY_VERSION")
+PY_VERSION=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "$PY_VERSION")
 
 run_step "pip and build tools" "could not install pip/setuptools/wheel/ninja" \
     "${PIP[@]}" --upgrade pip setuptools wheel ninja

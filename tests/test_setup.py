@@ -1,0 +1,187 @@
+"""tools/setup.sh's one-line diagnoses and its mmcv wheel cache, with no network.
+
+setup.sh runs against stand-ins: a stub PYTHON on PATH, or a fake interpreter (a
+Python script) that creates a fake venv, answers the import probes from rules and
+logs every pip call instead of running pip. Each run gets its own VENV and wheel
+cache under tmp_path, so the repo's .venv is never touched.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / 'tools' / 'setup.sh'
+
+# The fake interpreter. `-c CODE` / `- < CODE`: code that imports the stack (torch,
+# mmcv, ...) is not run: it exits 1 if it matches the rule FAIL, else 0 (printing a
+# torch version where asked); other code (version probes) runs with sys.version_info
+# set to VERSION. `-m venv DIR` makes DIR/bin/python a copy of this script.
+# `-m pip ARGS` is logged; it fails with PIP_OUTPUT when ARGS match PIP_FAIL, and
+# `pip wheel ... -w DIR` writes an (empty) wheel file named for VERSION into DIR.
+FAKE_PYTHON = r'''#!{python}
+import json, os, re, shutil, sys
+cfg = json.loads(os.environ['FAKE_PY'])
+args = sys.argv[1:]
+def log(line):
+    with open(cfg['log'], 'a') as f:
+        f.write(line + '\n')
+def run(code, argv):
+    if cfg.get('fail') and re.search(cfg['fail'], code):
+        sys.exit(1)
+    if re.search(r'\b(torch|torchvision|mmcv|mmdet|mmengine|resnet_backbone)\b', code) \
+            or 'Python.h' in code:
+        if 'print(torch.__version__)' in code:
+            print(cfg['torch'])
+        sys.exit(0)
+    sys.version_info = tuple(cfg['version']) + ('final', 0)
+    sys.argv = argv
+    exec(compile(code, '<fake>', 'exec'), {{'__name__': '__main__'}})
+    sys.exit(0)
+if args[:1] == ['-c']:
+    run(args[1], ['-c'] + args[2:])
+if args[:1] == ['-']:
+    run(sys.stdin.read(), args)
+if args[:2] == ['-m', 'venv']:
+    os.makedirs(os.path.join(args[2], 'bin'), exist_ok=True)
+    shutil.copy(__file__, os.path.join(args[2], 'bin', 'python'))
+    sys.exit(0)
+if args[:2] == ['-m', 'pip']:
+    line = ' '.join(args[2:])
+    log('pip ' + line)
+    if cfg.get('pip_fail') and re.search(cfg['pip_fail'], line):
+        print(cfg['pip_output'])
+        sys.exit(1)
+    if args[2] == 'wheel' and '-w' in args:
+        tag = 'cp%d%d' % tuple(cfg['version'][:2])
+        out = args[args.index('-w') + 1]
+        open(os.path.join(out, 'mmcv-2.1.0-%s-%s-linux_x86_64.whl' % (tag, tag)), 'w').close()
+    sys.exit(0)
+sys.exit('fake python: unexpected arguments %r' % (args,))
+'''
+
+# What pip 24 prints when an sdist's setup.py dies while pip reads its metadata
+# (here mmcv 2.1.0 on Python 3.13, trimmed).
+METADATA_FAILURE = """\
+Collecting mmcv==2.1.0
+  Downloading mmcv-2.1.0.tar.gz (471 kB)
+  Preparing metadata (setup.py): started
+  Preparing metadata (setup.py): finished with status 'error'
+  error: subprocess-exited-with-error
+
+  × python setup.py egg_info did not run successfully.
+  │ exit code: 1
+  ╰─> [8 lines of output]
+      Traceback (most recent call last):
+        File "<string>", line 2, in <module>
+        File "<pip-setuptools-caller>", line 34, in <module>
+        File "/tmp/pip-install-x/mmcv_1/setup.py", line 481, in <module>
+          version=get_version(),
+        File "/tmp/pip-install-x/mmcv_1/setup.py", line 43, in get_version
+          return locals()['__version__']
+      KeyError: '__version__'
+      [end of output]
+
+  note: This error originates from a subprocess, and is likely not a problem with pip.
+error: metadata-generation-failed
+
+× Encountered error while generating package metadata.
+╰─> See above for output.
+"""
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def _setup(tmp_path: Path, python: str, path_dirs=(), **fake) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=python, VENV=str(tmp_path / 'venv'),
+               RB_WHEEL_CACHE=str(tmp_path / 'wheels'), CC='true', CXX='true',
+               PATH=os.pathsep.join([*map(str, path_dirs), os.environ['PATH']]))
+    env.pop('STACK', None)
+    if fake:
+        cfg = {'version': [3, 12, 1], 'torch': '2.13.0+cu130', 'log': str(tmp_path / 'calls')}
+        cfg.update(fake)
+        env['FAKE_PY'] = json.dumps(cfg)
+    return subprocess.run(['bash', str(SETUP)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def _fake_python(tmp_path: Path) -> str:
+    return str(_executable(tmp_path / 'fakepython', FAKE_PYTHON.format(python=sys.executable)))
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith('setup: ERROR')]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize('stub,says', [
+    # a pyenv shim whose version is not active: the command exists but exits 127
+    ('echo "pyenv: python3.12: command not found" >&2; exit 127',
+     'exit 127: pyenv: python3.12: command not found'),
+    # an interpreter that crashes at start (a broken install)
+    ('echo "Fatal Python error: init_fs_encoding: failed to get the Python codec" >&2; exit 1',
+     'exit 1: Fatal Python error: init_fs_encoding'),
+])
+def test_python_that_does_not_run_is_named(tmp_path, stub, says):
+    """Before: 'Python  is too old' (an empty version, the wrong cause)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    _executable(bin_dir / 'python3.12', '#!/bin/sh\n' + stub + '\n')
+    line = _one_error_line(_setup(tmp_path, 'python3.12', [bin_dir]))
+    assert "PYTHON='python3.12'" in line and 'does not run' in line and says in line, line
+    assert 'too old' not in line and 'PYTHON=' in line.split(';', 1)[1], line
+    assert not (tmp_path / 'venv').exists()
+
+
+def test_metadata_generation_failure_is_named_with_its_error(tmp_path):
+    """Before: 'the mmcv 2.1.0 build failed (compiler error or missing headers ...)'."""
+    r = _setup(tmp_path, _fake_python(tmp_path), fail=r'\bmmcv\b',
+               pip_fail=r'mmcv==2\.1\.0|mmcv-2\.1\.0-patched', pip_output=METADATA_FAILURE)
+    line = _one_error_line(r)
+    assert line.startswith('setup: ERROR in step "mmcv build": '), line
+    assert "metadata generation failed (KeyError: '__version__')" in line, line
+    assert 'before anything was compiled' in line and 'compiler error' not in line, line
+    assert 'mmcv_build.log' in line
+
+
+def test_mmcv_wheel_of_another_torch_is_not_reused(tmp_path):
+    """A wheel cached for torch 2.14.1 is left alone when torch 2.13.0 is installed: mmcv
+    is built (pip's own cache bypassed) into the folder of this torch and installed from
+    there. Before: `pip install mmcv==2.1.0`, which takes any wheel pip has cached."""
+    other = tmp_path / 'wheels' / 'torch-2.14.1+cu130'
+    other.mkdir(parents=True)
+    (other / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl').write_text('')
+    # the record check fails: mmcv is not built for this torch yet
+    _setup(tmp_path, _fake_python(tmp_path), fail=r"record\['torch'\]")
+    pip = (tmp_path / 'calls').read_text().splitlines()
+    mmcv = [c for c in pip if 'mmcv' in c and 'uninstall' not in c]
+    here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
+    assert len(mmcv) == 2, pip
+    assert mmcv[0].startswith('pip wheel ') and '--no-cache-dir' in mmcv[0], mmcv
+    assert f'-w {here} mmcv==2.1.0' in mmcv[0], mmcv
+    assert mmcv[1].startswith('pip install ') and mmcv[1].endswith(
+        f'{here}/mmcv-2.1.0-cp312-cp312-linux_x86_64.whl'), mmcv
+    assert str(other) not in '\n'.join(pip)
+
+
+def test_mmcv_wheel_of_this_torch_is_reused(tmp_path):
+    """The second venv on a machine installs the wheel built for its torch: no build."""
+    here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
+    here.mkdir(parents=True)
+    (here / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl').write_text('')
+    r = _setup(tmp_path, _fake_python(tmp_path), fail=r"record\['torch'\]")
+    pip = (tmp_path / 'calls').read_text().splitlines()
+    assert not any(c.startswith('pip wheel') for c in pip), pip
+    assert f'pip install -c {ROOT}/constraints.txt {here}/mmcv-2.1.0-cp312-cp312-linux_x86_64.whl' \
+        in pip, pip
+    assert 'is in the wheel cache' in r.stdout
