@@ -17,3 +17,12 @@ doctor: setup
 
 lint: setup
 	@$(PY) -m ruff check resnet_backbone tools tests
+
+# STACK=latest: the newest torch/torchvision pair (constraints-latest.txt), in the same
+# .venv (switching back rebuilds nothing: mmcv wheels are kept per torch version).
+.PHONY: setup-latest test-latest
+setup-latest:
+	@STACK=latest bash tools/setup.sh
+
+test-latest: setup-latest
+	@$(PY) -m pytest

@@ -3,7 +3,8 @@
 Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine, mmcv
 (and whether its compiled ops load, and were built for the installed torch), mmdet and
 numpy, whether CUDA is available, and whether ``ResNetV1Custom`` resolves in mmdet's
-registry. Exits 1 on a broken stack,
+registry; last, which row of the README's tested version matrix the environment is
+(Python minor version + the constraints file whose pins it matches). Exits 1 on a broken stack,
 with one ``FIX:`` line per broken piece.
 
 It must run whatever is broken, since that is when it is needed: it imports only the
@@ -12,8 +13,10 @@ first) keeps its import error instead of raising it when started as this module.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -107,6 +110,39 @@ def _mmcv_built_for_torch() -> str:
     return f'mmcv._ext built for torch {record["torch"]}, the installed one{adopted}'
 
 
+STACK_PINS = ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'numpy')
+STACKS = {'constraints.txt': 'default stack', 'constraints-latest.txt': 'STACK=latest'}
+
+
+def _matrix_row(root: str | None = None) -> str:
+    """The README matrix row: Python X.Y + the stack whose pins match what is installed."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(glob.glob(os.path.join(root, 'constraints*.txt')))
+    if not files:
+        raise LookupError(f'no constraints*.txt in {root} (not a source checkout)')
+    installed = {}
+    for name in STACK_PINS:
+        try:
+            installed[name] = importlib.metadata.version(name).split('+')[0]
+        except importlib.metadata.PackageNotFoundError:
+            installed[name] = 'not installed'
+    py = f'Python {sys.version_info[0]}.{sys.version_info[1]}'
+    first_diffs = None
+    for path in sorted(files, key=lambda f: os.path.basename(f) != 'constraints.txt'):
+        with open(path) as f:
+            pins = dict(line.split('#')[0].strip().split('==', 1) for line in f
+                        if '==' in line.split('#')[0])
+        diffs = [f'{n} {installed[n]} (pinned {pins[n]})' for n in STACK_PINS
+                 if n in pins and installed[n] != pins[n]]
+        name = os.path.basename(path)
+        if not diffs:
+            return (f'{py} + {STACKS.get(name, name)} ({name}: torch {installed["torch"]}, '
+                    f'torchvision {installed["torchvision"]})')
+        first_diffs = first_diffs or (name, diffs)
+    raise LookupError(f'{py}, but no constraints file matches: {first_diffs[0]} differs in '
+                      + ', '.join(first_diffs[1]))
+
+
 def _cuda() -> str:
     import torch
     if torch.cuda.is_available():
@@ -143,6 +179,7 @@ def run_checks() -> list[Check]:
         _guard('cuda', '', _cuda, required=False),
         _guard('registry', "make sure 'import resnet_backbone' works (pip install -e .) and "
                "that configs use default_scope='mmdet'", _registry),
+        _guard('matrix row', '', _matrix_row, required=False),
     ]
 
 

@@ -146,3 +146,22 @@ def test_doctor_mmcv_build_record(tmp_path, monkeypatch):
     (tmp_path / 'mmcv' / '_ext.cpython-3x.so').write_bytes(b'other ops')
     assert doctor._mmcv_built_for_torch().startswith('unknown: BUILT_WITH_TORCH.json '
                                                      'describes another build')
+
+
+def test_doctor_names_the_matrix_row(tmp_path):
+    """The row of the README's tested version matrix: Python X.Y + the matching stack."""
+    from importlib.metadata import version
+    pins = {n: version(n).split('+')[0] for n in doctor.STACK_PINS}
+    (tmp_path / 'constraints.txt').write_text(
+        '# default\n' + ''.join(f'{n}=={v}\n' for n, v in pins.items()) + 'pytest==1.0\n')
+    (tmp_path / 'constraints-latest.txt').write_text('torch==99.0\ntorchvision==99.1\n')
+    py = f'Python {sys.version_info[0]}.{sys.version_info[1]}'
+    assert doctor._matrix_row(str(tmp_path)) == (
+        f"{py} + default stack (constraints.txt: torch {pins['torch']}, "
+        f"torchvision {pins['torchvision']})")
+    (tmp_path / 'constraints.txt').write_text('torch==98.0\n')
+    with pytest.raises(LookupError, match=rf"{py}, but no constraints file matches: "
+                       rf"constraints.txt differs in torch {pins['torch']} \(pinned 98.0\)"):
+        doctor._matrix_row(str(tmp_path))
+    (tmp_path / 'constraints-latest.txt').write_text(f"torch=={pins['torch']}\n")
+    assert doctor._matrix_row(str(tmp_path)).startswith(f'{py} + STACK=latest')

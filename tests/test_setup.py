@@ -185,3 +185,30 @@ def test_mmcv_wheel_of_this_torch_is_reused(tmp_path):
     assert f'pip install -c {ROOT}/constraints.txt {here}/mmcv-2.1.0-cp312-cp312-linux_x86_64.whl' \
         in pip, pip
     assert 'is in the wheel cache' in r.stdout
+
+
+# pip's resolver when a pip.conf outside the repo caps what constraints-latest.txt pins
+CONSTRAINT_CONFLICT = """\
+ERROR: Cannot install torchvision==0.29.2 because these package versions have \
+conflicting dependencies.
+
+The conflict is caused by:
+    The user requested (constraint) torchvision==0.29.2
+    The user requested (constraint) torchvision<=0.29.1
+
+To fix this you could try to:
+1. loosen the range of package versions you've specified
+2. remove package versions to allow pip to attempt to solve the dependency conflict
+
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/#dealing-with-dependency-conflicts
+"""
+
+
+def test_constraint_conflict_is_named(tmp_path):
+    """Before: the step's generic hint ('could not install pip/setuptools/wheel/ninja')."""
+    r = _setup(tmp_path, _fake_python(tmp_path), pip_fail=r'--upgrade pip',
+               pip_output=CONSTRAINT_CONFLICT)
+    line = _one_error_line(r)
+    assert line.startswith('setup: ERROR in step "pip and build tools": '), line
+    assert ("pip's constraints conflict (torchvision<=0.29.1, torchvision==0.29.2)" in line
+            and 'pip config list' in line), line
