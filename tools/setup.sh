@@ -17,7 +17,8 @@
 # only that folder is installed from, so a wheel built against another torch is never
 # reused (pip's own wheel cache keys on the sdist, not on torch). The torch it was built
 # for is recorded next to the package (mmcv/BUILT_WITH_TORCH.json), which the doctor
-# checks. On Python >= 3.13 the sdist is patched first (tools/patches/, see there).
+# checks. On Python >= 3.13 or torch >= 2.14 the sdist is patched first (tools/patches/,
+# each patch says why).
 #
 # Every failure ends in ONE line saying what broke and how to fix it; the full
 # output of the failing step is kept in .venv/setup-logs/.
@@ -201,23 +202,32 @@ if ! mmcv_for_this_torch; then
         "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
             || die "Python headers (Python.h) are missing, needed to build mmcv's ops; install them (Debian/Ubuntu: apt-get install python3-dev) and re-run."
         mkdir -p "$WHEEL_DIR" || die "cannot create the wheel cache $WHEEL_DIR; set RB_WHEEL_CACHE to a writable folder."
-        target="mmcv==$MMCV_V"
+        # Patches the sdist needs here (tools/patches/, each file says why); with none
+        # (Python 3.10-3.12 and torch 2.13, the default stack) the registry sdist is built
+        # unchanged.
+        PATCHES=()
         if "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)'; then
-            # Python >= 3.13: mmcv's setup.py needs a patch (PEP 667), so build from a
-            # patched copy of the sdist. 3.10-3.12 build the registry sdist unchanged.
-            PATCH="$ROOT/tools/patches/mmcv-$MMCV_V-py313.patch"
-            [ -f "$PATCH" ] || die "mmcv $MMCV_V's setup.py is not known to run on Python $PY_VERSION and tools/patches/ has no mmcv-$MMCV_V-py313.patch; use Python 3.10-3.12 (PYTHON=/path/to/python3.11) or add the patch."
-            command -v patch >/dev/null 2>&1 || die "the 'patch' command is missing, needed to patch mmcv for Python $PY_VERSION; install it (Debian/Ubuntu: apt-get install patch) and re-run."
-            sdist_sha=$(sed -n 's/^# sdist-sha256: *\([0-9a-f]\{64\}\).*/\1/p' "$PATCH" | head -n1)
-            [ -n "$sdist_sha" ] || die "$PATCH has no '# sdist-sha256: ...' line; restore it from git."
+            PATCHES+=("$ROOT/tools/patches/mmcv-$MMCV_V-py313.patch")  # PEP 667 locals()
+        fi
+        if [ "$(printf '%s\n' 2.14 "${TORCH_V%%+*}" | sort -V | head -n1)" = 2.14 ]; then
+            PATCHES+=("$ROOT/tools/patches/mmcv-$MMCV_V-torch2.14.patch")  # C++20 headers
+        fi
+        target="mmcv==$MMCV_V"
+        if [ "${#PATCHES[@]}" -gt 0 ]; then
+            for p in "${PATCHES[@]}"; do
+                [ -f "$p" ] || die "mmcv $MMCV_V needs tools/patches/$(basename "$p") on Python $PY_VERSION with torch $TORCH_V, and it is missing; use Python 3.10-3.12 with the default stack (PYTHON=/path/to/python3.11, no STACK) or add the patch."
+            done
+            command -v patch >/dev/null 2>&1 || die "the 'patch' command is missing, needed to patch mmcv's sdist; install it (Debian/Ubuntu: apt-get install patch) and re-run."
+            sdist_sha=$(sed -n 's/^# sdist-sha256: *\([0-9a-f]\{64\}\).*/\1/p' "${PATCHES[0]}" | head -n1)
+            [ -n "$sdist_sha" ] || die "${PATCHES[0]} has no '# sdist-sha256: ...' line; restore it from git."
             index_url=$("$PY" -m pip config get global.index-url 2>/dev/null || true)
             run_step "mmcv sdist" "could not download mmcv $MMCV_V's sdist (see the log); check the network/proxy and re-run 'bash tools/setup.sh'" \
                 "$PY" "$ROOT/tools/patches/fetch_sdist.py" mmcv "$MMCV_V" "$sdist_sha" "$WHEELS/sdist" "$index_url"
             SRC="$VENV/build/mmcv-$MMCV_V-patched"
-            say "Python $PY_VERSION: patching mmcv $MMCV_V's sdist with tools/patches/$(basename "$PATCH")"
-            run_step "mmcv patch" "tools/patches/$(basename "$PATCH") does not apply to mmcv $MMCV_V's sdist; fix the patch and re-run 'bash tools/setup.sh'" \
-                bash -c 'set -e; rm -rf "$1"; mkdir -p "$1"; tar xzf "$2" -C "$1" --strip-components=1; cd "$1"; patch -p1 --forward <"$3"' \
-                _ "$SRC" "$WHEELS/sdist/mmcv-$MMCV_V.tar.gz" "$PATCH"
+            say "Python $PY_VERSION, torch $TORCH_V: patching mmcv $MMCV_V's sdist with $(for p in "${PATCHES[@]}"; do printf 'tools/patches/%s ' "$(basename "$p")"; done)"
+            run_step "mmcv patch" "a patch in tools/patches/ does not apply to mmcv $MMCV_V's sdist (see the log); fix it and re-run 'bash tools/setup.sh'" \
+                bash -c 'set -e; src=$1 tarball=$2; shift 2; rm -rf "$src"; mkdir -p "$src"; tar xzf "$tarball" -C "$src" --strip-components=1; cd "$src"; for p; do echo "applying ${p##*/}"; patch -p1 --forward <"$p"; done' \
+                _ "$SRC" "$WHEELS/sdist/mmcv-$MMCV_V.tar.gz" "${PATCHES[@]}"
             sed 's/^/[setup]   mmcv patch: /' "$LOGS/mmcv_patch.log"
             target="$SRC"
         fi
