@@ -1,6 +1,7 @@
 """Integration suite: real training runs (a few iterations), resume, torchrun. CI runs it."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,11 @@ def _runner_checkpoints_loadable():
     """Tests read Runner checkpoints with torch.load(weights_only=True), as the tools do."""
     from resnet_backbone.io.checkpoint_io import allow_runner_checkpoint_globals
     allow_runner_checkpoint_globals()
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: a shell starts
+    background jobs with SIGINT ignored, the child would inherit that, and Python then
+    installs no KeyboardInterrupt handler (the Ctrl-C tests would pass or fail by how
+    pytest was started)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

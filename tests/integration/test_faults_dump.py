@@ -25,7 +25,7 @@ from PIL import Image
 from resnet_backbone.apis.dump import load_levels
 from resnet_backbone.apis.features import FeatureExtractor
 
-from .conftest import CONFIG, ROOT
+from .conftest import CONFIG, ROOT, default_sigint
 
 DUMP = ROOT / 'tools' / 'dump_features.py'
 CONVERT = ROOT / 'tools' / 'convert_weights.py'
@@ -97,7 +97,7 @@ def test_sigint_during_dump_then_rerun_completes(checkpoints, tmp_path):
            str(tmp_path / 'images'), '--out', str(out), '--levels', ','.join(levels),
            '--overlay']
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     deadline = time.time() + 300
     while not list(out.glob('*.npz')) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)

@@ -34,7 +34,7 @@ import torch
 
 from resnet_backbone.io.checkpoint_io import PAUSE_ENV, find_resumable_checkpoint
 
-from .conftest import CONFIG, ROOT, run_tool, tiny_options
+from .conftest import CONFIG, ROOT, default_sigint, run_tool, tiny_options
 
 SEED = int(os.environ.get('FAULT_SEED', '11'))
 MAX_ITERS, INTERVAL = 8, 2
@@ -73,7 +73,7 @@ def _run_until(cmd, log: Path, trigger, sig=signal.SIGKILL, env=None, timeout=24
     (returncode, log text, whether the signal was sent)."""
     with open(log, 'w') as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=env or _env())
+                                env=env or _env(), preexec_fn=default_sigint)
         sent = False
         deadline = time.time() + timeout
         try:

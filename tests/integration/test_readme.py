@@ -73,6 +73,7 @@ def test_readme_commands_parse():
     assert all('\\' not in c and '\n' not in c for c in commands)
 
 
+@pytest.mark.timeout(2400)  # about 5 min on a quiet 2-core machine; 3x that under load
 def test_readme_commands_run_verbatim(tmp_path):
     clone = tmp_path / 'clone'
     files = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
