@@ -119,12 +119,12 @@ def test_records_carry_a_fingerprint_of_what_made_them(fx, tmp_path):
     img.parent.mkdir()
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
     dump_features(fx, [img], img.parent, tmp_path / 'out', dtype='float16', progress=False)
-    meta = read_meta(tmp_path / 'out' / 'a.png.npz')
+    meta = read_meta(tmp_path / 'out' / 'a.png.safetensors')
     assert 'fingerprint' in meta, 'the record stores no fingerprint'
     fp = meta['fingerprint']
     cfg = load_config(SHAPES)
     assert fp == {'config': config_digest(cfg), 'weights': {'random_seed': 0},
-                  'levels': fx.levels, 'dtype': 'float16', 'format': 'npz',
+                  'levels': fx.levels, 'dtype': 'float16', 'format': 'safetensors',
                   'tool': f'resnet_backbone {__version__}'}
     # the config hash follows the model and pipeline, not training-only settings
     cfg.train_cfg.max_iters = 7
@@ -140,15 +140,16 @@ def test_stale_records_stop_with_one_line_naming_overwrite(fx, tmp_path):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
     out = tmp_path / 'out'
     dump_features(fx, [img], img.parent, out, dtype='float32', progress=False)
-    before = (out / 'a.png.npz').read_bytes()
+    before = (out / 'a.png.safetensors').read_bytes()
     with pytest.raises(ToolError) as info:
         dump_features(fx, [img], img.parent, out, dtype='float16', progress=False)
     msg = str(info.value)
     assert '\n' not in msg and '--overwrite' in msg and 'dtype float32 (now float16)' in msg
-    assert (out / 'a.png.npz').read_bytes() == before  # nothing written
+    assert (out / 'a.png.safetensors').read_bytes() == before  # nothing written
     s = dump_features(fx, [img], img.parent, out, dtype='float16', overwrite=True,
                       progress=False)
-    assert s.dumped == 1 and read_meta(out / 'a.png.npz')['fingerprint']['dtype'] == 'float16'
+    assert s.dumped == 1
+    assert read_meta(out / 'a.png.safetensors')['fingerprint']['dtype'] == 'float16'
 
 
 def test_interrupted_overlay_leaves_no_record(fx, tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_interrupted_overlay_leaves_no_record(fx, tmp_path, monkeypatch):
     monkeypatch.setattr(dump, 'write_overlays', interrupted)
     with pytest.raises(KeyboardInterrupt):
         dump.dump_features(fx, [img], img.parent, out, overlay=True, progress=False)
-    assert not (out / 'a.png.npz').exists()  # not marked complete
+    assert not (out / 'a.png.safetensors').exists()  # not marked complete
     monkeypatch.undo()
     s = dump.dump_features(fx, [img], img.parent, out, overlay=True, progress=False)
     assert s.dumped == 1 and (out / 'overlays' / 'a.png.sheet.png').is_file()
@@ -189,12 +190,12 @@ def test_replaced_image_is_redumped(fx, tmp_path):
     img = _png(tmp_path / 'in' / 'a.png', 0)
     out = tmp_path / 'out'
     dump_features(fx, [img], img.parent, out, progress=False)
-    old = load_levels(out / 'a.png.npz')[0]['c5']
+    old = load_levels(out / 'a.png.safetensors')[0]['c5']
     _png(img, 200, (50, 60, 3))
     os.utime(img, ns=(1, 1))  # whatever the clock: the stamp differs
     s = dump_features(fx, [img], img.parent, out, progress=False)
     assert (s.dumped, s.already_there) == (1, 0), s.line()
-    levels, meta = load_levels(out / 'a.png.npz')
+    levels, meta = load_levels(out / 'a.png.safetensors')
     assert not torch.equal(levels['c5'], old)
     assert meta['source'] == {'size': img.stat().st_size, 'mtime_ns': 1}
     s = dump_features(fx, [img], img.parent, out, progress=False)

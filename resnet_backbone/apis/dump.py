@@ -1,89 +1,121 @@
-"""Dump feature maps of many images to disk: arrays + geometry + index + overlays.
+"""Dump feature maps of a whole data set: overlapped, batched, distributed, resumable.
 
-One file per image (``npz``, ``pt`` or ``safetensors``) holds every requested level and
-a JSON metadata record (geometry, strides, per-level stats, weights used). An index
-(``index.json`` and ``index.csv``) lists every image with its levels, shapes and stats.
-Writes are atomic, images already dumped are skipped (unless ``overwrite``), and an
-unreadable image is skipped with a one-line warning: an interrupted run is simply run
-again.
+The run, per process (rank):
 
-**Fingerprints.** Each record stores ``meta['fingerprint']``, what produced it: the
-config (:func:`~resnet_backbone.apis.features.config_digest`: the resolved model and test
-pipeline), the weights (sha256 of the checkpoint file; the seed for random weights; a
-digest of the tensors for a model passed in), the levels, the dtype, the format and the
-package version. A file already in the output folder is reused only if its fingerprint
-equals this run's. If any differs, the dump **stops before writing anything**, with one
+1. **Plan.** Every input image's output file is looked up in the manifests
+   (:mod:`~resnet_backbone.apis.dump_store`): reading one JSON line per image, not the
+   arrays files. An image is done when its latest record has this run's fingerprint, its
+   image file is unchanged (size and mtime), its arrays file exists and (with
+   ``--overlay``) its overlays were drawn the same way. A file that has no record (from
+   an older version, or a kill between the file and its record) is read for its
+   metadata, as before. Every rank plans every image, so all agree.
+2. **Shard.** Image ``i`` (of the sorted input list) belongs to rank ``i % world_size``:
+   disjoint and deterministic, whatever was done before.
+3. **Load** in DataLoader workers (``workers``): decoding and the config's test pipeline.
+4. **Batch** (``batch_size``) only images with the same padded input shape, so that each
+   gets exactly its batch-1 input. In reference mode (``fast=False``, or a backbone not
+   ours) the images of a batch still run one at a time: oneDNN and cuDNN choose kernels
+   by batch size, and batched results differ from batch-1 in the last bits. An
+   out-of-memory error in a batch retries that batch one image at a time (said once).
+5. **Write** beside the next forward: writer threads (``writers``) behind a bounded queue
+   take the maps, compute statistics (float32), cast to the storage dtype, draw overlays
+   (:mod:`~resnet_backbone.apis.dump_overlay`), write the arrays file, then append the
+   manifest record. Only the forward is on the critical path, and memory stays bounded.
+6. **Index.** Rank 0 follows all ranks' manifests for one progress bar, then writes
+   ``index.json``/``index.csv`` once.
+
+**Fingerprints.** Each record stores what produced it: the config
+(:func:`~resnet_backbone.apis.features.config_digest`), the weights (sha256 of the
+checkpoint; the seed for random weights; a digest of the tensors for a model passed in),
+the levels, the dtype, the format and the package version. If a file already in the
+folder was made with anything else, the dump **stops before writing anything**, with one
 line naming the first such file, what differs, and ``--overwrite`` (which removes those
-stale records and redoes every image). Stale results are never reused, and earlier
-results are never replaced unless asked. Without a config (an extractor built from a
-model), the test pipeline and the data preprocessor's settings (mean, std, padding) stand
-for the config.
+files and redoes every image). An image whose file changed since it was dumped is redone,
+that image only.
 
-**Replaced images.** Each record also stores ``meta['source']``, the size and mtime (ns)
-of its image file when it was read. An image whose file changed since (replaced at the
-same path) is re-dumped, that image only, without ``--overwrite``: the settings are the
-same, the user changed the input, so the old features are plainly out of date.
-
-**Skipped images.** Only a fault of the image itself is skipped with a warning: a missing
-file, a file that does not decode, an image the test pipeline drops. Any other error (out
-of memory, a dtype error, a bug in the model) stops the run.
-
-**Completion marker.** The record (the arrays file) is written last, after the overlays,
-and every file is written atomically: an existing record means the image is complete,
-overlays included, so Ctrl-C or a kill at any moment leaves no partial file and no image
-with arrays but without its overlays; running the same command again continues.
+**Faults.** Only a fault of the image itself is skipped, with one line: a missing file,
+a file that does not decode, an image the test pipeline drops. Any other error stops the
+run; a write error (a full disk, a read-only folder) is one line naming the folder. Every
+file is written atomically and its record after it, so Ctrl-C or a kill of any rank
+leaves no partial file: running the same command again does only what is missing.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import os
+import queue
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # a dependency of mmdet
 
 from ..cli import ToolError
-from ..io.fileio import atomic_path, atomic_write_bytes
 from ..spec import check_choice
-from ..version import __version__
+from .dump_overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
+from .dump_store import (
+    DTYPES,
+    FORMATS,
+    Manifest,
+    ManifestTail,
+    build_index,
+    check_format_dtype,
+    fingerprint,
+    fingerprint_difference,
+    index_entry,
+    load_levels,
+    read_manifests,
+    read_meta,
+    record,
+    save_levels,
+)
 from .features import (
     FeatureExtractor,
+    FeatureRecord,
     UnreadableImageError,
+    build_pipeline,
     level_stats,
-    settings_digest,
-    state_dict_digest,
-    unpad_to_original,
+    load_image,
 )
-from .visualize import blend, channel_grid, feature_sheet, save_png
+
+__all__ = ['DTYPES', 'FORMATS', 'OVERLAY_MODES', 'DumpSummary', 'collect_images',
+           'dump_features', 'fingerprint', 'load_levels', 'output_path', 'read_meta',
+           'save_levels']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
-FORMATS = ('npz', 'pt', 'safetensors')
-DTYPES = {'float32': torch.float32, 'float16': torch.float16}
-OVERLAY_MODES = ('mean', 'topk')
 NO_SUCH_FILE = 'no such file'
 
 
 @dataclass
 class DumpSummary:
+    """What a dump did, over all ranks."""
+
     dumped: int = 0
     already_there: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     seconds: float = 0.0
+    bytes: int = 0
+    ranks: int = 1
     index: Path | None = None
 
     def line(self) -> str:
-        per = f', {self.seconds / self.dumped:.2f} s/image' if self.dumped else ''
-        return (f'dumped {self.dumped}, already there {self.already_there}, '
-                f'skipped {self.skipped_words()}{per}; index: {self.index}')
+        rate = ''
+        if self.dumped:
+            mb = self.bytes / 1e6
+            rate = (f', {self.seconds / self.dumped:.2f} s/image '
+                    f'({self.dumped / self.seconds:.2f} images/s, '
+                    f'{mb / self.seconds:.3g} MB/s, {mb / self.dumped:.3g} MB/image)')
+        ranks = f' on {self.ranks} ranks' if self.ranks > 1 else ''
+        return (f'dumped {self.dumped}{ranks}, already there {self.already_there}, '
+                f'skipped {self.skipped_words()}{rate}; index: {self.index}')
 
     def skipped_words(self) -> str:
         """``'2 unreadable'``, ``'1 no such file'`` or ``'3 (2 unreadable, 1 no such file)'``."""
@@ -99,6 +131,7 @@ class DumpSummary:
         return bool(self.skipped) and not (self.dumped or self.already_there)
 
 
+# ---------------------------------------------------------------- inputs and outputs
 def collect_images(path: str | Path) -> tuple[list[Path], Path]:
     """Images named by ``path`` (a file, a folder searched recursively, or a ``.txt``
     list, one path per line, relative to the list's folder) and their common root."""
@@ -134,99 +167,20 @@ def output_path(image: Path, root: Path, out_dir: Path, fmt: str) -> Path:
     return out_dir / rel.parent / f'{rel.name}.{fmt}'
 
 
-# ---------------------------------------------------------------- file formats
-def save_levels(path: Path, levels: dict[str, torch.Tensor], meta: dict, fmt: str) -> None:
-    """Write ``levels`` and the JSON ``meta`` record to ``path`` atomically."""
-    meta_json = json.dumps(meta)
-    with atomic_path(path) as tmp:
-        if fmt == 'npz':
-            with open(tmp, 'wb') as f:
-                np.savez(f, __meta__=np.array(meta_json),
-                         **{k: v.cpu().numpy() for k, v in levels.items()})
-        elif fmt == 'pt':
-            torch.save({'levels': {k: v.cpu() for k, v in levels.items()}, 'meta': meta_json},
-                       tmp)
-        elif fmt == 'safetensors':
-            from safetensors.torch import save_file  # optional: only for this format
-            save_file({k: v.cpu().contiguous() for k, v in levels.items()}, str(tmp),
-                      metadata={'meta': meta_json})
-        else:
-            check_choice('format', fmt, FORMATS, quote=False)
+def overlay_stem(image: Path, root: Path, out_dir: Path) -> Path:
+    rel = _relative(image, root)
+    return out_dir / 'overlays' / rel.parent / rel.name
 
 
-def load_levels(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a dumped file back: (levels, meta)."""
-    path = Path(path)
-    if path.suffix == '.npz':
-        with np.load(path) as z:
-            meta = json.loads(str(z['__meta__']))
-            return {k: torch.from_numpy(z[k]) for k in z.files if k != '__meta__'}, meta
-    if path.suffix == '.pt':
-        d = torch.load(path, weights_only=True)
-        return d['levels'], json.loads(d['meta'])
-    if path.suffix == '.safetensors':
-        from safetensors import safe_open  # optional: only for this format
-        with safe_open(str(path), framework='pt') as f:
-            meta = json.loads(f.metadata()['meta'])
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    raise ValueError(f'{path}: unknown feature file type; allowed: .npz, .pt, .safetensors')
-
-
-def read_meta(path: Path) -> dict:
-    """The JSON record of a dumped file, without reading its arrays (npz members and
-    safetensors metadata are read on their own; a ``.pt`` file is memory-mapped)."""
-    if path.suffix == '.npz':
-        with np.load(path) as z:
-            return json.loads(str(z['__meta__']))
-    if path.suffix == '.safetensors':
-        from safetensors import safe_open  # optional: only for this format
-        with safe_open(str(path), framework='pt') as f:
-            return json.loads(f.metadata()['meta'])
-    if path.suffix == '.pt':  # memory-mapped: the arrays' bytes are never read
-        return json.loads(torch.load(path, weights_only=True, mmap=True)['meta'])
-    return load_levels(path)[1]
-
-
-# ---------------------------------------------------------------- fingerprints
-def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
-    """What produces this run's records; a record is reused only if it stored the same."""
-    w = fx.weights
-    if w.get('sha256'):
-        weights = {'file_sha256': w['sha256']}
-        if w.get('seed') is not None:
-            weights['seed'] = w['seed']  # part of the detector is random (seeded)
-    elif w.get('source') == 'random':
-        weights = {'random_seed': w.get('seed')}
-    else:  # a model passed in, or weights by URL: the tensors themselves
-        weights = {'state_sha256': state_dict_digest(fx.model)}
-    # no config (an extractor built from a model): its pipeline and preprocessor settings
-    config = fx.config_sha256 or {'pipeline_and_preprocessor': settings_digest(fx)}
-    return {'config': config, 'weights': weights, 'levels': list(fx.levels),
-            'dtype': dtype, 'format': fmt, 'tool': f'resnet_backbone {__version__}'}
-
-
-def fingerprint_difference(stored: dict | None, current: dict) -> str | None:
-    """None if ``stored`` equals ``current``; else what differs, in words."""
-    if not isinstance(stored, dict):
-        return 'an older version that stored no fingerprint'
-    if stored == current:
+def source_stamp(image: Path) -> dict | None:
+    """What tells a replaced image file: its size and mtime (ns). None if it is gone."""
+    try:
+        st = image.stat()
+    except OSError:
         return None
-    words = {'config': 'another config (model or test pipeline)', 'weights': 'other weights'}
-    parts = []
-    for key in current:
-        old, new = stored.get(key), current[key]
-        if old == new:
-            continue
-        if key in words:
-            parts.append(words[key])
-        elif key == 'levels':
-            parts.append(f"levels {','.join(old or [])} (now {','.join(new)})")
-        else:
-            parts.append(f'{key} {old} (now {new})')
-    return ', '.join(parts) or 'another fingerprint'
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
 
-# ---------------------------------------------------------------- the output folder
 def check_out_dir(out_dir: str | Path) -> None:
     """Raise one line naming ``out_dir`` if it cannot be created or written; writes nothing."""
     out = Path(out_dir)
@@ -255,175 +209,460 @@ def _writable(out_dir: Path) -> Iterator[None]:
                         f'{exc.filename}); choose a writable output folder (--out)') from exc
 
 
-# ---------------------------------------------------------------- overlays
-def overlay_stem(image: Path, root: Path, out_dir: Path) -> Path:
-    rel = _relative(image, root)
-    return out_dir / 'overlays' / rel.parent / rel.name
+# ---------------------------------------------------------------- the plan
+@dataclass
+class _Plan:
+    todo: set[str] = field(default_factory=set)  # str(image)
+    done: int = 0
+    stale: list[tuple[Path, str]] = field(default_factory=list)  # (file, what differs)
+    adopt: dict[str, dict] = field(default_factory=dict)  # str(image) -> record to append
 
 
-def write_overlays(image_path: Path, levels: dict[str, torch.Tensor], strides: dict[str, int],
-                   meta: dict, stem: Path, mode: str = 'mean', topk: int = 9) -> Path:
-    """Per-level heatmaps on the original image, and the side-by-side sheet (written
-    last; every PNG atomically).
-
-    ``mean``: mean of |activation| over channels; ``topk``: the ``topk`` channels with
-    the highest mean activation, one tile each, in a grid per level.
-    """
-    image = np.asarray(Image.open(image_path).convert('RGB'))
-    heats = {}
-    for name, t in levels.items():
-        fmap = t[0].float()
-        heat = unpad_to_original(fmap.abs().mean(0), strides[name], meta).numpy()
-        heats[name] = heat
-        if mode == 'topk':
-            order = fmap.flatten(1).mean(1).argsort(descending=True)[:topk].tolist()
-            channel_grid(image, [unpad_to_original(fmap[c], strides[name], meta).numpy()
-                                 for c in order], [f'{name} ch{c}' for c in order],
-                         stem.with_name(f'{stem.name}.{name}.topk.png'))
-        else:
-            save_png(Image.fromarray(blend(image, heat)),
-                     stem.with_name(f'{stem.name}.{name}.png'))
-    return feature_sheet(image, heats, strides, stem.with_name(f'{stem.name}.sheet.png'))
-
-
-def source_stamp(image: Path) -> dict | None:
-    """What tells a replaced image file: its size and mtime (ns). None if it is gone."""
-    try:
-        st = image.stat()
-    except OSError:
-        return None
-    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
-
-
-def _done(meta: dict, sheet: Path, overlay: bool, overlay_mode: str) -> bool:
-    """A record (matching fingerprint) is a complete image, unless overlays are asked
-    for and it was dumped without them (or in another mode)."""
-    return not overlay or (meta.get('overlay') == overlay_mode and sheet.is_file())
-
-
-# ---------------------------------------------------------------- the loop
-def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_dir: Path, *,
-                  fmt: str = 'npz', dtype: str = 'float32', overlay: bool = False,
-                  overlay_mode: str = 'mean', overwrite: bool = False, config: str | None = None,
-                  progress: bool = True) -> DumpSummary:
-    """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened.
-
-    Files already there are reused if their fingerprint matches this run's; a mismatch
-    raises :class:`~resnet_backbone.cli.ToolError` before anything is written, unless
-    ``overwrite`` (then stale records are removed first and every image is redone). See
-    the module docstring.
-    """
-    check_choice('format', fmt, FORMATS, quote=False)
-    check_choice('dtype', dtype, DTYPES, quote=False)
-    check_choice('overlay_mode', overlay_mode, OVERLAY_MODES, quote=False)
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir)
-    fp = fingerprint(fx, dtype=dtype, fmt=fmt)
-    existing, stale = _existing_records(images, root, out_dir, fmt, fp)
-    if stale and not overwrite:
-        target, why = stale[0]
-        raise ToolError(f'{len(stale)} of the {len(existing) + len(stale)} files already in '
-                        f'{out_dir} were dumped with {why} (e.g. {target}); pass --overwrite '
-                        'to redo every image with these settings, or choose another output '
-                        'folder; nothing was written')
-    with _writable(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for target, _ in stale:  # overwrite: no stale record may outlive this run's start
-            target.unlink(missing_ok=True)
-    summary = DumpSummary()
-    entries = []
-    t0 = time.time()
-    bar = tqdm(images, desc='dump', unit='img', disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    for image in bar:
+def _plan(images: Sequence[Path], root: Path, out_dir: Path, fp: dict, *, fmt: str,
+          overlay: bool, overlay_mode: str, max_side: int, overwrite: bool) -> _Plan:
+    plan = _Plan()
+    records = read_manifests(out_dir)
+    for image in images:
         target = output_path(image, root, out_dir, fmt)
-        stem = overlay_stem(image, root, out_dir)
-        sheet = stem.with_name(f'{stem.name}.sheet.png')
-        meta = existing.get(target)
-        if meta is not None and not overwrite and _done(meta, sheet, overlay, overlay_mode):
-            summary.already_there += 1
-            entries.append(_entry(image, target, meta))
+        rel = str(target.relative_to(out_dir))
+        rec = records.get(rel)
+        if not target.is_file():
+            plan.todo.add(str(image))
             continue
-        source = source_stamp(image)  # before reading: a later change shows next run
+        if rec is None or rec.get('status') != 'dumped':
+            # a file without its record: an older version's, or a kill between the two
+            try:
+                meta = read_meta(target)
+            except Exception:  # noqa: BLE001 - unreadable (not written here): redo it
+                plan.todo.add(str(image))
+                continue
+            rec = {'fingerprint': meta.get('fingerprint'), 'source': meta.get('source'),
+                   'overlay': meta.get('overlay'),
+                   'overlay_max_side': meta.get('overlay_max_side'),
+                   'meta': index_entry(str(image), rel, meta)}
+            plan.adopt[str(image)] = rec
+        why = fingerprint_difference(rec.get('fingerprint'), fp)
+        if why is not None:
+            plan.stale.append((target, why))
+            plan.todo.add(str(image))
+            plan.adopt.pop(str(image), None)
+            continue
+        stem = overlay_stem(image, root, out_dir)
+        drawn = (rec.get('overlay') == overlay_mode and rec.get('overlay_max_side') == max_side
+                 and stem.with_name(f'{stem.name}.sheet.png').is_file())
+        if (overwrite or rec.get('source') is None or rec['source'] != source_stamp(image)
+                or (overlay and not drawn)):
+            plan.todo.add(str(image))  # replaced image, no overlays yet, or --overwrite
+            plan.adopt.pop(str(image), None)
+        else:
+            plan.done += 1
+    return plan
+
+
+# ---------------------------------------------------------------- loading
+@dataclass
+class _Item:
+    index: int
+    image: Path
+    source: dict | None
+    sample: dict | None = None
+    reason: str | None = None  # why it was skipped
+
+
+class _Images(Dataset):
+    """The test pipeline on image files, in DataLoader workers; a fault of an image is an
+    item with a reason, never an exception (the worker goes on)."""
+
+    def __init__(self, pipeline_cfg: Sequence[dict], images: Sequence[Path]) -> None:
+        self.pipeline_cfg, self.images = list(pipeline_cfg), list(images)
+        self._pipeline = None
+
+    def __getstate__(self) -> dict:  # a worker builds its own transforms
+        return {**self.__dict__, '_pipeline': None}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> _Item:
+        image = self.images[i]
+        item = _Item(i, image, source_stamp(image))  # before reading: a later change shows
         try:
             if not image.is_file():  # e.g. a stale line of a .txt list
                 raise FileNotFoundError(NO_SUCH_FILE)
-            record = fx(image)
-        except (FileNotFoundError, UnreadableImageError) as exc:  # this image's fault only;
-            # anything else (out of memory, a dtype error, a model bug) stops the run
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            summary.skipped.append((str(image), reason))
-            tqdm.write(f'WARNING: skipped {image}: {reason}', file=sys.stderr)
+            if self._pipeline is None:
+                self._pipeline = build_pipeline(self.pipeline_cfg)
+            item.sample = load_image(self._pipeline, image)
+        except (FileNotFoundError, UnreadableImageError) as exc:  # this image's fault only
+            item.reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return item
+
+
+def _identity(item):
+    return item
+
+
+def _batches(items: Iterator[_Item], fx: FeatureExtractor,
+             batch_size: int) -> Iterator[list[_Item]]:
+    """Groups of up to ``batch_size`` loaded items with one padded shape; a skipped item
+    alone. At most 4 batches' worth are held back waiting for company."""
+    held: dict[tuple[int, int], list[_Item]] = {}
+    count = 0
+    for item in items:
+        if item.sample is None or batch_size == 1:
+            yield [item]
             continue
-        levels = {k: v.to(DTYPES[dtype]) for k, v in record.levels.items()}
-        meta = dict(record.meta)
-        meta['levels'] = {k: {'shape': list(v.shape), 'stride': record.strides[k],
-                              'dtype': dtype, **level_stats(record.levels[k])}
-                          for k, v in levels.items()}
-        meta['weights'] = fx.weights
-        meta['config'] = config
-        meta['format'] = fmt
-        meta['fingerprint'] = fp
-        meta['source'] = source
-        meta['overlay'] = overlay_mode if overlay else None
-        with _writable(out_dir):
-            if overlay:  # before the record: the record marks the image complete
-                write_overlays(image, record.levels, record.strides, meta, stem,
-                               mode=overlay_mode)
-            save_levels(target, levels, meta, fmt)
-        entries.append(_entry(image, target, meta))
-        summary.dumped += 1
-    summary.seconds = time.time() - t0
+        group = held.setdefault(fx.padded_shape(item.sample), [])
+        group.append(item)
+        count += 1
+        if len(group) == batch_size or count >= 4 * batch_size:
+            key = (fx.padded_shape(item.sample) if len(group) == batch_size
+                   else max(held, key=lambda k: len(held[k])))
+            out = held.pop(key)
+            count -= len(out)
+            yield out
+    yield from (g for g in held.values() if g)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text
+                                              or 'out of memory' in text)
+
+
+class _Forward:
+    """The model on a batch: batched only where that equals batch 1 within the fast
+    path's tolerance, and one image at a time after an out-of-memory error."""
+
+    def __init__(self, fx: FeatureExtractor, say: Callable[[str], None]) -> None:
+        self.fx, self.say = fx, say
+        self.exact = not getattr(fx.backbone, 'fast', False)  # reference mode: bitwise
+        self.seconds = 0.0
+        self._warned = False
+
+    def __call__(self, samples: list[dict]) -> list[FeatureRecord]:
+        t0 = time.perf_counter()
+        try:
+            if self.exact or len(samples) == 1:
+                return [self.fx.run_batch([s])[0] for s in samples]
+            try:
+                return self.fx.run_batch(samples)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                if not self._warned:
+                    self._warned = True
+                    self.say(f'WARNING: out of memory in a batch of {len(samples)}: retrying '
+                             'it one image at a time (said once; later batches do the same)')
+                del exc
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                return [self.fx.run_batch([s])[0] for s in samples]
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- writing
+class _Writers:
+    """Writer threads behind a bounded queue. The first error stops them (the rest of
+    the queue is dropped) and is raised in the caller's thread at its next call."""
+
+    def __init__(self, job: Callable, threads: int, depth: int) -> None:
+        self.job, self.error, self.cancelled = job, None, False
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.threads = [threading.Thread(target=self._loop, daemon=True, name=f'dump-writer-{i}')
+                        for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.q.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None and not self.cancelled:
+                    self.job(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                if self.error is None:
+                    self.error = exc
+            finally:
+                self.q.task_done()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item) -> None:
+        if not self.threads:
+            self.job(item)
+            return
+        while True:
+            self.check()
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the writes in flight; ``cancel``: drop what has not started."""
+        self.cancelled = cancel
+        for _ in self.threads:
+            self.q.put(None)
+        for t in self.threads:
+            t.join()
+        if not cancel:
+            self.check()
+
+
+# ---------------------------------------------------------------- distribution
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist_info()[1] > 1:
+        dist.barrier()
+
+
+def _broadcast(obj):
+    if _dist_info()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(obj) -> list:
+    if _dist_info()[1] == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------- the run
+def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_dir: Path, *,
+                  fmt: str = 'safetensors', dtype: str = 'float32', overlay: bool = False,
+                  overlay_mode: str = 'mean', overlay_max_side: int = DEFAULT_MAX_SIDE,
+                  overwrite: bool = False, config: str | None = None, progress: bool = True,
+                  batch_size: int = 1, workers: int = 0, writers: int = 1) -> DumpSummary:
+    """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened (all ranks).
+
+    Called by every rank of a distributed run (an initialised ``torch.distributed``
+    process group), each doing its shard. Files already there are reused if their
+    fingerprint matches this run's; a mismatch raises
+    :class:`~resnet_backbone.cli.ToolError` before anything is written, unless
+    ``overwrite`` (then stale files are removed first and every image is redone). See
+    the module docstring.
+
+    Args:
+        batch_size: images per forward (same padded shape only; see the module docs).
+        workers: DataLoader worker processes for decoding and the test pipeline
+            (0: in this process).
+        writers: threads that write beside the forward (0: write in this thread).
+    """
+    check_format_dtype(fmt, dtype)
+    check_choice('overlay_mode', overlay_mode, OVERLAY_MODES, quote=False)
+    for name, value in (('batch_size', batch_size), ('overlay_max_side', overlay_max_side)):
+        if not isinstance(value, int) or value < 1:
+            raise ToolError(f'{name} must be a positive integer; got {value!r}')
+    for name, value in (('workers', workers), ('writers', writers)):
+        if not isinstance(value, int) or value < 0:
+            raise ToolError(f'{name} must be 0 or more; got {value!r}')
+    rank, world = _dist_info()
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    images = list(images)
+    fp = fingerprint(fx, dtype=dtype, fmt=fmt)
+    plan = _plan(images, root, out_dir, fp, fmt=fmt, overlay=overlay,
+                 overlay_mode=overlay_mode, max_side=overlay_max_side, overwrite=overwrite)
+    if plan.stale and not overwrite:
+        target, why = plan.stale[0]
+        raise ToolError(f'{len(plan.stale)} of the files already in {out_dir} were dumped '
+                        f'with {why} (e.g. {target}); pass --overwrite to redo every image '
+                        'with these settings, or choose another output folder; nothing was '
+                        'written')
+    mine = [img for i, img in enumerate(images) if i % world == rank]
+    mine_set = {str(i) for i in mine}
+    todo = [img for img in mine if str(img) in plan.todo]
+    run_id = _broadcast(uuid.uuid4().hex)
+    summary = DumpSummary(ranks=world)
+    t0 = time.time()
     with _writable(out_dir):
-        summary.index = write_index(out_dir, entries, summary)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        own = {output_path(i, root, out_dir, fmt) for i in mine}
+        for target, _ in plan.stale:  # overwrite: no stale file may outlive this run's start
+            if target in own:
+                target.unlink(missing_ok=True)
+        manifest = Manifest(out_dir, rank)
+        try:
+            for image, rec in plan.adopt.items():  # files without records get theirs now
+                if image in mine_set:
+                    manifest.append(record('dumped', image, rec['meta']['file'], rank=rank,
+                                           run=run_id, **{k: v for k, v in rec.items()
+                                                          if k != 'meta'},
+                                           meta=rec['meta']))
+            scale = _overlay_scale(fx, images, out_dir, fp, rank) if overlay else None
+            mine_stats = _run(fx, todo, root, out_dir, manifest, fp, run_id, rank, world,
+                              fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
+                              max_side=overlay_max_side, scale=scale, config=config,
+                              progress=progress and rank == 0, total=len(plan.todo),
+                              batch_size=batch_size, workers=workers, writers=writers)
+        finally:
+            manifest.close()
+        mine_stats['already'] = len(mine) - len(todo)
+        summary.seconds = time.time() - t0
+        for s in _gather(mine_stats):
+            summary.dumped += s['dumped']
+            summary.bytes += s['bytes']
+            summary.already_there += s['already']
+            summary.skipped += [tuple(x) for x in s['skipped']]
+        _barrier()
+        if rank == 0:
+            summary.index = build_index(out_dir, [str(i) for i in images])[0]
+        else:
+            summary.index = out_dir / 'index.json'
+        _barrier()
     return summary
 
 
-def _existing_records(images: Sequence[Path], root: Path, out_dir: Path, fmt: str,
-                      fp: dict) -> tuple[dict[Path, dict], list[tuple[Path, str]]]:
-    """Records already in ``out_dir`` for ``images``: {target: meta} of those matching
-    ``fp``, and [(target, what differs)] of the stale ones. An unreadable record (not
-    written by this module), or one whose image file changed since (size or mtime), counts
-    as absent and is redone. Only the records' metadata is read, never their arrays."""
-    existing, stale = {}, []
-    if not out_dir.is_dir():
-        return existing, stale
-    for image in images:
-        target = output_path(image, root, out_dir, fmt)
-        if not target.is_file():
-            continue
-        try:
-            meta = read_meta(target)
-        except Exception:  # noqa: BLE001 - unreadable: redo it
-            continue
-        why = fingerprint_difference(meta.get('fingerprint'), fp)
-        if why is None:
-            if meta.get('source') is None or meta['source'] != source_stamp(image):
-                continue  # the image was replaced (or is gone): redo it, settings are the same
-            existing[target] = meta
-        else:
-            stale.append((target, why))
-    return existing, stale
+def _overlay_scale(fx: FeatureExtractor, images: Sequence[Path], out_dir: Path, fp: dict,
+                   rank: int) -> OverlayScale | None:
+    """The folder's per-level colour ranges: kept from an earlier run with the same
+    fingerprint, else measured by rank 0 on the first readable image."""
+    scale = OverlayScale.load(out_dir, fp)
+    if scale is None and rank == 0:
+        for image in images:
+            try:
+                rec = fx(image)
+            except (FileNotFoundError, UnreadableImageError):
+                continue
+            scale = OverlayScale.measure(rec.levels, str(image), fp)
+            scale.save(out_dir)
+            break
+    _barrier()
+    return scale if rank == 0 else OverlayScale.load(out_dir, fp)
 
 
-def _entry(image: Path, target: Path, meta: dict) -> dict:
-    return {'image': str(image), 'file': str(target), 'ori_shape': meta.get('ori_shape'),
-            'img_shape': meta.get('img_shape'), 'pad_shape': meta.get('pad_shape'),
-            'scale_factor': meta.get('scale_factor'), 'levels': meta.get('levels', {})}
+#: Fault injection for the tests: ``RANK:N`` makes that rank kill itself (SIGKILL, no
+#: clean-up of any kind) right after its N-th image is written, as a crashed node would.
+KILL_AFTER_ENV = 'RESNET_BACKBONE_DUMP_KILL_AFTER'
 
 
-def write_index(out_dir: Path, entries: list[dict], summary: DumpSummary) -> Path:
-    """``index.json`` (everything) and ``index.csv`` (one row per image and level)."""
-    index = {'images': entries,
-             'skipped': [{'image': i, 'reason': r} for i, r in summary.skipped]}
-    atomic_write_bytes(json.dumps(index, indent=1).encode(), out_dir / 'index.json')
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(['image', 'file', 'level', 'stride', 'shape', 'min', 'max', 'mean', 'std'])
-    for e in entries:
-        for name, lv in e['levels'].items():
-            writer.writerow([e['image'], e['file'], name, lv['stride'],
-                             'x'.join(str(s) for s in lv['shape']), f"{lv['min']:.6g}",
-                             f"{lv['max']:.6g}", f"{lv['mean']:.6g}", f"{lv['std']:.6g}"])
-    atomic_write_bytes(buf.getvalue().encode(), out_dir / 'index.csv')
-    return out_dir / 'index.json'
+def _kill_after(rank: int) -> int | None:
+    spec = os.environ.get(KILL_AFTER_ENV, '')
+    if ':' not in spec:
+        return None
+    who, n = spec.split(':', 1)
+    return int(n) if int(who) == rank else None
+
+
+def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
+         manifest: Manifest, fp: dict, run_id: str, rank: int, world: int, *, fmt: str,
+         dtype: str, overlay: bool, overlay_mode: str, max_side: int,
+         scale: OverlayScale | None, config: str | None, progress: bool, total: int,
+         batch_size: int, workers: int, writers: int) -> dict:
+    """This rank's loop: load -> batch -> forward -> writers. Returns its counts."""
+    stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
+    kill_after = _kill_after(rank)
+    lock = threading.Lock()
+    tail = ManifestTail(out_dir) if progress and world > 1 else None
+    bar = tqdm(total=total, desc='dump', unit='img', disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    started = time.time()
+    seen_bytes = [0]
+
+    def tick(n: int, nbytes: int) -> None:
+        with lock:
+            seen_bytes[0] += nbytes
+            rate = seen_bytes[0] / 1e6 / max(time.time() - started, 1e-9)
+            bar.set_postfix_str(f'{rate:.3g} MB/s', refresh=False)
+            bar.update(n)
+
+    def say(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    def write(job: tuple[_Item, FeatureRecord]) -> None:
+        item, rec = job
+        target = output_path(item.image, root, out_dir, fmt)
+        levels32 = {k: v.detach() for k, v in rec.levels.items()}
+        meta = dict(rec.meta)
+        meta['levels'] = {k: {'shape': list(v.shape), 'stride': rec.strides[k],
+                              'dtype': dtype, **level_stats(v)}
+                          for k, v in levels32.items()}
+        meta.update(weights=fx.weights, config=config, format=fmt, fingerprint=fp,
+                    source=item.source, overlay=overlay_mode if overlay else None,
+                    overlay_max_side=max_side if overlay else None)
+        if overlay and scale is not None:  # before the arrays: the record marks completion
+            stem = overlay_stem(item.image, root, out_dir)
+            meta['overlay_scale'] = {k: scale.ranges[k] for k in levels32}
+            write_overlays(item.image, {k: v.cpu() for k, v in levels32.items()},
+                           rec.strides, meta, stem, scale, mode=overlay_mode,
+                           max_side=max_side)
+        stored = {k: v.to(DTYPES[dtype]).cpu() for k, v in levels32.items()}
+        nbytes = save_levels(target, stored, meta, fmt)
+        rel = str(target.relative_to(out_dir))
+        manifest.append(record('dumped', str(item.image), rel, rank=rank, run=run_id,
+                               fingerprint=fp, source=item.source, overlay=meta['overlay'],
+                               overlay_max_side=meta['overlay_max_side'], bytes=nbytes,
+                               meta=index_entry(str(item.image), rel, meta)))
+        with lock:
+            stats['dumped'] += 1
+            stats['bytes'] += nbytes
+            if kill_after is not None and stats['dumped'] >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # the fault test's dying rank
+        tick(1, nbytes)
+
+    def follow_others() -> None:
+        if tail is not None:
+            new = [r for r in tail.poll(skip=manifest.path)
+                   if r.get('run') == run_id and r.get('rank') != rank]
+            if new:
+                tick(len(new), sum(r.get('bytes', 0) for r in new))
+
+    forward = _Forward(fx, say)
+    loader = DataLoader(_Images(fx.pipeline_cfg, todo), batch_size=None, shuffle=False,
+                        num_workers=workers, collate_fn=_identity)
+    pool = _Writers(write, writers, depth=max(2, writers) * batch_size)
+    clean = False
+    try:
+        last_poll = 0.0
+        for batch in _batches(iter(loader), fx, batch_size):
+            pool.check()
+            if batch[0].sample is None:
+                item = batch[0]
+                stats['skipped'].append((str(item.image), item.reason))
+                say(f'WARNING: skipped {item.image}: {item.reason}')
+                rel = str(output_path(item.image, root, out_dir, fmt).relative_to(out_dir))
+                manifest.append(record('skipped', str(item.image), rel, rank=rank,
+                                       run=run_id, reason=item.reason))
+                tick(1, 0)
+                continue
+            records = forward([i.sample for i in batch])
+            for item, rec in zip(batch, records):
+                item.sample = None  # the input is no longer needed: free it
+                pool.put((item, rec))
+            if time.time() - last_poll > 1.0:
+                follow_others()
+                last_poll = time.time()
+        clean = True
+    finally:
+        pool.close(cancel=not clean)
+        if not clean:
+            bar.close()  # the error line that follows starts on a line of its own
+    # rank 0 keeps the bar moving until every rank's records are in (a rank that died
+    # ends the whole job under torchrun; a stall of 10 minutes ends the wait here)
+    last_n, last_change = bar.n, time.time()
+    while tail is not None and bar.n < total and time.time() - last_change < 600:
+        time.sleep(0.5)
+        follow_others()
+        if bar.n != last_n:
+            last_n, last_change = bar.n, time.time()
+    bar.close()
+    stats['forward_seconds'] = forward.seconds
+    return stats

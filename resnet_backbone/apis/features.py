@@ -121,6 +121,14 @@ def _as_tuple(value) -> tuple | None:
     return tuple(float(v) if isinstance(v, (float, np.floating)) else int(v) for v in value)
 
 
+def build_pipeline(pipeline_cfg: Sequence[dict]) -> Compose:
+    """The transforms of a test pipeline config, in mmdet's scope (also in a DataLoader
+    worker process, which starts without mmdet's registrations)."""
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return Compose(copy.deepcopy(list(pipeline_cfg)))
+
+
 class UnreadableImageError(ValueError):
     """An input image that cannot be used: its file does not decode, or the test pipeline
     dropped it. A fault of that one image (a dump skips it), unlike any other error."""
@@ -161,10 +169,9 @@ class FeatureExtractor:
         self.config_sha256: str | None = None  # set by from_config (see config_digest)
         self.backbone = self.model.backbone
         self.neck = getattr(self.model, 'neck', None)
-        with DefaultScope.overwrite_default_scope('mmdet'):
-            self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
-                                              else _default_pipeline())
-            self.pipeline = Compose(copy.deepcopy(self.pipeline_cfg))
+        self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
+                                          else _default_pipeline())
+        self.pipeline = build_pipeline(self.pipeline_cfg)
         self.strides = self._probe_strides()
         default = [f'c{int(math.log2(s))}' for s in self._backbone_out_strides()]
         if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
@@ -317,63 +324,106 @@ class FeatureExtractor:
         out.update(zip(self._names[1], p_outs))
         return {lv: out[lv] for lv in levels}
 
-    def preprocess(self, image: ImageInput) -> dict:
-        """Run the test pipeline and the data preprocessor on one image.
+    def load(self, image: ImageInput) -> dict:
+        """Run the test pipeline on one image (see :func:`load_image`)."""
+        return load_image(self.pipeline, image)
 
-        ``image`` is anything :func:`as_image_array` accepts: a file path, a numpy array
-        (BGR, as ``mmcv.imread`` returns), a PIL image or a tensor (RGB, as torchvision
-        reads them), grayscale or with alpha, with pixel values 0-255.
-        """
-        if isinstance(image, (str, Path)):
-            if not Path(image).is_file():
-                raise FileNotFoundError(f'image {str(image)!r}: no such file')
-            data = dict(img_path=str(image), img_id=0)
-            for t in self.pipeline.transforms:  # as Compose does, telling decode errors apart
-                try:
-                    data = t(data)
-                except Exception as exc:  # noqa: BLE001 - only the loading step's: bad input
-                    if 'LoadImage' not in type(t).__name__:
-                        raise  # a later transform failing is no fault of the image
-                    said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise UnreadableImageError(
-                        f'image {str(image)!r} cannot be decoded ({said})') from exc
-                if data is None:
-                    break
-        else:
-            array = as_image_array(image)
-            data = dict(img=array, img_id=0, img_path=None, ori_shape=array.shape[:2],
-                        img_shape=array.shape[:2])
-            transforms = [t for t in self.pipeline.transforms
-                          if 'LoadImage' not in type(t).__name__]
-            for t in transforms:
-                data = t(data)
-        if data is None:
-            raise UnreadableImageError(f'the test pipeline dropped image {_describe(image)}')
-        batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
+    def collate(self, samples: Sequence[dict]) -> dict:
+        """The data preprocessor on loaded samples (:meth:`load`): normalised, padded,
+        stacked ``{'inputs': (N, 3, H, W), 'data_samples': [...]}``."""
+        batch = dict(inputs=[d['inputs'] for d in samples],
+                     data_samples=[d['data_samples'] for d in samples])
         return self.model.data_preprocessor(batch, False)
 
+    def preprocess(self, image: ImageInput) -> dict:
+        """The test pipeline and the data preprocessor on one image (see :meth:`load`)."""
+        return self.collate([self.load(image)])
+
+    def padded_shape(self, sample: dict) -> tuple[int, int]:
+        """The (H, W) the data preprocessor pads a loaded sample to when it is alone.
+
+        Samples with equal padded shapes get exactly their batch-1 input in one batch
+        (each is padded to the same size with the same value), so only they are batched.
+        """
+        h, w = (int(v) for v in sample['inputs'].shape[-2:])
+        div = int(getattr(self.model.data_preprocessor, 'pad_size_divisor', 1) or 1)
+        return (math.ceil(h / div) * div, math.ceil(w / div) * div)
+
     @torch.no_grad()
+    def run_batch(self, samples: Sequence[dict]) -> list[FeatureRecord]:
+        """The maps of loaded samples (:meth:`load`), in one forward pass; one record per
+        sample, its maps (1, C, h, w) views into the batch's.
+
+        An image's maps equal its batch-1 maps only if the batch shares one padded shape
+        (:meth:`padded_shape`), and then within the kernels' rounding: oneDNN and cuDNN
+        choose kernels by batch size. :func:`~resnet_backbone.apis.dump.dump_features`
+        batches only where that is allowed.
+        """
+        batch = self.collate(samples)
+        feats = self._forward(batch['inputs'], self.levels)
+        records = []
+        for i, sample in enumerate(batch['data_samples']):
+            info = sample.metainfo
+            meta = {
+                'image': info.get('img_path'),
+                'ori_shape': _as_tuple(info.get('ori_shape')),
+                'img_shape': _as_tuple(info.get('img_shape')),
+                'pad_shape': _as_tuple(info.get('pad_shape')),
+                'batch_input_shape': _as_tuple(info.get('batch_input_shape')),
+                'scale_factor': _as_tuple(info.get('scale_factor', (1.0, 1.0))),
+                'flip': bool(info.get('flip', False)),
+                'flip_direction': info.get('flip_direction'),
+            }
+            records.append(FeatureRecord({k: v[i:i + 1] for k, v in feats.items()},
+                                         {lv: self.strides[lv] for lv in feats}, meta))
+        return records
+
     def __call__(self, image: ImageInput) -> FeatureRecord:
-        """The maps of one image (see :meth:`preprocess` for what ``image`` may be)."""
-        batch = self.preprocess(image)
-        inputs = batch['inputs']
-        sample = batch['data_samples'][0]
-        feats = self._forward(inputs, self.levels)
-        meta = {
-            'image': str(image) if isinstance(image, (str, Path)) else None,
-            'ori_shape': _as_tuple(sample.metainfo.get('ori_shape')),
-            'img_shape': _as_tuple(sample.metainfo.get('img_shape')),
-            'pad_shape': _as_tuple(sample.metainfo.get('pad_shape')),
-            'batch_input_shape': _as_tuple(sample.metainfo.get('batch_input_shape')),
-            'scale_factor': _as_tuple(sample.metainfo.get('scale_factor', (1.0, 1.0))),
-            'flip': bool(sample.metainfo.get('flip', False)),
-            'flip_direction': sample.metainfo.get('flip_direction'),
-        }
-        return FeatureRecord(feats, {lv: self.strides[lv] for lv in feats}, meta)
+        """The maps of one image (see :meth:`load` for what ``image`` may be)."""
+        return self.run_batch([self.load(image)])[0]
 
 
 #: what :meth:`FeatureExtractor.preprocess` accepts (see :func:`as_image_array`)
 ImageInput = str | Path | np.ndarray | torch.Tensor | Image.Image
+
+
+def load_image(pipeline: Compose, image: ImageInput) -> dict:
+    """Run a test ``pipeline`` (:func:`build_pipeline`) on one image: ``{'inputs':
+    (3, H, W) uint8 tensor, 'data_samples': DetDataSample}``, what a DataLoader worker
+    hands over.
+
+    ``image`` is anything :func:`as_image_array` accepts: a file path, a numpy array
+    (BGR, as ``mmcv.imread`` returns), a PIL image or a tensor (RGB, as torchvision
+    reads them), grayscale or with alpha, with pixel values 0-255. A missing file
+    raises ``FileNotFoundError``; a file that does not decode, or an image the
+    pipeline drops, :class:`UnreadableImageError`.
+    """
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f'image {str(image)!r}: no such file')
+        data = dict(img_path=str(image), img_id=0)
+        for t in pipeline.transforms:  # as Compose does, telling decode errors apart
+            try:
+                data = t(data)
+            except Exception as exc:  # noqa: BLE001 - only the loading step's: bad input
+                if 'LoadImage' not in type(t).__name__:
+                    raise  # a later transform failing is no fault of the image
+                said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UnreadableImageError(
+                    f'image {str(image)!r} cannot be decoded ({said})') from exc
+            if data is None:
+                break
+    else:
+        array = as_image_array(image)
+        data = dict(img=array, img_id=0, img_path=None, ori_shape=array.shape[:2],
+                    img_shape=array.shape[:2])
+        transforms = [t for t in pipeline.transforms
+                      if 'LoadImage' not in type(t).__name__]
+        for t in transforms:
+            data = t(data)
+    if data is None:
+        raise UnreadableImageError(f'the test pipeline dropped image {_describe(image)}')
+    return data
 
 
 def _describe(image) -> str:
@@ -648,10 +698,13 @@ def extract(model: nn.Module | FeatureExtractor, images: Iterable[str | Path | n
 
 
 def level_stats(t: torch.Tensor) -> dict[str, float]:
-    """min, max, mean, std of a map (float64 reductions)."""
-    d = t.detach().double()
-    return {'min': float(d.min()), 'max': float(d.max()), 'mean': float(d.mean()),
-            'std': float(d.std()) if d.numel() > 1 else 0.0}
+    """min, max, mean, std of a map, reduced in float32 by torch (pairwise sums: within
+    ~1e-6 relative of float64) without a float64 copy of the map."""
+    d = t.detach()
+    d = d if d.dtype == torch.float32 else d.float()
+    lo, hi = torch.aminmax(d)
+    std, mean = torch.std_mean(d) if d.numel() > 1 else (d.new_zeros(()), d.reshape(()))
+    return {'min': float(lo), 'max': float(hi), 'mean': float(mean), 'std': float(std)}
 
 
 def unpad_to_original(heat: torch.Tensor, stride: int, meta: dict) -> torch.Tensor:

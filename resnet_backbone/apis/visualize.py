@@ -167,17 +167,21 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
 
 
 # ---------------------------------------------------------------- feature-map overlays
-def colorize(heat: np.ndarray, cmap: str = 'inferno') -> np.ndarray:
-    """(H, W) values -> (H, W, 3) uint8 RGB, min-max normalised."""
+def colorize(heat: np.ndarray, cmap: str = 'inferno',
+             value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 RGB: ``value_range`` (lo, hi) maps to the ends of
+    the colour map (values outside are clipped); default the map's own min-max."""
     from matplotlib import colormaps  # matplotlib is slow to import: only for heatmaps
-    lo, hi = float(heat.min()), float(heat.max())
-    norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    lo, hi = value_range if value_range is not None else (float(heat.min()), float(heat.max()))
+    norm = ((heat - lo) / (hi - lo)).clip(0, 1) if hi > lo else np.zeros_like(heat)
     return (colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)
 
 
-def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Heatmap (same H, W as the image) blended over the image."""
-    mixed = (1 - alpha) * image_rgb.astype(np.float32) + alpha * colorize(heat)
+def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.55,
+          value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Heatmap (same H, W as the image) blended over the image (see :func:`colorize`)."""
+    mixed = (1 - alpha) * image_rgb.astype(np.float32) + alpha * colorize(
+        heat, value_range=value_range)
     return mixed.clip(0, 255).astype(np.uint8)
 
 
@@ -195,12 +199,15 @@ def _fit(array: np.ndarray, height: int) -> Image.Image:
 
 
 def feature_sheet(image_rgb: np.ndarray, heats: dict[str, np.ndarray],
-                  strides: dict[str, int], path: str | Path, height: int = 256) -> Path:
-    """Original image, then one overlay per level, side by side, labelled."""
+                  strides: dict[str, int], path: str | Path, height: int = 256,
+                  ranges: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Original image, then one overlay per level, side by side, labelled; ``ranges``:
+    each level's colour range (default: each map's own min-max)."""
     tiles = [_label(_fit(image_rgb, height), 'input')]
     for name, heat in heats.items():
         tag = f'{name} (stride {strides[name]})'
-        tiles.append(_label(_fit(blend(image_rgb, heat), height), tag))
+        rng = (ranges or {}).get(name)
+        tiles.append(_label(_fit(blend(image_rgb, heat, value_range=rng), height), tag))
     sheet = Image.new('RGB', (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height),
                       (255, 255, 255))
     x = 0
@@ -211,7 +218,10 @@ def feature_sheet(image_rgb: np.ndarray, heats: dict[str, np.ndarray],
 
 
 def channel_grid(image_rgb: np.ndarray, heats: Sequence[np.ndarray], titles: Sequence[str],
-                 path: str | Path, cols: int = 3, height: int = 160) -> Path:
-    """Several overlays (e.g. the top-k channels of one level) in a grid."""
-    tiles = [_label(_fit(blend(image_rgb, h), height), t) for h, t in zip(heats, titles)]
+                 path: str | Path, cols: int = 3, height: int = 160,
+                 value_range: tuple[float, float] | None = None) -> Path:
+    """Several overlays (e.g. the top-k channels of one level) in a grid, on one colour
+    range (default: each map's own min-max)."""
+    tiles = [_label(_fit(blend(image_rgb, h, value_range=value_range), height), t)
+             for h, t in zip(heats, titles)]
     return save_grid(tiles, path, cols=cols)

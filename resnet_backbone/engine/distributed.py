@@ -47,6 +47,26 @@ def init_cpu_process_group(launcher: str) -> bool:
     return True
 
 
+def init_process_group(launcher: str, device: str = 'cpu') -> str:
+    """Join the job's process group for a tool that is no Runner (the dump); returns the
+    device this rank computes on.
+
+    With CUDA: mmengine's ``init_dist`` (nccl; the rank's GPU, ``cuda:LOCAL_RANK``, when
+    ``device`` is ``'cuda'``); without: a gloo group (:func:`init_cpu_process_group`).
+    ``launcher='none'`` joins nothing and returns ``device``.
+    """
+    if launcher == 'none' or dist.is_initialized():
+        return device
+    if torch.cuda.is_available():
+        from mmengine.dist import init_dist  # mmengine.dist: only for a distributed run
+        init_dist(launcher)
+        if device == 'cuda':
+            return f'cuda:{torch.cuda.current_device()}'
+        return device
+    init_cpu_process_group(launcher)
+    return device
+
+
 @contextlib.contextmanager
 def process_group_closed() -> Iterator[None]:
     """Destroy the default process group when the job ends, on success or error.

@@ -1,10 +1,19 @@
 """Dump backbone (C1-C5) and neck (P-levels) feature maps of images, with geometry.
 
     python tools/dump_features.py CONFIG [CHECKPOINT] --input PATH --out DIR
-        [--levels c2,c3,c4,c5,p3] [--format npz|pt|safetensors] [--dtype float16|float32]
-        [--overlay] [--overlay-mode mean|topk] [--device cpu] [--overwrite] [--no-strict]
+        [--levels c2,c3,c4,c5,p3] [--format safetensors|npz|pt]
+        [--dtype float32|float16|bfloat16] [--batch-size N] [--workers N] [--writers N]
+        [--overlay] [--overlay-mode mean|topk] [--overlay-max-side PX] [--device cpu]
+        [--overwrite] [--no-strict] [--launcher none|pytorch|slurm]
+    python tools/dump_features.py --rebuild-index --out DIR
+    bash tools/dist_dump.sh CONFIG NPROC [CHECKPOINT] --input PATH --out DIR ...
 
 Installed as ``rb-dump`` (same arguments); ``python tools/dump_features.py`` runs the same code.
+
+Decoding runs in --workers DataLoader processes and writing in --writers threads beside
+the forward; --batch-size batches images of one padded shape (see
+:mod:`resnet_backbone.apis.dump`). With --launcher (torchrun: tools/dist_dump.sh) each
+rank dumps its own shard, and rank 0 writes one index at the end.
 
 PATH is one image, a folder (searched recursively), or a .txt list of paths. Each image
 gets one file with every level and a JSON metadata record (stride, ori/img/pad shape,
@@ -33,6 +42,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from mmengine.config import DictAction
 
 from ..apis.dump import (
@@ -43,8 +53,11 @@ from ..apis.dump import (
     collect_images,
     dump_features,
 )
+from ..apis.dump_overlay import DEFAULT_MAX_SIDE
+from ..apis.dump_store import build_index, check_format_dtype
 from ..apis.features import FeatureExtractor
 from ..cli import ToolError, run_tool
+from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import load_config, setup_environment
 from . import prog
 
@@ -56,17 +69,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                'weights, levels, dtype, format, version) matches; otherwise the tool stops '
                'and names --overwrite. Ctrl-C: run the same command again to continue. '
                '--debug (or RESNET_BACKBONE_DEBUG=1) shows tracebacks.')
-    p.add_argument('config', help='mmdet config file')
+    p.add_argument('config', nargs='?', help='mmdet config file')
     p.add_argument('checkpoint', nargs='?', help='checkpoint (default: random weights)')
-    p.add_argument('--input', required=True, help='image, folder, or .txt list of images')
+    p.add_argument('--input', help='image, folder, or .txt list of images')
     p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--rebuild-index', action='store_true',
+                   help='only (re)write DIR/index.json and index.csv from its manifests')
     p.add_argument('--levels', help='comma-separated, e.g. c1,c2,c3,c4,c5,p2,p3 '
                                     '(default: the backbone outputs)')
-    p.add_argument('--format', default='npz', choices=FORMATS)
-    p.add_argument('--dtype', default='float32', choices=list(DTYPES))
+    p.add_argument('--format', default='safetensors', choices=FORMATS,
+                   help='safetensors (default: uncompressed, the fastest to write), npz, pt')
+    p.add_argument('--dtype', default='float32', choices=list(DTYPES),
+                   help='storage dtype of the arrays (the model computes in float32)')
+    p.add_argument('--batch-size', type=int, default=1,
+                   help='images per forward (only images of one padded shape are batched)')
+    p.add_argument('--workers', type=int, default=2,
+                   help='DataLoader worker processes for decoding and the test pipeline')
+    p.add_argument('--writers', type=int, default=1,
+                   help='threads writing arrays and overlays beside the forward')
+    p.add_argument('--launcher', default='none', choices=['none', 'pytorch', 'slurm'],
+                   help='distributed launcher (tools/dist_dump.sh uses pytorch)')
     p.add_argument('--overlay', action='store_true', help='also write heatmap PNGs')
     p.add_argument('--overlay-mode', default='mean', choices=OVERLAY_MODES,
                    help='channel mean, or the top-k channels in a grid')
+    p.add_argument('--overlay-max-side', type=int, default=DEFAULT_MAX_SIDE,
+                   help='longer side of an overlay in pixels (never the photo\'s full size)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--overwrite', action='store_true',
                    help='redo every image, also those already dumped, and replace files '
@@ -78,6 +105,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'detector, or (a backbone-only file) its backbone')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     args = p.parse_args(argv)
+    if args.rebuild_index:
+        return args
+    if args.config is None:
+        p.error('the following arguments are required: config (or --rebuild-index)')
+    if args.input is None:
+        p.error('the following arguments are required: --input')
+    for name in ('batch_size', 'overlay_max_side'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")} must be 1 or more; got {getattr(args, name)}')
+    for name in ('workers', 'writers'):
+        if getattr(args, name) < 0:
+            p.error(f'--{name} must be 0 or more; got {getattr(args, name)}')
     if not Path(args.config).is_file():
         p.error(f'config {args.config!r}: no such file')
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
@@ -89,26 +128,55 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.rebuild_index:
+        return rebuild_index(args.out)
     check_out_dir(args.out)  # before the model is built: fail fast, write nothing
+    check_format_dtype(args.format, args.dtype)
     setup_environment()
+    with process_group_closed():
+        return _dump(args)
+
+
+def rebuild_index(out: str) -> Path:
+    """``--rebuild-index``: index.json/index.csv of DIR from its manifests alone."""
+    out_dir = Path(out)
+    if not (out_dir / 'manifests').is_dir():
+        raise ToolError(f'--out {out_dir}: no dump there (no manifests folder); pass the '
+                        'output folder of a dump')
+    index, listed, skipped = build_index(out_dir)
+    print(f'[dump] index of {listed} images ({skipped} skipped): {index}', file=sys.stderr)
+    return index
+
+
+def _dump(args):
+    device = init_process_group(args.launcher, args.device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None
     try:
-        fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=args.device,
+        fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=device,
                                           levels=levels, strict=not args.no_strict)
     except ValueError as exc:  # e.g. an unknown level: one line, not a traceback
         raise ToolError(str(exc)) from exc
     images, root = collect_images(args.input)
     if not images:
         raise ToolError(f'no images found in {args.input}')
-    note = f" ({fx.weights['note']})" if fx.weights.get('note') else ''
-    print(f'[dump] {len(images)} images, levels {", ".join(fx.levels)}, weights: '
-          f"{fx.weights['source']}{note}", file=sys.stderr)
+    if rank == 0:
+        note = f" ({fx.weights['note']})" if fx.weights.get('note') else ''
+        ranks = f' on {dist.get_world_size()} ranks' if dist.is_initialized() else ''
+        mode = ('batched by padded shape' if getattr(fx.backbone, 'fast', False)
+                else 'reference mode: one image per forward, bitwise batch 1')
+        print(f'[dump] {len(images)} images{ranks}, levels {", ".join(fx.levels)}, '
+              f'batch {args.batch_size} ({mode}), weights: {fx.weights["source"]}{note}',
+              file=sys.stderr)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
                             dtype=args.dtype, overlay=args.overlay,
-                            overlay_mode=args.overlay_mode, overwrite=args.overwrite,
-                            config=str(args.config))
-    print(f'[dump] {summary.line()}', file=sys.stderr)
+                            overlay_mode=args.overlay_mode,
+                            overlay_max_side=args.overlay_max_side, overwrite=args.overwrite,
+                            config=str(args.config), batch_size=args.batch_size,
+                            workers=args.workers, writers=args.writers)
+    if rank == 0:
+        print(f'[dump] {summary.line()}', file=sys.stderr)
     if summary.nothing_dumped:
         first, reason = summary.skipped[0]
         raise ToolError(f'none of the {len(summary.skipped)} images could be dumped '

@@ -73,7 +73,7 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
     model = FeatureExtractor.from_config(cfg, str(checkpoint)).model
     images, root = collect_images(inputs)
     for image in images[:4]:
-        levels, meta = load_levels(output_path(image, root, out, 'npz'))
+        levels, meta = load_levels(output_path(image, root, out, 'safetensors'))
         assert meta['weights']['source'] == 'checkpoint'
         c, p, info = by_hand(cfg, model, image)
         assert tuple(meta['pad_shape']) == tuple(info['pad_shape'])

@@ -73,7 +73,7 @@ def files_under(folder: Path) -> set[Path]:
 
 def complete(out: Path, image: Path, levels: list[str]) -> bool:
     """The image's record exists, loads, and its overlays are all there."""
-    record = out / f'{image.name}.npz'
+    record = out / f'{image.name}.safetensors'
     if not record.is_file():
         return False
     arrays, meta = load_levels(record)
@@ -99,7 +99,7 @@ def test_sigint_during_dump_then_rerun_completes(checkpoints, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=default_sigint)
     deadline = time.time() + 300
-    while not list(out.glob('*.npz')) and proc.poll() is None and time.time() < deadline:
+    while not list(out.glob('*.safetensors')) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, 'the dump ended before it could be interrupted'
     proc.send_signal(signal.SIGINT)
@@ -259,7 +259,7 @@ def test_checkpoint_that_does_not_fit_the_config(checkpoints, tmp_path, capsys, 
     assert code == 0, err[-2000:]
     assert 'weights: backbone-checkpoint (backbone-only checkpoint: 100.00% of the ' \
            'backbone loaded from it' in err, err[-2000:]
-    levels, meta = load_levels(tmp_path / 'bb' / 'img00.png.npz')
+    levels, meta = load_levels(tmp_path / 'bb' / 'img00.png.safetensors')
     w = meta['weights']
     assert w['loaded'] == 'backbone' and w['coverage']['backbone'] == 100.0
     assert 0 < w['coverage']['detector'] < 100 and w['seed'] == 0
@@ -282,7 +282,7 @@ def test_checkpoint_that_does_not_fit_the_config(checkpoints, tmp_path, capsys, 
     code, _, err = cli(capsys, monkeypatch, DUMP, CONFIG, str(checkpoints[0]), '--input',
                        str(image), '--out', str(out), '--no-strict', *R50_OPTIONS)
     assert code == 0, err[-2000:]
-    w = load_levels(out / 'img00.png.npz')[1]['weights']
+    w = load_levels(out / 'img00.png.safetensors')[1]['weights']
     assert w['strict'] is False and w['missing'] > 0 and w['coverage']['detector'] < 100
 
 
