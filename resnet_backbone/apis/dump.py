@@ -61,6 +61,7 @@ from tqdm import tqdm  # a dependency of mmdet
 from ..cli import ToolError
 from ..spec import check_choice
 from .dump_overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
+from .dump_report import write_report
 from .dump_store import (
     DTYPES,
     FORMATS,
@@ -525,6 +526,7 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         _barrier()
         if rank == 0:
             summary.index = build_index(out_dir, [str(i) for i in images])[0]
+            write_report(out_dir)
         else:
             summary.index = out_dir / 'index.json'
         _barrier()

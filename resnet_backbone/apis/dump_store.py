@@ -253,12 +253,14 @@ def build_index(out_dir: Path, images: list[str] | None = None) -> tuple[Path, i
     atomic_write_bytes(json.dumps(index, indent=1).encode(), out_dir / 'index.json')
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(['image', 'file', 'level', 'stride', 'shape', 'min', 'max', 'mean', 'std'])
+    writer.writerow(['image', 'file', 'level', 'stride', 'shape', 'min', 'max', 'mean', 'std',
+                     'zeros', 'nonfinite'])
     for e in entries:
         for name, lv in e['levels'].items():
             writer.writerow([e['image'], e['file'], name, lv['stride'],
-                             'x'.join(str(s) for s in lv['shape']), f"{lv['min']:.6g}",
-                             f"{lv['max']:.6g}", f"{lv['mean']:.6g}", f"{lv['std']:.6g}"])
+                             'x'.join(str(s) for s in lv['shape']),
+                             *(f"{lv[k]:.6g}" for k in ('min', 'max', 'mean', 'std')),
+                             f"{lv.get('zeros', float('nan')):.6g}", lv.get('nonfinite', '')])
     atomic_write_bytes(buf.getvalue().encode(), out_dir / 'index.csv')
     return out_dir / 'index.json', len(entries), len(skipped)
 

@@ -698,13 +698,24 @@ def extract(model: nn.Module | FeatureExtractor, images: Iterable[str | Path | n
 
 
 def level_stats(t: torch.Tensor) -> dict[str, float]:
-    """min, max, mean, std of a map, reduced in float32 by torch (pairwise sums: within
-    ~1e-6 relative of float64) without a float64 copy of the map."""
+    """min, max, mean, std (over the finite values), the fraction of exact zeros and the
+    count of non-finite values of a map. Reduced in float32 by torch (pairwise sums:
+    within ~1e-6 relative of float64), without a float64 copy of the map."""
     d = t.detach()
     d = d if d.dtype == torch.float32 else d.float()
+    finite = torch.isfinite(d)
+    nonfinite = int(d.numel() - int(finite.sum()))
+    if nonfinite:
+        d = d[finite]
+    if d.numel() == 0:
+        nan = float('nan')
+        return {'min': nan, 'max': nan, 'mean': nan, 'std': nan, 'zeros': 0.0,
+                'nonfinite': nonfinite}
     lo, hi = torch.aminmax(d)
     std, mean = torch.std_mean(d) if d.numel() > 1 else (d.new_zeros(()), d.reshape(()))
-    return {'min': float(lo), 'max': float(hi), 'mean': float(mean), 'std': float(std)}
+    zeros = float((d == 0).sum()) / t.numel()
+    return {'min': float(lo), 'max': float(hi), 'mean': float(mean), 'std': float(std),
+            'zeros': zeros, 'nonfinite': nonfinite}
 
 
 def unpad_to_original(heat: torch.Tensor, stride: int, meta: dict) -> torch.Tensor:

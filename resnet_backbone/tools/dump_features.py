@@ -54,6 +54,7 @@ from ..apis.dump import (
     dump_features,
 )
 from ..apis.dump_overlay import DEFAULT_MAX_SIDE
+from ..apis.dump_report import write_report
 from ..apis.dump_store import build_index, check_format_dtype
 from ..apis.features import FeatureExtractor
 from ..cli import ToolError, run_tool
@@ -144,7 +145,9 @@ def rebuild_index(out: str) -> Path:
         raise ToolError(f'--out {out_dir}: no dump there (no manifests folder); pass the '
                         'output folder of a dump')
     index, listed, skipped = build_index(out_dir)
-    print(f'[dump] index of {listed} images ({skipped} skipped): {index}', file=sys.stderr)
+    report = write_report(out_dir)
+    print(f'[dump] index of {listed} images ({skipped} skipped): {index}; report: {report}',
+          file=sys.stderr)
     return index
 
 

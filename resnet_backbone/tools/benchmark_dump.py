@@ -1,0 +1,175 @@
+"""Time a feature dump against the forward alone, on the same images, in one run.
+
+    python tools/benchmark_dump.py [CONFIG] [--images 8] [--levels c2,c3,c4,c5]
+        [--big] [--batch-size 1] [--workers 2] [--writers 1] [--device cpu] [--json F]
+
+Installed as ``rb-benchmark-dump``; ``python tools/benchmark_dump.py`` runs the same code.
+
+CONFIG defaults to configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py (its test pipeline
+resizes to 1333x800), random weights. The images are photo-like JPEGs of 512-1280 px
+generated once (seeded). Rows, each timed over the same images after one warm-up image:
+
+- ``forward only``: the test pipeline and backbone + neck, one image after another,
+  nothing kept: the floor a dump can reach;
+- ``dump``: the default dump (safetensors, float32) into a fresh folder;
+- ``dump --overlay``: the same with overlays (mean mode);
+- with ``--big``: one 4000x3000 photo with ``--overlay`` over 9 levels (c2-c5, p3-p7),
+  against its own forward, each in a fresh process whose peak RSS is reported.
+
+The ratio column is wall time over the forward-only wall time of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..apis.dump import collect_images, dump_features
+from ..apis.features import FeatureExtractor
+from ..cli import run_tool
+from ..engine.training import setup_environment
+from . import prog
+
+DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'
+BIG_LEVELS = 'c2,c3,c4,c5,p3,p4,p5,p6,p7'
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` photo-like JPEGs (smooth colour fields plus noise) of 512-1280 px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(512, 1281, 2))
+        small = rng.random((max(h // 32, 2), max(w // 32, 2), 3)) * 255
+        base = np.asarray(Image.fromarray(small.astype(np.uint8)).resize((w, h),
+                                                                          Image.BICUBIC))
+        noise = rng.normal(0, 12, (h, w, 3))
+        paths.append(folder / f'photo{i:02d}.jpg')
+        Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(paths[-1],
+                                                                           quality=90)
+    return paths
+
+
+def make_big_photo(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    small = Image.fromarray((rng.random((94, 125, 3)) * 255).astype(np.uint8))
+    path = folder / 'phone_4000x3000.jpg'
+    small.resize((4000, 3000), Image.BICUBIC).save(path, quality=90)
+    return path
+
+
+def forward_only(fx, images) -> float:
+    t0 = time.perf_counter()
+    for image in images:
+        fx.run_batch([fx.load(image)])
+    return time.perf_counter() - t0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('config', nargs='?', default=DEFAULT_CONFIG)
+    p.add_argument('--images', type=int, default=8)
+    p.add_argument('--levels', default='c2,c3,c4,c5')
+    p.add_argument('--big', action='store_true', help='also the 4000x3000 photo case')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--writers', type=int, default=1)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--json', help='write the rows here')
+    p.add_argument('--_child', help=argparse.SUPPRESS)  # internal: one big-photo case
+    return p.parse_args(argv)
+
+
+def _child(args) -> None:
+    """One case of the big photo in this fresh process; prints its JSON row."""
+    setup_environment()
+    case, photo, out = args._child.split('|')
+    fx = FeatureExtractor.from_config(args.config, device=args.device, levels=BIG_LEVELS)
+    images, root = collect_images(photo)
+    t0 = time.perf_counter()
+    if case == 'forward':
+        forward_only(fx, images)
+    else:
+        dump_features(fx, images, root, Path(out), overlay=True, progress=False,
+                      workers=args.workers, writers=args.writers)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({'seconds': seconds, 'peak_rss_mib': rss}))
+
+
+def _big(args, tmp: Path) -> list[dict]:
+    photo = make_big_photo(tmp / 'big')
+    rows = {}
+    for case in ('forward', 'dump'):
+        cmd = [sys.executable, '-m', 'resnet_backbone.tools.benchmark_dump', args.config,
+               '--device', args.device, '--workers', str(args.workers), '--writers',
+               str(args.writers), '--_child', f'{case}|{photo}|{tmp / "big_out"}']
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows[case] = json.loads(r.stdout.strip().splitlines()[-1])
+    base = rows['forward']['seconds']
+    return [{'case': '4000x3000 photo: forward only (9 levels)', **rows['forward'],
+             'ratio': 1.0},
+            {'case': '4000x3000 photo: dump --overlay (9 levels)', **rows['dump'],
+             'ratio': rows['dump']['seconds'] / base}]
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args._child:
+        return _child(args)
+    setup_environment()
+    fx = FeatureExtractor.from_config(args.config, device=args.device, levels=args.levels)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_photos(tmp / 'photos', args.images + 1)
+        images, root = collect_images(tmp / 'photos')
+        warm, images = images[:1], images[1:]
+        forward_only(fx, warm)
+        opts = dict(progress=False, batch_size=args.batch_size, workers=args.workers,
+                    writers=args.writers)
+        rows = []
+        base = forward_only(fx, images)
+        rows.append({'case': 'forward only', 'seconds': base})
+        for name, extra in (('dump', {}), ('dump --overlay', {'overlay': True})):
+            out = tmp / name.replace(' ', '_')
+            s = dump_features(fx, images, root, out, **opts, **extra)
+            rows.append({'case': name, 'seconds': s.seconds,
+                         'mb_per_s': s.bytes / 1e6 / s.seconds,
+                         'mb_per_image': s.bytes / 1e6 / max(s.dumped, 1)})
+        for r in rows:
+            r['ratio'] = r['seconds'] / base
+            r['s_per_image'] = r['seconds'] / len(images)
+        if args.big:
+            rows += _big(args, tmp)
+    print(f'{len(images)} photos of 512-1280 px, {Path(args.config).name}, levels '
+          f'{args.levels}, batch {args.batch_size}, workers {args.workers}, writers '
+          f'{args.writers}, {args.device}')
+    print(f"{'case':44s} {'wall s':>8s} {'s/image':>8s} {'x forward':>9s} {'MB/s':>7s} "
+          f"{'peak RSS MiB':>12s}")
+    for r in rows:
+        per = f"{r['s_per_image']:8.3f}" if 's_per_image' in r else f"{'-':>8s}"
+        mbs = f"{r['mb_per_s']:7.0f}" if 'mb_per_s' in r else f"{'-':>7s}"
+        rss = f"{r['peak_rss_mib']:12.0f}" if 'peak_rss_mib' in r else f"{'-':>12s}"
+        print(f"{r['case']:44s} {r['seconds']:8.2f} {per} {r['ratio']:9.2f} {mbs} {rss}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def run() -> None:
+    """``rb-benchmark-dump`` / ``python tools/benchmark_dump.py``."""
+    run_tool(prog('benchmark_dump.py'), main)
+
+
+if __name__ == '__main__':
+    run()
