@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the installed commands ([project.scripts]) and the tools/ file each one mirrors
 COMMANDS = {'rb-train': 'train.py', 'rb-test': 'test.py', 'rb-dump': 'dump_features.py',
             'rb-convert': 'convert_weights.py', 'rb-export': 'export.py',
-            'rb-benchmark': 'benchmark.py', 'rb-demo': 'demo.py', 'rb-doctor': None}
+            'rb-benchmark': 'benchmark.py', 'rb-benchmark-dump': 'benchmark_dump.py',
+            'rb-compare-dumps': 'compare_dumps.py', 'rb-demo': 'demo.py', 'rb-doctor': None}
 
 
 def _pyproject() -> dict:
