@@ -54,7 +54,7 @@ from ..apis.dump import (
     dump_features,
 )
 from ..apis.dump_overlay import DEFAULT_MAX_SIDE
-from ..apis.dump_report import write_report
+from ..apis.dump_report import report_only, write_report
 from ..apis.dump_store import build_index, check_format_dtype
 from ..apis.features import FeatureExtractor
 from ..cli import ToolError, run_tool
@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--out', required=True, help='output folder')
     p.add_argument('--rebuild-index', action='store_true',
                    help='only (re)write DIR/index.json and index.csv from its manifests')
+    p.add_argument('--report-only', action='store_true',
+                   help='only (re)write the report DIR/index.html from DIR/index.json')
     p.add_argument('--levels', help='comma-separated, e.g. c1,c2,c3,c4,c5,p2,p3 '
                                     '(default: the backbone outputs)')
     p.add_argument('--format', default='safetensors', choices=FORMATS,
@@ -106,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'detector, or (a backbone-only file) its backbone')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     args = p.parse_args(argv)
-    if args.rebuild_index:
+    if args.rebuild_index or args.report_only:
         return args
     if args.config is None:
         p.error('the following arguments are required: config (or --rebuild-index)')
@@ -129,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report_only:
+        return report_only(args.out)
     if args.rebuild_index:
         return rebuild_index(args.out)
     check_out_dir(args.out)  # before the model is built: fail fast, write nothing
