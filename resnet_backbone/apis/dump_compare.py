@@ -178,7 +178,7 @@ class _Stats:
                 'max_rel': None if none else self.max_rel,
                 'mean_rel': None if none else self.mean_rel_sum / self.n,
                 'cosine_min_' + unit: self.cos_min_at, 'max_rel_' + unit: self.max_rel_at,
-                unit + 's': self.n, 'nonfinite': self.nonfinite,
+                {'image': 'images', 'box': 'boxes'}[unit]: self.n, 'nonfinite': self.nonfinite,
                 'undefined': self.undefined}
 
 
@@ -266,8 +266,10 @@ def _check_same(a: _Dump, b: _Dump) -> list[str]:
     only_a = sorted(set(a.entries) - set(b.entries))
     only_b = sorted(set(b.entries) - set(a.entries))
     if only_a or only_b:
-        raise ToolError(f'{len(only_a)} images only in A{_some(only_a)}, {len(only_b)} only '
-                        f'in B{_some(only_b)}; compare dumps of the same images '
+        n = len(only_a)
+        raise ToolError(f"{n} image{'' if n == 1 else 's'} only in A{_some(only_a)}, "
+                        f'{len(only_b)} only in B{_some(only_b)}; compare dumps of the same '
+                        'images '
                         f'(A: {a.folder}, B: {b.folder})')
     if not a.entries:
         raise ToolError(f'both dumps list no images (A: {a.folder}, B: {b.folder}); nothing '
