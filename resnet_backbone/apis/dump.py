@@ -81,11 +81,13 @@ from .dump_store import (
 from .features import (
     FeatureExtractor,
     FeatureRecord,
+    PredictedBoxes,
     UnreadableImageError,
     build_pipeline,
     level_stats,
     load_image,
 )
+from .rois import lookup
 
 __all__ = ['DTYPES', 'FORMATS', 'OVERLAY_MODES', 'DumpSummary', 'collect_images',
            'dump_features', 'fingerprint', 'load_levels', 'output_path', 'read_meta',
@@ -130,6 +132,33 @@ class DumpSummary:
     def nothing_dumped(self) -> bool:
         """Every image was skipped: nothing dumped now, nothing there from before."""
         return bool(self.skipped) and not (self.dumped or self.already_there)
+
+
+@dataclass
+class RoISource:
+    """Where a dump's RoI boxes come from: ``kind`` ``'gt'`` (a COCO annotation file),
+    ``'file'`` (a JSON/CSV box file) with their ``table`` (see
+    :mod:`resnet_backbone.apis.rois`), or ``'pred'`` (the detector's predictions)."""
+
+    kind: str
+    table: dict | None = None
+    path: str | None = None
+    sha256: str | None = None
+    score_thr: float = 0.3
+    max_per_image: int = 100
+
+    def fingerprint(self) -> dict:
+        """What of it decides the stored features (part of the dump's fingerprint)."""
+        if self.kind == 'pred':
+            return {'kind': 'pred', 'score_thr': self.score_thr,
+                    'max_per_image': self.max_per_image}
+        return {'kind': self.kind, 'file_sha256': self.sha256}
+
+    def request(self, images: Sequence[Path]):
+        if self.kind == 'pred':
+            return PredictedBoxes(self.score_thr, self.max_per_image)
+        what = 'the annotation file' if self.kind == 'gt' else 'the box file'
+        return [lookup(self.table, str(image), what) for image in images]
 
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -336,19 +365,25 @@ class _Forward:
     """The model on a batch: batched only where that equals batch 1 within the fast
     path's tolerance, and one image at a time after an out-of-memory error."""
 
-    def __init__(self, fx: FeatureExtractor, say: Callable[[str], None]) -> None:
-        self.fx, self.say = fx, say
+    def __init__(self, fx: FeatureExtractor, say: Callable[[str], None],
+                 rois: RoISource | None = None) -> None:
+        self.fx, self.say, self.rois = fx, say, rois
         self.exact = not getattr(fx.backbone, 'fast', False)  # reference mode: bitwise
         self.seconds = 0.0
         self._warned = False
 
-    def __call__(self, samples: list[dict]) -> list[FeatureRecord]:
+    def _one(self, sample: dict, image: Path) -> FeatureRecord:
+        request = self.rois.request([image]) if self.rois else None
+        return self.fx.run_batch([sample], request)[0]
+
+    def __call__(self, samples: list[dict], images: list[Path]) -> list[FeatureRecord]:
         t0 = time.perf_counter()
         try:
             if self.exact or len(samples) == 1:
-                return [self.fx.run_batch([s])[0] for s in samples]
+                return [self._one(s, i) for s, i in zip(samples, images)]
             try:
-                return self.fx.run_batch(samples)
+                return self.fx.run_batch(samples,
+                                         self.rois.request(images) if self.rois else None)
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not _out_of_memory(exc):
                     raise
@@ -359,7 +394,7 @@ class _Forward:
                 del exc
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                return [self.fx.run_batch([s])[0] for s in samples]
+                return [self._one(s, i) for s, i in zip(samples, images)]
         finally:
             self.seconds += time.perf_counter() - t0
 
@@ -451,7 +486,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                   fmt: str = 'safetensors', dtype: str = 'float32', overlay: bool = False,
                   overlay_mode: str = 'mean', overlay_max_side: int = DEFAULT_MAX_SIDE,
                   overwrite: bool = False, config: str | None = None, progress: bool = True,
-                  batch_size: int = 1, workers: int = 0, writers: int = 1) -> DumpSummary:
+                  batch_size: int = 1, workers: int = 0, writers: int = 1,
+                  rois: RoISource | None = None) -> DumpSummary:
     """Dump ``images`` through ``fx`` into ``out_dir``; returns what happened (all ranks).
 
     Called by every rank of a distributed run (an initialised ``torch.distributed``
@@ -466,6 +502,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         workers: DataLoader worker processes for decoding and the test pipeline
             (0: in this process).
         writers: threads that write beside the forward (0: write in this thread).
+        rois: also RoI features per image (:class:`RoISource`): arrays ``rois`` (N, C,
+            7, 7) and ``roi_pooled`` (N, C) beside the levels, and ``meta['rois']``.
     """
     check_format_dtype(fmt, dtype)
     check_choice('overlay_mode', overlay_mode, OVERLAY_MODES, quote=False)
@@ -480,6 +518,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     check_out_dir(out_dir)
     images = list(images)
     fp = fingerprint(fx, dtype=dtype, fmt=fmt)
+    if rois is not None:  # only then: records dumped without RoIs keep their fingerprint
+        fp['rois'] = rois.fingerprint()
     plan = _plan(images, root, out_dir, fp, fmt=fmt, overlay=overlay,
                  overlay_mode=overlay_mode, max_side=overlay_max_side, overwrite=overwrite)
     if plan.stale and not overwrite:
@@ -513,7 +553,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                               fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
                               max_side=overlay_max_side, scale=scale, config=config,
                               progress=progress and rank == 0, total=len(plan.todo),
-                              batch_size=batch_size, workers=workers, writers=writers)
+                              batch_size=batch_size, workers=workers, writers=writers,
+                              rois=rois)
         finally:
             manifest.close()
         mine_stats['already'] = len(mine) - len(todo)
@@ -568,14 +609,14 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
          manifest: Manifest, fp: dict, run_id: str, rank: int, world: int, *, fmt: str,
          dtype: str, overlay: bool, overlay_mode: str, max_side: int,
          scale: OverlayScale | None, config: str | None, progress: bool, total: int,
-         batch_size: int, workers: int, writers: int) -> dict:
+         batch_size: int, workers: int, writers: int, rois: RoISource | None) -> dict:
     """This rank's loop: load -> batch -> forward -> writers. Returns its counts."""
     stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
     kill_after = _kill_after(rank)
     lock = threading.Lock()
     tail = ManifestTail(out_dir) if progress and world > 1 else None
     bar = tqdm(total=total, desc='dump', unit='img', disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.5)
     started = time.time()
     seen_bytes = [0]
 
@@ -607,6 +648,14 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
                            rec.strides, meta, stem, scale, mode=overlay_mode,
                            max_side=max_side)
         stored = {k: v.to(DTYPES[dtype]).cpu() for k, v in levels32.items()}
+        if rec.rois is not None:  # beside the levels, same storage dtype
+            stored['rois'] = rec.rois.rois.to(DTYPES[dtype]).cpu()
+            stored['roi_pooled'] = rec.rois.pooled.to(DTYPES[dtype]).cpu()
+            meta['rois'] = rec.rois.records
+            meta['roi_extractor'] = fx.roi_extractor()[1]
+            note = rois.request([item.image])[0].note if rois.kind != 'pred' else None
+            if note:
+                meta['rois_note'] = note
         nbytes = save_levels(target, stored, meta, fmt)
         rel = str(target.relative_to(out_dir))
         manifest.append(record('dumped', str(item.image), rel, rank=rank, run=run_id,
@@ -627,7 +676,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
             if new:
                 tick(len(new), sum(r.get('bytes', 0) for r in new))
 
-    forward = _Forward(fx, say)
+    forward = _Forward(fx, say, rois)
     loader = DataLoader(_Images(fx.pipeline_cfg, todo), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_identity)
     pool = _Writers(write, writers, depth=max(2, writers) * batch_size)
@@ -645,7 +694,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
                                        run=run_id, reason=item.reason))
                 tick(1, 0)
                 continue
-            records = forward([i.sample for i in batch])
+            records = forward([i.sample for i in batch], [i.image for i in batch])
             for item, rec in zip(batch, records):
                 item.sample = None  # the input is no longer needed: free it
                 pool.put((item, rec))

@@ -135,8 +135,8 @@ def fingerprint_difference(stored: dict | None, current: dict) -> str | None:
         return None
     words = {'config': 'another config (model or test pipeline)', 'weights': 'other weights'}
     parts = []
-    for key in current:
-        old, new = stored.get(key), current[key]
+    for key in dict.fromkeys([*current, *stored]):
+        old, new = stored.get(key), current.get(key)
         if old == new:
             continue
         if key in words:
@@ -229,9 +229,12 @@ class ManifestTail:
 
 # ---------------------------------------------------------------- the index
 def index_entry(image: str, file: str, meta: dict) -> dict:
-    return {'image': image, 'file': file, 'ori_shape': meta.get('ori_shape'),
-            'img_shape': meta.get('img_shape'), 'pad_shape': meta.get('pad_shape'),
-            'scale_factor': meta.get('scale_factor'), 'levels': meta.get('levels', {})}
+    entry = {'image': image, 'file': file, 'ori_shape': meta.get('ori_shape'),
+             'img_shape': meta.get('img_shape'), 'pad_shape': meta.get('pad_shape'),
+             'scale_factor': meta.get('scale_factor'), 'levels': meta.get('levels', {})}
+    if 'rois' in meta:  # the boxes (original pixels), labels, scores and levels
+        entry['rois'] = meta['rois']
+    return entry
 
 
 def build_index(out_dir: Path, images: list[str] | None = None) -> tuple[Path, int, int]:

@@ -55,6 +55,7 @@ from ..io.weights import (
 )
 from ..models.resnet import ResNetV1Custom
 from ..spec import choice_error
+from .rois import Boxes, RoIFeatures, predict, roi_extractor, roi_features, to_original
 
 #: ImageNet statistics (RGB), used for a bare backbone that has no data preprocessor.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -75,6 +76,7 @@ class FeatureRecord:
     levels: dict[str, torch.Tensor]
     strides: dict[str, int]
     meta: dict = field(default_factory=dict)
+    rois: RoIFeatures | None = None  # with RoIs asked for (see resnet_backbone.apis.rois)
 
 
 class _BareBackboneDetector(nn.Module):
@@ -127,6 +129,18 @@ def build_pipeline(pipeline_cfg: Sequence[dict]) -> Compose:
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope('mmdet'):
         return Compose(copy.deepcopy(list(pipeline_cfg)))
+
+
+@dataclass(frozen=True)
+class PredictedBoxes:
+    """Ask for RoI features of the detector's own predictions."""
+
+    score_thr: float = 0.3
+    max_per_image: int = 100
+
+
+#: RoI features for given boxes (one Boxes per sample) or for the predictions
+RoIRequest = Sequence[Boxes] | PredictedBoxes
 
 
 class UnreadableImageError(ValueError):
@@ -290,6 +304,7 @@ class FeatureExtractor:
             c_outs, p_outs, stem = self._raw_forward(x, want_neck=True, check_size=size)
         name = lambda t: int(math.log2(size // t.shape[-1]))  # noqa: E731
         self._names = ([f'c{name(t)}' for t in c_outs], [f'p{name(t)}' for t in p_outs])
+        self._p_channels = p_outs[0].shape[1] if p_outs else None
         strides = {k: size // v.shape[-1] for k, v in stem.items()}
         for names, outs in zip(self._names, (c_outs, p_outs)):
             strides.update({n: size // t.shape[-1] for n, t in zip(names, outs)})
@@ -315,14 +330,28 @@ class FeatureExtractor:
         p_outs = tuple(self.neck(backbone_outs)) if self.neck is not None and want_neck else ()
         return c_outs, p_outs, stem
 
-    def _forward(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The maps named in ``levels``, from one pass."""
+    def _forward(self, x: torch.Tensor, levels: Sequence[str], want_neck: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], tuple]:
+        """The maps named in ``levels`` from one pass, and the neck outputs (computed when
+        a level or ``want_neck`` asks for them)."""
         c_outs, p_outs, stem = self._raw_forward(
-            x, want_neck=any(lv.startswith('p') for lv in levels))
+            x, want_neck=want_neck or any(lv.startswith('p') for lv in levels))
         out = dict(stem)
         out.update(zip(self._names[0], c_outs))
         out.update(zip(self._names[1], p_outs))
-        return {lv: out[lv] for lv in levels}
+        return {lv: out[lv] for lv in levels}, p_outs
+
+    def roi_extractor(self) -> tuple[nn.Module, str]:
+        """The RoI extractor (see :func:`resnet_backbone.apis.rois.roi_extractor`) and
+        where it came from; built once."""
+        if getattr(self, '_roi', None) is None:
+            if self._p_channels is None:
+                raise ValueError('RoI features need a detector with a neck (FPN levels); '
+                                 f'{type(self.model).__name__} has none')
+            strides = [self.strides[n] for n in self._names[1]]
+            extractor, origin = roi_extractor(self.model, self._p_channels, strides)
+            self._roi = (extractor.to(self._device()), origin)
+        return self._roi
 
     def load(self, image: ImageInput) -> dict:
         """Run the test pipeline on one image (see :func:`load_image`)."""
@@ -350,9 +379,14 @@ class FeatureExtractor:
         return (math.ceil(h / div) * div, math.ceil(w / div) * div)
 
     @torch.no_grad()
-    def run_batch(self, samples: Sequence[dict]) -> list[FeatureRecord]:
+    def run_batch(self, samples: Sequence[dict], rois: RoIRequest | None = None
+                  ) -> list[FeatureRecord]:
         """The maps of loaded samples (:meth:`load`), in one forward pass; one record per
         sample, its maps (1, C, h, w) views into the batch's.
+
+        ``rois``: also RoI features (:mod:`resnet_backbone.apis.rois`), for a list of
+        :class:`~resnet_backbone.apis.rois.Boxes` per sample (original-image pixels) or
+        for the detector's own predictions (:class:`PredictedBoxes`).
 
         An image's maps equal its batch-1 maps only if the batch shares one padded shape
         (:meth:`padded_shape`), and then within the kernels' rounding: oneDNN and cuDNN
@@ -360,11 +394,11 @@ class FeatureExtractor:
         batches only where that is allowed.
         """
         batch = self.collate(samples)
-        feats = self._forward(batch['inputs'], self.levels)
-        records = []
-        for i, sample in enumerate(batch['data_samples']):
+        feats, p_outs = self._forward(batch['inputs'], self.levels, want_neck=rois is not None)
+        metas = []
+        for sample in batch['data_samples']:
             info = sample.metainfo
-            meta = {
+            metas.append({
                 'image': info.get('img_path'),
                 'ori_shape': _as_tuple(info.get('ori_shape')),
                 'img_shape': _as_tuple(info.get('img_shape')),
@@ -373,10 +407,34 @@ class FeatureExtractor:
                 'scale_factor': _as_tuple(info.get('scale_factor', (1.0, 1.0))),
                 'flip': bool(info.get('flip', False)),
                 'flip_direction': info.get('flip_direction'),
-            }
-            records.append(FeatureRecord({k: v[i:i + 1] for k, v in feats.items()},
-                                         {lv: self.strides[lv] for lv in feats}, meta))
-        return records
+            })
+        regions = [None] * len(metas)
+        if rois is not None:
+            regions = self._regions(rois, p_outs, batch['data_samples'], metas)
+        return [FeatureRecord({k: v[i:i + 1] for k, v in feats.items()},
+                              {lv: self.strides[lv] for lv in feats}, meta, regions[i])
+                for i, meta in enumerate(metas)]
+
+    def _regions(self, rois: RoIRequest, p_outs: tuple, data_samples: list,
+                 metas: list[dict]) -> list[RoIFeatures]:
+        extractor, _ = self.roi_extractor()
+        if isinstance(rois, PredictedBoxes):
+            preds = predict(self.model, p_outs, data_samples, score_thr=rois.score_thr,
+                            max_per_image=rois.max_per_image)
+            originals = [Boxes(to_original(p.boxes, m), p.labels, p.scores)
+                         for p, m in zip(preds, metas)]
+            return roi_features(extractor, p_outs, metas, originals,
+                                input_boxes=[p.boxes for p in preds])
+        if len(rois) != len(metas):
+            raise ValueError(f'rois: {len(rois)} box lists for {len(metas)} images')
+        return roi_features(extractor, p_outs, metas, list(rois))
+
+    def roi_features(self, image: ImageInput, boxes: Boxes | PredictedBoxes
+                     ) -> FeatureRecord:
+        """The maps of one image and the RoI features of ``boxes`` (original-image
+        pixels) or of the detector's predictions: ``record.rois``."""
+        request = boxes if isinstance(boxes, PredictedBoxes) else [boxes]
+        return self.run_batch([self.load(image)], request)[0]
 
     def __call__(self, image: ImageInput) -> FeatureRecord:
         """The maps of one image (see :meth:`load` for what ``image`` may be)."""

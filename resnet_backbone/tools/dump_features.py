@@ -49,6 +49,7 @@ from ..apis.dump import (
     DTYPES,
     FORMATS,
     OVERLAY_MODES,
+    RoISource,
     check_out_dir,
     collect_images,
     dump_features,
@@ -56,7 +57,8 @@ from ..apis.dump import (
 from ..apis.dump_overlay import DEFAULT_MAX_SIDE
 from ..apis.dump_report import report_only, write_report
 from ..apis.dump_store import build_index, check_format_dtype
-from ..apis.features import FeatureExtractor
+from ..apis.features import FeatureExtractor, file_digest
+from ..apis.rois import coco_boxes, load_box_file
 from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import load_config, setup_environment
@@ -90,6 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='DataLoader worker processes for decoding and the test pipeline')
     p.add_argument('--writers', type=int, default=1,
                    help='threads writing arrays and overlays beside the forward')
+    p.add_argument('--rois', metavar='{gt,pred,FILE}',
+                   help='also RoIAlign features per box: gt (the boxes of --ann-file, by '
+                        'default the config\'s test annotations), pred (the detector\'s '
+                        'predictions) or a JSON/CSV file of boxes in original pixels')
+    p.add_argument('--ann-file', help='COCO annotations for --rois gt')
+    p.add_argument('--score-thr', type=float, default=0.3, help='--rois pred: lowest score')
+    p.add_argument('--max-per-image', type=int, default=100,
+                   help='--rois pred: most boxes per image')
     p.add_argument('--launcher', default='none', choices=['none', 'pytorch', 'slurm'],
                    help='distributed launcher (tools/dist_dump.sh uses pytorch)')
     p.add_argument('--overlay', action='store_true', help='also write heatmap PNGs')
@@ -142,6 +152,42 @@ def main(argv=None):
         return _dump(args)
 
 
+def roi_source(args, cfg, fx: FeatureExtractor) -> RoISource | None:
+    """``--rois``: where the boxes come from (tables are read once, here)."""
+    if args.rois is None:
+        if args.ann_file:
+            raise ToolError('--ann-file is for --rois gt; add --rois gt')
+        return None
+    try:
+        fx.roi_extractor()
+    except ValueError as exc:
+        raise ToolError(f'--rois: {exc}') from None
+    if args.rois == 'pred':
+        if not 0 <= args.score_thr <= 1 or args.max_per_image < 1:
+            raise ToolError('--score-thr must lie in [0, 1] and --max-per-image be 1 or '
+                            f'more; got {args.score_thr} and {args.max_per_image}')
+        return RoISource('pred', score_thr=args.score_thr, max_per_image=args.max_per_image)
+    if args.rois == 'gt':
+        ann = args.ann_file or _config_ann_file(cfg)
+        classes = list((getattr(fx.model, 'dataset_meta', None) or {}).get('classes') or
+                       cfg.get('test_dataloader', {}).get('dataset', {}).get(
+                           'metainfo', {}).get('classes', []) or [])
+        return RoISource('gt', coco_boxes(ann, classes), str(ann), file_digest(ann))
+    return RoISource('file', load_box_file(args.rois), args.rois, file_digest(args.rois))
+
+
+def _config_ann_file(cfg) -> str:
+    ds = cfg.get('test_dataloader', {}).get('dataset', {})
+    ann = ds.get('ann_file')
+    if not ann:
+        raise ToolError('--rois gt: the config\'s test set names no ann_file; pass --ann-file')
+    path = Path(ds.get('data_root') or '') / ann
+    if not path.is_file():
+        raise ToolError(f'--rois gt: the config\'s test annotations {path} do not exist; '
+                        'pass --ann-file (or set data_root with --cfg-options)')
+    return str(path)
+
+
 def rebuild_index(out: str) -> Path:
     """``--rebuild-index``: index.json/index.csv of DIR from its manifests alone."""
     out_dir = Path(out)
@@ -176,12 +222,13 @@ def _dump(args):
         print(f'[dump] {len(images)} images{ranks}, levels {", ".join(fx.levels)}, '
               f'batch {args.batch_size} ({mode}), weights: {fx.weights["source"]}{note}',
               file=sys.stderr)
+    rois = roi_source(args, cfg, fx)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
                             dtype=args.dtype, overlay=args.overlay,
                             overlay_mode=args.overlay_mode,
                             overlay_max_side=args.overlay_max_side, overwrite=args.overwrite,
                             config=str(args.config), batch_size=args.batch_size,
-                            workers=args.workers, writers=args.writers)
+                            workers=args.workers, writers=args.writers, rois=rois)
     if rank == 0:
         print(f'[dump] {summary.line()}', file=sys.stderr)
     if summary.nothing_dumped:
