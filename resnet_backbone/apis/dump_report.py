@@ -196,8 +196,17 @@ def _fmt(v) -> str:
     return '-' if v is None else str(v)
 
 
+def _compare_cell(key: str, v) -> str:
+    """Cosines to 9 decimals (float16 against float32 is ~1 - 1e-8), differences as
+    3-digit exponents; '-' for a statistic without a value."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return '-'
+    return f'{v:.9f}' if key.startswith('cosine') else f'{v:.3e}'
+
+
 def _compare_html(compare: dict | None) -> str:
-    """The comparison section: one table for the levels, one for the RoIs (if any)."""
+    """The comparison section: one table for the levels, one for the RoI arrays (if
+    any), and the comparison's notes."""
     if not compare:
         return ''
     keys = ('cosine_mean', 'cosine_min', 'max_rel', 'mean_rel')
@@ -206,16 +215,20 @@ def _compare_html(compare: dict | None) -> str:
              f'<p>A: <code>{html.escape(str(compare.get("a", "")))}</code><br>'
              f'B: <code>{html.escape(str(compare.get("b", "")))}</code><br>'
              f'images: {html.escape(_fmt(compare.get("images")))}</p>']
-    for label, table in (('level', compare.get('levels')), ('RoI level', compare.get('rois'))):
+    for label, table in (('level', compare.get('levels')), ('RoI array', compare.get('rois'))):
         if not isinstance(table, dict) or not table:
             continue
         body = ''.join(
             f'<tr><td>{html.escape(str(lv))}</td>'
-            + ''.join(f'<td class="num">{html.escape(_fmt((v or {}).get(k)))}</td>'
+            + ''.join(f'<td class="num">{_compare_cell(k, (v or {}).get(k))}</td>'
                       for k in keys) + '</tr>'
             for lv, v in table.items())
         parts.append(f'<table class="cmp"><thead><tr><th>{label}</th>{heads}</tr></thead>'
                      f'<tbody>{body}</tbody></table>')
+    notes = compare.get('notes')
+    if isinstance(notes, list) and notes:
+        parts.append('<ul class="notes">' + ''.join(f'<li>{html.escape(str(n))}</li>'
+                                                   for n in notes) + '</ul>')
     parts.append('</section>')
     return ''.join(parts)
 

@@ -169,11 +169,15 @@ def test_report_only_rewrites_the_page_and_shows_compare_json(tmp_path):
         'a': '/runs/fp32', 'b': '/runs/fp16', 'images': 3,
         'levels': {'c2': {'cosine_mean': 0.999991, 'cosine_min': 0.99987, 'max_rel': 0.0123,
                           'mean_rel': 0.000456}},
-        'rois': None}))
+        'rois': {'roi_pooled': {'cosine_mean': 0.99999998, 'cosine_min': None,
+                                'max_rel': 0.0005, 'mean_rel': 0.0001}},
+        'notes': ['1 image has RoI features only in <b>; not compared']}))
     assert dump_main(['--report-only', '--out', str(out)]) == out / 'index.html'
     text = (out / 'index.html').read_text(encoding='utf-8')
     assert 'id="compare"' in text and '/runs/fp16' in text
-    assert '<td class="num">0.999991</td>' in text and 'RoI level' not in text
+    assert '<td class="num">0.999991000</td>' in text  # cosines to 9 decimals
+    assert '<td>roi_pooled</td><td class="num">0.999999980</td><td class="num">-</td>' in text
+    assert 'only in &lt;b&gt;; not compared' in text
     assert len(embedded_data(text)['rows']) == 3
     with pytest.raises(ToolError, match='no index.json there'):
         dump_main(['--report-only', '--out', str(tmp_path / 'empty')])
