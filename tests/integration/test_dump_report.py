@@ -183,6 +183,27 @@ def test_report_only_rewrites_the_page_and_shows_compare_json(tmp_path):
         dump_main(['--report-only', '--out', str(tmp_path / 'empty')])
 
 
+def test_report_overlay_mode_from_the_manifest_and_files_of_another_cwd(tmp_path):
+    out = tmp_path / 'out'
+    index = fake_index(out, 2, extras=False)
+    for e in index['images']:  # the dump ran with --out out from another folder
+        e['file'] = 'out/' + Path(e['file']).name
+    (out / 'index.json').write_text(json.dumps(index))
+    (out / 'overlays').mkdir()
+    for name in ('img_00000.png', 'img_00001.png'):  # both modes drawn, by two runs
+        for suffix in ('sheet.png', 'c2.png', 'c2.topk.png'):
+            (out / 'overlays' / f'{name}.{suffix}').write_bytes(b'png')
+    (out / 'manifests').mkdir()
+    (out / 'manifests' / 'rank-0.jsonl').write_text(''.join(
+        json.dumps({'status': 'dumped', 'image': f'/data/{name}', 'time': 1.0,
+                    'file': f'{name}.safetensors', 'overlay': mode}) + '\n'
+        for name, mode in (('img_00000.png', 'topk'), ('img_00001.png', 'mean'))))
+    rows = embedded_data(write_report(out).read_text(encoding='utf-8'))['rows']
+    assert [r[:4] for r in rows] == [
+        ['img_00000.png', '/data/img_00000.png', 'overlays/img_00000.png', 'topk'],
+        ['img_00001.png', '/data/img_00001.png', 'overlays/img_00001.png', 'mean']]
+
+
 # ---------------------------------------------------------------- in a real browser
 @pytest.fixture(scope='module')
 def real_dump(tiny_shapes, tmp_path_factory):
