@@ -68,7 +68,8 @@ def test_readme_commands_parse():
     commands = readme_commands((ROOT / 'README.md').read_text())
     assert set(NOT_RUN) <= {_bare(c) for c in commands}
     for needle in ('tools/train.py', '--resume', 'tools/test.py', 'dist_train.sh',
-                   '--img-dir pics', 'convert_weights.py', 'export.py', 'doctor'):
+                   '--img-dir pics', 'convert_weights.py', 'export.py', 'doctor',
+                   'dist_dump.sh', 'compare_dumps.py', '--rois gt', '--rebuild-index'):
         assert any(needle in c for c in commands), needle
     assert all('\\' not in c and '\n' not in c for c in commands)
 
