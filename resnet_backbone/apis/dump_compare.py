@@ -383,8 +383,8 @@ def compare_dumps(dir_a: str | Path, dir_b: str | Path, *, progress: bool = True
         del ta, tb  # one image's arrays at a time
     for side, n in roi_only.items():
         if n:
-            notes.append(f'{n} images have RoI features only in {side}; those are not '
-                         'compared')
+            notes.append(f"{n} image{' has' if n == 1 else 's have'} RoI features only "
+                         f'in {side}; not compared')
     result = {
         'a': str(dir_a), 'b': str(dir_b), 'images': len(names),
         'levels': {lv: stats[lv].result('image') for lv in levels},
@@ -404,11 +404,18 @@ def _num(v: float | None, fmt: str) -> str:
     return '-' if v is None else format(v, fmt)
 
 
+def _gap(cosine: float | None) -> str:
+    """``1 - cosine``: what 9 decimals of a cosine near 1 cannot show."""
+    return '-' if cosine is None else '0' if cosine == 1.0 else f'{1.0 - cosine:.1e}'
+
+
 def format_table(result: dict) -> str:
     """The comparison as a console table: one row per level (and RoI array).
 
-    Cosines are printed with 9 decimals (a float16 dump of a float32 one is ~1 - 1e-8);
-    relative differences in scientific notation.
+    Cosines are printed with 9 decimals, and ``1 - cosine_min`` in scientific notation
+    (a float16 dump of a float32 one is ~1 - 2e-8; ``0`` only where it is exactly 1);
+    relative differences in scientific notation. ``worst``: the image (or box) of the
+    lowest cosine, where anything differs.
 
     Example:
         >>> s = {'cosine_mean': 1.0, 'cosine_min': 1.0, 'max_rel': 0.0, 'mean_rel': 0.0}
@@ -417,8 +424,8 @@ def format_table(result: dict) -> str:
         A: A
         B: B
         2 images
-        level  cosine mean  cosine min  max rel  mean rel  worst
-        c5     1.000000000  1.000000000  0.0e+00  0.0e+00
+        level  cosine mean  cosine min  1-cos min  max rel  mean rel  worst
+        c5     1.000000000  1.000000000  0  0.0e+00  0.0e+00
     """
     dt = result.get('dtypes') or {}
     da = f" ({','.join(dt['a'])})" if dt.get('a') else ''
@@ -429,12 +436,13 @@ def format_table(result: dict) -> str:
     lines = [f"A: {result['a']}{da}", f"B: {result['b']}{db}",
              f"{result['images']} images" + (f", RoI features of {result['roi_images']}"
                                             if result.get('roi_images') else ''),
-             f"{'level':{w}s}  {'cosine mean':>11s}  {'cosine min':>11s}  {'max rel':>7s}  "
-             f"{'mean rel':>8s}  worst"]
+             f"{'level':{w}s}  {'cosine mean':>11s}  {'cosine min':>11s}  {'1-cos min':>9s}  "
+             f"{'max rel':>7s}  {'mean rel':>8s}  worst"]
     for name, s, worst in rows:
         worst = worst if s.get('max_rel') else ''  # no worst where nothing differs
         lines.append(f"{name:{w}s}  {_num(s['cosine_mean'], '.9f'):>11s}  "
-                     f"{_num(s['cosine_min'], '.9f'):>11s}  {_num(s['max_rel'], '.1e'):>7s}  "
+                     f"{_num(s['cosine_min'], '.9f'):>11s}  {_gap(s['cosine_min']):>9s}  "
+                     f"{_num(s['max_rel'], '.1e'):>7s}  "
                      f"{_num(s['mean_rel'], '.1e'):>8s}  {worst}".rstrip())
         if s.get('nonfinite'):
             lines[-1] += f"  ({s['nonfinite']} non-finite values left out)"
