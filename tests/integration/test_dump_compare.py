@@ -234,6 +234,30 @@ def test_roi_features_in_one_dump_only_or_other_boxes_are_notes(tmp_path):
                             'RoI features describe different regions']
 
 
+def test_real_roi_dumps_float16_against_float32(dumps):
+    """``rb-dump --rois gt`` (Faster R-CNN, the shapes boxes) as float32 and float16:
+    the RoI arrays are compared box by box, as close as the levels."""
+    data = dumps['root'].parent
+    outs = []
+    for dtype in ('float32', 'float16'):
+        outs.append(dumps['tmp'] / f'rois_{dtype}')
+        r = subprocess.run(
+            [sys.executable, str(ROOT / 'tools' / 'dump_features.py'),
+             str(ROOT / 'configs/shapes/faster-rcnn_r18_fpn_shapes.py'), '--input',
+             str(dumps['root']), '--out', str(outs[-1]), '--levels', 'p3', '--rois', 'gt',
+             '--ann-file', str(data / 'annotations' / 'instances_val.json'), '--dtype', dtype],
+            capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+    res = compare_dumps(*outs, progress=False)
+    assert list(res['levels']) == ['p3'] and res['roi_images'] == 4, res
+    boxes = sum(len(load_levels(f)[1]['rois']) for f in sorted(outs[0].glob('*.safetensors')))
+    for key in ('rois', 'roi_pooled'):
+        s = res['rois'][key]
+        assert s['boxes'] == boxes > 0
+        assert 0.9999 <= s['cosine_min'] < 1.0 and 0.0 < s['max_rel'] <= 2 ** -11, (key, s)
+    assert res['notes'] == []
+
+
 def test_non_finite_values_are_left_out_and_counted():
     a = torch.tensor([1.0, float('inf'), 2.0, float('nan')])
     b = torch.tensor([1.0, 5.0, 2.5, 1.0])
