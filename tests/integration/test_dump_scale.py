@@ -21,6 +21,7 @@ from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
 
 from .conftest import CONFIG, ROOT
+from .test_distributed import _free_port
 
 LEVELS = ['c2', 'c5', 'p3']
 
@@ -83,12 +84,12 @@ def test_out_of_memory_in_a_batch_retries_one_by_one(tmp_path, capsys, monkeypat
     assert sizes == [2, 1, 1, 2, 1, 1, 1]
 
 
-def _dist(out, inputs, nproc, port, env=None):
+def _dist(out, inputs, nproc, env=None):
     return subprocess.run(
         ['bash', str(ROOT / 'tools' / 'dist_dump.sh'), CONFIG, str(nproc), '--input',
          str(inputs), '--out', str(out), '--levels', ','.join(LEVELS), '--workers', '1'],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, 'PORT': str(port), 'OMP_NUM_THREADS': '1', **(env or {})})
+        env={**os.environ, 'PORT': str(_free_port()), 'OMP_NUM_THREADS': '1', **(env or {})})
 
 
 def test_torchrun_two_ranks_then_a_killed_rank_and_a_rerun(tmp_path):
@@ -101,7 +102,7 @@ def test_torchrun_two_ranks_then_a_killed_rank_and_a_rerun(tmp_path):
     assert dump_features(fx, images, root, single, progress=False).dumped == 12
 
     two = tmp_path / 'two'
-    r = _dist(two, tmp_path / 'in', 2, 29611)
+    r = _dist(two, tmp_path / 'in', 2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'dumped 12 on 2 ranks, already there 0' in r.stderr
     assert r.stderr.count('[dump] dumped') == 1  # one summary, by rank 0
@@ -117,13 +118,13 @@ def test_torchrun_two_ranks_then_a_killed_rank_and_a_rerun(tmp_path):
     assert sorted(e['image'] for e in index['images']) == sorted(str(i) for i in images)
 
     killed = tmp_path / 'killed'
-    r = _dist(killed, tmp_path / 'in', 2, 29612, {dump.KILL_AFTER_ENV: '1:2'})
+    r = _dist(killed, tmp_path / 'in', 2, {dump.KILL_AFTER_ENV: '1:2'})
     assert r.returncode != 0
     before = {p.name: p.stat().st_mtime_ns for p in killed.glob('*.safetensors')}
     rank1 = [i for k, i in enumerate(images) if k % 2 == 1]
     assert sum(i.name + '.safetensors' in before for i in rank1) == 2  # killed after 2
     assert 2 <= len(before) < 12
-    r = _dist(killed, tmp_path / 'in', 2, 29613)
+    r = _dist(killed, tmp_path / 'in', 2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (f'dumped {12 - len(before)} on 2 ranks, already there {len(before)}'
             in r.stderr), r.stderr[-2000:]

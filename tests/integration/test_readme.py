@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from .conftest import ROOT
+from .test_distributed import _free_port
 from .test_own_data import make_own_data
 
 pytestmark = pytest.mark.integration
@@ -86,7 +87,7 @@ def test_readme_commands_run_verbatim(tmp_path):
             shutil.copy2(src, clone / name)
     (clone / '.venv').symlink_to(ROOT / '.venv')
     env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTEST', 'RESNET_BACKBONE'))}
-    env.setdefault('PORT', str(29500 + os.getpid() % 1000))  # dist_train.sh's rendezvous
+    env.setdefault('PORT', str(_free_port()))  # dist_train.sh's and dist_dump.sh's rendezvous
 
     commands = readme_commands((ROOT / 'README.md').read_text())
     commands = [c for c in commands if _bare(c) not in NOT_RUN]
