@@ -8,7 +8,8 @@ Installed as ``rb-compare-dumps``; ``python tools/compare_dumps.py`` runs the sa
 DIR_A is the reference (e.g. the float32 dump), DIR_B the dump to check (float16 or
 bfloat16, a converted checkpoint, the fast mode). Both are ``rb-dump --out`` folders of
 the same images; images are matched by their path relative to the folder. Prints a
-table and writes ``DIR_B/compare.json``, which the report of DIR_B shows. The metrics
+table, writes ``DIR_B/compare.json`` and rebuilds DIR_B's report (``index.html``) with a
+section showing it. The metrics
 are defined in resnet_backbone/apis/dump_compare.py and docs/dump_compare.md.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ..apis.dump_compare import RESULT_FILE, compare_dumps, format_table
+from ..apis.dump_report import write_report
 from ..cli import run_tool
 from . import prog
 
@@ -31,11 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Compare, print the table, write DIR_B/compare.json; returns the result."""
+    """Compare, print the table, write DIR_B/compare.json and DIR_B's report; returns the
+    result."""
     args = parse_args(argv)
     result = compare_dumps(args.dir_a, args.dir_b, progress=not args.no_progress)
     print(format_table(result))
     print(f'written: {args.dir_b}/{RESULT_FILE}'.replace('//', '/'))
+    page = write_report(args.dir_b)  # its comparison section now, not at the next dump
+    if page is not None:
+        print(f'report: {page}')
     return result
 
 

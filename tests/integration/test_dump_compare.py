@@ -268,7 +268,10 @@ def test_non_finite_values_are_left_out_and_counted():
 
 # ---------------------------------------------------------------- the command
 def test_command_prints_the_table_and_writes_compare_json(dumps):
+    """The table on stdout, compare.json, and DIR_B's report rebuilt with its comparison
+    section (the dump wrote the report before there was anything to compare)."""
     (dumps['b'] / 'compare.json').unlink(missing_ok=True)
+    assert 'id="compare"' not in (dumps['b'] / 'index.html').read_text()
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'compare_dumps.py'),
                         str(dumps['a']), str(dumps['b'])], capture_output=True, text=True,
                        timeout=600, cwd=ROOT)
@@ -278,7 +281,9 @@ def test_command_prints_the_table_and_writes_compare_json(dumps):
     assert lines[3].split() == ['level', 'cosine', 'mean', 'cosine', 'min', '1-cos', 'min',
                                 'max', 'rel', 'mean', 'rel', 'worst']
     assert [ln.split()[0] for ln in lines[4:4 + len(LEVELS)]] == LEVELS, r.stdout
-    assert lines[-1] == f"written: {dumps['b']}/compare.json"
+    assert lines[-2:] == [f"written: {dumps['b']}/compare.json",
+                          f"report: {dumps['b']}/index.html"], r.stdout
+    assert '<section id="compare">' in (dumps['b'] / 'index.html').read_text()
     saved = json.loads((dumps['b'] / 'compare.json').read_text())
     assert saved['images'] == 4 and set(saved['levels']) == set(LEVELS)
 
