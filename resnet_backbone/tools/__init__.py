@@ -11,6 +11,8 @@ installed command      file in a checkout           module
 ``rb-convert``         ``tools/convert_weights.py`` ``resnet_backbone.tools.convert_weights``
 ``rb-export``          ``tools/export.py``          ``resnet_backbone.tools.export``
 ``rb-benchmark``       ``tools/benchmark.py``       ``resnet_backbone.tools.benchmark``
+``rb-benchmark-dump``  ``tools/benchmark_dump.py``  ``resnet_backbone.tools.benchmark_dump``
+``rb-compare-dumps``   ``tools/compare_dumps.py``   ``resnet_backbone.tools.compare_dumps``
 ``rb-demo``            ``tools/demo.py``            ``resnet_backbone.tools.demo``
 ``rb-doctor``          (none)                       ``python -m resnet_backbone.doctor``
 =====================  ===========================  ==========================================
@@ -33,6 +35,8 @@ COMMANDS = {
     'rb-convert': 'convert_weights',
     'rb-export': 'export',
     'rb-benchmark': 'benchmark',
+    'rb-benchmark-dump': 'benchmark_dump',
+    'rb-compare-dumps': 'compare_dumps',
     'rb-demo': 'demo',
 }
 
