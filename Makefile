@@ -2,9 +2,15 @@
 # Both run the idempotent setup first; it takes seconds when nothing changed.
 PY := .venv/bin/python
 
+# PYTHON (the interpreter for a new venv, `PYTHON=/path/to/python3.13 make test`) is for
+# setup only. Exported to every recipe it also reached the suite's subprocesses, where
+# tools/dist_train.sh runs $$PYTHON (a bare interpreter, no torch) instead of .venv's:
+# the README walk failed under `PYTHON=... make test` (2026-11-30, Python 3.13 row).
+unexport PYTHON
+
 .PHONY: setup demo test doctor lint
 setup:
-	@bash tools/setup.sh
+	@$(if $(PYTHON),PYTHON='$(PYTHON)' )bash tools/setup.sh
 
 demo: setup
 	@$(PY) tools/demo.py
@@ -24,7 +30,7 @@ lint: setup
 # .venv (switching back rebuilds nothing: mmcv wheels are kept per torch version).
 .PHONY: setup-latest test-latest
 setup-latest:
-	@STACK=latest bash tools/setup.sh
+	@$(if $(PYTHON),PYTHON='$(PYTHON)' )STACK=latest bash tools/setup.sh
 
 test-latest: setup-latest
 	@$(PY) -m pytest

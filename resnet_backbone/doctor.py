@@ -111,7 +111,22 @@ def _mmcv_built_for_torch() -> str:
 
 
 STACK_PINS = ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'numpy')
-STACKS = {'constraints.txt': 'default stack', 'constraints-latest.txt': 'STACK=latest'}
+STACKS = {'constraints.txt': 'default stack', 'constraints-latest.txt': 'STACK=latest',
+          'constraints-onedl.txt': 'STACK=onedl'}
+#: The maintained forks install the same import packages under these distribution names;
+#: a constraints file that pins one of them means that piece.
+FORKS = {'mmengine': 'onedl-mmengine', 'mmcv': 'onedl-mmcv', 'mmdet': 'onedl-mmdetection'}
+
+
+def _installed_versions() -> dict[str, str]:
+    """Version (local label dropped) of each stack distribution, upstream and fork."""
+    installed = {}
+    for name in (*STACK_PINS, *FORKS.values()):
+        try:
+            installed[name] = importlib.metadata.version(name).split('+')[0]
+        except importlib.metadata.PackageNotFoundError:
+            installed[name] = 'not installed'
+    return installed
 
 
 def _matrix_row(root: str | None = None) -> str:
@@ -120,19 +135,15 @@ def _matrix_row(root: str | None = None) -> str:
     files = sorted(glob.glob(os.path.join(root, 'constraints*.txt')))
     if not files:
         raise LookupError(f'no constraints*.txt in {root} (not a source checkout)')
-    installed = {}
-    for name in STACK_PINS:
-        try:
-            installed[name] = importlib.metadata.version(name).split('+')[0]
-        except importlib.metadata.PackageNotFoundError:
-            installed[name] = 'not installed'
+    installed = _installed_versions()
     py = f'Python {sys.version_info[0]}.{sys.version_info[1]}'
     first_diffs = None
     for path in sorted(files, key=lambda f: os.path.basename(f) != 'constraints.txt'):
         with open(path) as f:
             pins = dict(line.split('#')[0].strip().split('==', 1) for line in f
                         if '==' in line.split('#')[0])
-        diffs = [f'{n} {installed[n]} (pinned {pins[n]})' for n in STACK_PINS
+        dists = [FORKS[n] if FORKS.get(n) in pins else n for n in STACK_PINS]
+        diffs = [f'{n} {installed[n]} (pinned {pins[n]})' for n in dists
                  if n in pins and installed[n] != pins[n]]
         name = os.path.basename(path)
         if not diffs:

@@ -150,8 +150,8 @@ def test_doctor_mmcv_build_record(tmp_path, monkeypatch):
 
 def test_doctor_names_the_matrix_row(tmp_path):
     """The row of the README's tested version matrix: Python X.Y + the matching stack."""
-    from importlib.metadata import version
-    pins = {n: version(n).split('+')[0] for n in doctor.STACK_PINS}
+    installed = doctor._installed_versions()  # works on the upstream and the onedl venv
+    pins = {n: installed[n] for n in doctor.STACK_PINS}
     (tmp_path / 'constraints.txt').write_text(
         '# default\n' + ''.join(f'{n}=={v}\n' for n, v in pins.items()) + 'pytest==1.0\n')
     (tmp_path / 'constraints-latest.txt').write_text('torch==99.0\ntorchvision==99.1\n')
@@ -165,3 +165,25 @@ def test_doctor_names_the_matrix_row(tmp_path):
         doctor._matrix_row(str(tmp_path))
     (tmp_path / 'constraints-latest.txt').write_text(f"torch=={pins['torch']}\n")
     assert doctor._matrix_row(str(tmp_path)).startswith(f'{py} + STACK=latest')
+
+
+def test_doctor_names_the_onedl_row(tmp_path, monkeypatch):
+    """STACK=onedl: the forks install mmengine/mmcv/mmdet as onedl-mmengine, onedl-mmcv and
+    onedl-mmdetection; constraints-onedl.txt pins those names, and they are compared."""
+    fake = dict(doctor._installed_versions(), mmengine='not installed', mmcv='not installed',
+                mmdet='not installed', **{'onedl-mmengine': '0.10.12', 'onedl-mmcv': '2.3.6',
+                                          'onedl-mmdetection': '3.5.1'})
+    monkeypatch.setattr(doctor, '_installed_versions', lambda: fake)
+    (tmp_path / 'constraints.txt').write_text(
+        f"torch=={fake['torch']}\nmmengine==0.10.7\nmmcv==2.1.0\nmmdet==3.3.0\n")
+    onedl = f"torch=={fake['torch']}\nonedl-mmengine==0.10.12\nonedl-mmdetection==3.5.1\n"
+    (tmp_path / 'constraints-onedl.txt').write_text(onedl + 'onedl-mmcv==2.3.6\n')
+    py = f'Python {sys.version_info[0]}.{sys.version_info[1]}'
+    assert doctor._matrix_row(str(tmp_path)).startswith(f'{py} + STACK=onedl (constraints-onedl')
+    # another fork version is another row, not this one
+    (tmp_path / 'constraints-onedl.txt').write_text(onedl + 'onedl-mmcv==2.3.5\n')
+    with pytest.raises(LookupError, match=r'no constraints file matches: constraints.txt'):
+        doctor._matrix_row(str(tmp_path))
+    (tmp_path / 'constraints.txt').unlink()
+    with pytest.raises(LookupError, match=r'onedl-mmcv 2\.3\.6 \(pinned 2\.3\.5\)'):
+        doctor._matrix_row(str(tmp_path))

@@ -7,6 +7,8 @@ cache under tmp_path, so the repo's .venv is never touched.
 """
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -59,7 +61,11 @@ if args[:2] == ['-m', 'pip']:
     if args[2] == 'wheel' and '-w' in args:
         tag = 'cp%d%d' % tuple(cfg['version'][:2])
         out = args[args.index('-w') + 1]
-        open(os.path.join(out, 'mmcv-2.1.0-%s-%s-linux_x86_64.whl' % (tag, tag)), 'w').close()
+        # named for a NAME==VERSION target (onedl-mmcv==2.3.6), else mmcv 2.1.0 (a patched dir)
+        m = re.match(r'([A-Za-z0-9_.-]+)==(\S+)$', args[-1])
+        name, version = (m.group(1).replace('-', '_'), m.group(2)) if m else ('mmcv', '2.1.0')
+        open(os.path.join(out, '%s-%s-%s-%s-linux_x86_64.whl' % (name, version, tag, tag)),
+             'w').close()
     sys.exit(0)
 sys.exit('fake python: unexpected arguments %r' % (args,))
 '''
@@ -100,11 +106,14 @@ def _executable(path: Path, text: str) -> Path:
     return path
 
 
-def _setup(tmp_path: Path, python: str, path_dirs=(), **fake) -> subprocess.CompletedProcess:
+def _setup(tmp_path: Path, python: str, path_dirs=(), stack=None,
+           **fake) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=python, VENV=str(tmp_path / 'venv'),
                RB_WHEEL_CACHE=str(tmp_path / 'wheels'), CC='true', CXX='true',
                PATH=os.pathsep.join([*map(str, path_dirs), os.environ['PATH']]))
     env.pop('STACK', None)
+    if stack:
+        env['STACK'] = stack
     if fake:
         cfg = {'version': [3, 12, 1], 'torch': '2.13.0+cu130', 'log': str(tmp_path / 'calls')}
         cfg.update(fake)
@@ -164,7 +173,7 @@ def test_mmcv_wheel_of_another_torch_is_not_reused(tmp_path):
     # the record check fails: mmcv is not built for this torch yet
     _setup(tmp_path, _fake_python(tmp_path), fail=r"record\['torch'\]")
     pip = (tmp_path / 'calls').read_text().splitlines()
-    mmcv = [c for c in pip if 'mmcv' in c and 'uninstall' not in c]
+    mmcv = [c for c in pip if 'mmcv' in c and c.split()[1] in ('wheel', 'install')]
     here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
     assert len(mmcv) == 2, pip
     assert mmcv[0].startswith('pip wheel ') and '--no-cache-dir' in mmcv[0], mmcv
@@ -212,3 +221,60 @@ def test_constraint_conflict_is_named(tmp_path):
     assert line.startswith('setup: ERROR in step "pip and build tools": '), line
     assert ("pip's constraints conflict (torchvision<=0.29.1, torchvision==0.29.2)" in line
             and 'pip config list' in line), line
+
+
+def test_onedl_stack_installs_the_forks_by_their_names(tmp_path):
+    """STACK=onedl: onedl-mmengine, onedl-mmcv (built from its sdist, cached under its own
+    wheel name) and onedl-mmdetection, and the project without its upstream dependencies
+    (pyproject.toml names mmcv<2.2, which pip would build beside the fork). Before: 'no pin
+    for mmengine'."""
+    _setup(tmp_path, _fake_python(tmp_path), stack='onedl', fail=r"record\['torch'\]")
+    pip = (tmp_path / 'calls').read_text().splitlines()
+    c = f'-c {ROOT}/constraints-onedl.txt'
+    here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
+    wheel = here / 'onedl_mmcv-2.3.6-cp312-cp312-linux_x86_64.whl'
+    assert f'pip install {c} --upgrade pip setuptools wheel ninja packaging' in pip, pip
+    assert f'pip install {c} onedl-mmengine==0.10.12' in pip, pip
+    assert any(x.startswith('pip wheel ') and x.endswith(f'-w {here} onedl-mmcv==2.3.6')
+               for x in pip), pip
+    assert f'pip install {c} {wheel}' in pip, pip
+    assert f'pip install {c} onedl-mmdetection==3.5.1' in pip, pip
+    assert f'pip install {c} --no-build-isolation --no-deps -e {ROOT}' in pip, pip
+    dev = [x for x in pip if x.startswith(f'pip install {c} timm ')]
+    assert len(dev) == 1 and ' pytest ' in dev[0] and 'onnx' in dev[0], pip
+    upstream = [x for x in pip if x.startswith('pip install') and re.search(
+        r' (mmengine|mmcv|mmdet)==|\[dev\]', x)]
+    assert not upstream, upstream
+
+
+@pytest.mark.skipif(shutil.which('make') is None, reason='no make')
+def test_make_test_matrix_lists_every_row():
+    """`make test-matrix` has a row for each Python 3.10-3.13 on the default stack and one
+    for each constraints-<STACK>.txt (make -n: nothing is run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('MATRIX', 'MAKEFLAGS')}
+    r = subprocess.run(['make', '-n', '-s', 'test-matrix'], cwd=ROOT, capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = re.search(r'for row in ([^;]+); do', r.stdout).group(1).split()
+    default = {row[2:].rsplit('.', 1)[0] for row in rows if ':' not in row}
+    assert default == {'3.10', '3.11', '3.12', '3.13'}, rows
+    stacks = {p.stem.split('-', 1)[1] for p in ROOT.glob('constraints-*.txt')}
+    assert {row.split(':', 1)[1] for row in rows if ':' in row} == stacks, rows
+
+
+@pytest.mark.skipif(shutil.which('make') is None, reason='no make')
+def test_make_keeps_python_for_setup_only(tmp_path):
+    """`PYTHON=/path/to/python3.13 make test`: PYTHON reaches setup, not the recipes' other
+    commands (tools/dist_train.sh runs $PYTHON, a bare interpreter, instead of .venv's: the
+    README walk failed that way on the 3.13 row)."""
+    probe = tmp_path / 'probe.mk'
+    probe.write_text('probe:\n\t@echo "recipe sees PYTHON=[$$PYTHON]"\n')
+    env = {k: v for k, v in os.environ.items() if k != 'MAKEFLAGS'}
+    env['PYTHON'] = '/opt/python3.13'
+    r = subprocess.run(['make', '-s', '-f', 'Makefile', '-f', str(probe), 'probe'], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.strip() == 'recipe sees PYTHON=[]', r.stdout + r.stderr
+    r = subprocess.run(['make', '-n', 'setup', 'setup-latest'], cwd=ROOT, capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.stdout.splitlines() == ["PYTHON='/opt/python3.13' bash tools/setup.sh",
+                                     "PYTHON='/opt/python3.13' STACK=latest bash tools/setup.sh"]

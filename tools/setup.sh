@@ -5,6 +5,7 @@
 #   PYTHON=/path/to/python3.13 bash tools/setup.sh     # the interpreter for a new venv
 #   VENV=/tmp/venv313 bash tools/setup.sh              # another venv folder
 #   STACK=latest bash tools/setup.sh                   # pins from constraints-latest.txt
+#   STACK=onedl bash tools/setup.sh                    # the onedl-* forks (constraints-onedl.txt)
 #
 # It creates .venv/ in the repo root and installs, in this order and pinned by
 # constraints.txt: torch + torchvision (the registry build, whose torchvision ops
@@ -36,6 +37,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# dist NAME: the distribution that provides the import package NAME (mmengine, mmcv, mmdet)
+# on this stack. constraints-onedl.txt pins the maintained forks, which install the same
+# import packages under other names (onedl-mmengine, onedl-mmcv, onedl-mmdetection).
+dist() {
+    local fork="onedl-$1"
+    [ "$1" = mmdet ] && fork=onedl-mmdetection
+    if grep -qE "^$fork==" "$CONSTRAINTS" 2>/dev/null; then printf '%s' "$fork"; else printf '%s' "$1"; fi
+}
 
 pin() {  # pin NAME -> version from constraints.txt
     local v
@@ -107,7 +117,7 @@ EOF
 # record written at its install says it was built against the installed torch.
 MMCV_RECORD=BUILT_WITH_TORCH.json
 mmcv_for_this_torch() {
-    "$PY" - "$(pin mmcv)" "$MMCV_RECORD" <<'EOF' >/dev/null 2>&1
+    "$PY" - "$(pin "$(dist mmcv)")" "$MMCV_RECORD" <<'EOF' >/dev/null 2>&1
 import hashlib, json, os, sys
 import torch, mmcv, mmcv._ext  # noqa: F401
 assert mmcv.__version__ == sys.argv[1]
@@ -136,8 +146,11 @@ mkdir -p "$LOGS"
 PIP=("$PY" -m pip install -c "$CONSTRAINTS")
 PY_VERSION=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "$PY_VERSION")
 
-run_step "pip and build tools" "could not install pip/setuptools/wheel/ninja" \
-    "${PIP[@]}" --upgrade pip setuptools wheel ninja
+# onedl-mmcv's build also imports packaging (>= 24.2): installed where the stack pins it
+BUILD_TOOLS=(pip setuptools wheel ninja)
+grep -qE '^packaging==' "$CONSTRAINTS" && BUILD_TOOLS+=(packaging)
+run_step "pip and build tools" "could not install ${BUILD_TOOLS[*]}" \
+    "${PIP[@]}" --upgrade "${BUILD_TOOLS[@]}"
 
 # torch + torchvision: must come from the registry, and must really import together.
 TV_CHECK='import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)'
@@ -160,12 +173,26 @@ if ! { "$PY" -c "$TV_CHECK" && "$PY" -c "$TV_PINNED"; } >/dev/null 2>&1; then
         || die "torchvision $(pin torchvision) does not work with the installed torch ($(tail -n1 "$LOGS/torchvision_check.log")); remove .venv and re-run 'bash tools/setup.sh'."
 fi
 
-run_step "mmengine" "could not install mmengine $(pin mmengine)" \
-    "${PIP[@]}" "mmengine==$(pin mmengine)"
+# Switching a venv between the upstream stack and the onedl forks: both install the
+# packages mmengine/mmcv/mmdet, so the other family's distributions go first.
+if [ "$(dist mmengine)" = mmengine ]; then
+    OTHER_FAMILY=(onedl-mmengine onedl-mmcv onedl-mmdetection)
+else
+    OTHER_FAMILY=(mmengine mmcv mmcv-lite mmdet)
+fi
+if "$PY" -m pip show "${OTHER_FAMILY[@]}" 2>/dev/null | grep -q '^Name:'; then
+    run_step "remove the other OpenMMLab family" "could not uninstall ${OTHER_FAMILY[*]}" \
+        "$PY" -m pip uninstall -y "${OTHER_FAMILY[@]}"
+fi
+
+MMENGINE_DIST=$(dist mmengine)
+run_step "mmengine" "could not install $MMENGINE_DIST $(pin "$MMENGINE_DIST")" \
+    "${PIP[@]}" "$MMENGINE_DIST==$(pin "$MMENGINE_DIST")"
 
 # mmcv: no registry wheels for this torch; build from source with compiled ops, once per
 # torch build (see the top of this file), and record the torch it was built against.
-MMCV_V=$(pin mmcv)
+MMCV_DIST=$(dist mmcv)
+MMCV_V=$(pin "$MMCV_DIST")
 TORCH_V=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)
 record_mmcv_build() {  # record_mmcv_build SOURCE: mmcv/BUILT_WITH_TORCH.json for the doctor
     "$PY" - "$TORCH_V" "$1" "$MMCV_RECORD" <<'EOF' || die "could not record the torch mmcv was built against (in mmcv's package folder); check that the venv is writable."
@@ -186,16 +213,16 @@ if [ "${TORCH_REINSTALLED:-0}" = 0 ] && [ "${RB_REBUILD_MMCV:-0}" = 0 ] && [ -n 
         && "$PY" -c "import sys, mmcv, mmcv._ext; sys.exit(0 if mmcv.__version__ == '$MMCV_V' else 1)" >/dev/null 2>&1; then
     # An mmcv installed before setup kept records (torch untouched by this run): adopt
     # it rather than rebuild for 13 min; the record says so and the doctor shows it.
-    say "mmcv $MMCV_V is installed without a record of its torch: assuming torch $TORCH_V (RB_REBUILD_MMCV=1 bash tools/setup.sh rebuilds it)"
+    say "$MMCV_DIST $MMCV_V is installed without a record of its torch: assuming torch $TORCH_V (RB_REBUILD_MMCV=1 bash tools/setup.sh rebuilds it)"
     record_mmcv_build "adopted: installed before tools/setup.sh recorded builds"
 fi
 if ! mmcv_for_this_torch; then
     PY_TAG=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
     WHEEL_DIR="$WHEELS/torch-$TORCH_V"
-    find_wheel() { ls "$WHEEL_DIR"/mmcv-"$MMCV_V"-"$PY_TAG"-*.whl 2>/dev/null | head -n1; }
+    find_wheel() { ls "$WHEEL_DIR"/"${MMCV_DIST//-/_}"-"$MMCV_V"-"$PY_TAG"-*.whl 2>/dev/null | head -n1; }
     wheel=$(find_wheel)
     if [ -n "$wheel" ]; then
-        say "mmcv $MMCV_V for torch $TORCH_V ($PY_TAG) is in the wheel cache: $wheel"
+        say "$MMCV_DIST $MMCV_V for torch $TORCH_V ($PY_TAG) is in the wheel cache: $wheel"
     else
         command -v "${CC:-gcc}" >/dev/null 2>&1 && command -v "${CXX:-g++}" >/dev/null 2>&1 \
             || die "no C/C++ compiler found, needed to build mmcv's ops; install one (Debian/Ubuntu: apt-get install build-essential) and re-run."
@@ -206,41 +233,42 @@ if ! mmcv_for_this_torch; then
         # (Python 3.10-3.12 and torch 2.13, the default stack) the registry sdist is built
         # unchanged.
         PATCHES=()
-        if "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)'; then
+        # (onedl-mmcv reads its version from its metadata: no py313 patch for it)
+        if [ "$MMCV_DIST" = mmcv ] && "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)'; then
             PATCHES+=("$ROOT/tools/patches/mmcv-$MMCV_V-py313.patch")  # PEP 667 locals()
         fi
         if [ "$(printf '%s\n' 2.14 "${TORCH_V%%+*}" | sort -V | head -n1)" = 2.14 ]; then
-            PATCHES+=("$ROOT/tools/patches/mmcv-$MMCV_V-torch2.14.patch")  # C++20 headers
+            PATCHES+=("$ROOT/tools/patches/$MMCV_DIST-$MMCV_V-torch2.14.patch")  # C++20 headers
         fi
-        target="mmcv==$MMCV_V"
+        target="$MMCV_DIST==$MMCV_V"
         if [ "${#PATCHES[@]}" -gt 0 ]; then
             for p in "${PATCHES[@]}"; do
-                [ -f "$p" ] || die "mmcv $MMCV_V needs tools/patches/$(basename "$p") on Python $PY_VERSION with torch $TORCH_V, and it is missing; use Python 3.10-3.12 with the default stack (PYTHON=/path/to/python3.11, no STACK) or add the patch."
+                [ -f "$p" ] || die "$MMCV_DIST $MMCV_V needs tools/patches/$(basename "$p") on Python $PY_VERSION with torch $TORCH_V, and it is missing; use Python 3.10-3.12 with the default stack (PYTHON=/path/to/python3.11, no STACK) or add the patch."
             done
             command -v patch >/dev/null 2>&1 || die "the 'patch' command is missing, needed to patch mmcv's sdist; install it (Debian/Ubuntu: apt-get install patch) and re-run."
             sdist_sha=$(sed -n 's/^# sdist-sha256: *\([0-9a-f]\{64\}\).*/\1/p' "${PATCHES[0]}" | head -n1)
             [ -n "$sdist_sha" ] || die "${PATCHES[0]} has no '# sdist-sha256: ...' line; restore it from git."
             index_url=$("$PY" -m pip config get global.index-url 2>/dev/null || true)
-            run_step "mmcv sdist" "could not download mmcv $MMCV_V's sdist (see the log); check the network/proxy and re-run 'bash tools/setup.sh'" \
-                "$PY" "$ROOT/tools/patches/fetch_sdist.py" mmcv "$MMCV_V" "$sdist_sha" "$WHEELS/sdist" "$index_url"
+            run_step "mmcv sdist" "could not download $MMCV_DIST $MMCV_V's sdist (see the log); check the network/proxy and re-run 'bash tools/setup.sh'" \
+                "$PY" "$ROOT/tools/patches/fetch_sdist.py" "$MMCV_DIST" "$MMCV_V" "$sdist_sha" "$WHEELS/sdist" "$index_url"
             SRC="$VENV/build/mmcv-$MMCV_V-patched"
-            say "Python $PY_VERSION, torch $TORCH_V: patching mmcv $MMCV_V's sdist with $(for p in "${PATCHES[@]}"; do printf 'tools/patches/%s ' "$(basename "$p")"; done)"
-            run_step "mmcv patch" "a patch in tools/patches/ does not apply to mmcv $MMCV_V's sdist (see the log); fix it and re-run 'bash tools/setup.sh'" \
+            say "Python $PY_VERSION, torch $TORCH_V: patching $MMCV_DIST $MMCV_V's sdist with $(for p in "${PATCHES[@]}"; do printf 'tools/patches/%s ' "$(basename "$p")"; done)"
+            run_step "mmcv patch" "a patch in tools/patches/ does not apply to $MMCV_DIST $MMCV_V's sdist (see the log); fix it and re-run 'bash tools/setup.sh'" \
                 bash -c 'set -e; src=$1 tarball=$2; shift 2; rm -rf "$src"; mkdir -p "$src"; tar xzf "$tarball" -C "$src" --strip-components=1; cd "$src"; for p; do echo "applying ${p##*/}"; patch -p1 --forward <"$p"; done' \
-                _ "$SRC" "$WHEELS/sdist/mmcv-$MMCV_V.tar.gz" "${PATCHES[@]}"
+                _ "$SRC" "$WHEELS/sdist/${MMCV_DIST//-/_}-$MMCV_V.tar.gz" "${PATCHES[@]}"
             sed 's/^/[setup]   mmcv patch: /' "$LOGS/mmcv_patch.log"
             target="$SRC"
         fi
-        say "building mmcv $MMCV_V with compiled ops for torch $TORCH_V: about 13 min on 2 cores, once per torch build (wheel kept in $WHEEL_DIR)"
+        say "building $MMCV_DIST $MMCV_V with compiled ops for torch $TORCH_V: about 13 min on 2 cores, once per torch build (wheel kept in $WHEEL_DIR)"
         # --no-cache-dir: pip's own cache could hand back a wheel built against another torch
         MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" run_step "mmcv build" \
-            "the mmcv $MMCV_V build failed (compiler error or missing headers: see the log); fix the cause and re-run 'bash tools/setup.sh'" \
+            "the $MMCV_DIST $MMCV_V build failed (compiler error or missing headers: see the log); fix the cause and re-run 'bash tools/setup.sh'" \
             "$PY" -m pip wheel -c "$CONSTRAINTS" --no-deps --no-build-isolation --no-cache-dir -w "$WHEEL_DIR" "$target"
         wheel=$(find_wheel)
-        [ -n "$wheel" ] || die "the mmcv build wrote no mmcv-$MMCV_V-$PY_TAG wheel into $WHEEL_DIR; see $LOGS/mmcv_build.log."
+        [ -n "$wheel" ] || die "the mmcv build wrote no ${MMCV_DIST//-/_}-$MMCV_V-$PY_TAG wheel into $WHEEL_DIR; see $LOGS/mmcv_build.log."
         rm -rf "$VENV/build"
     fi
-    "$PY" -m pip uninstall -y mmcv mmcv-lite >/dev/null 2>&1
+    "$PY" -m pip uninstall -y mmcv mmcv-lite onedl-mmcv >/dev/null 2>&1
     run_step "mmcv install" "could not install $wheel" \
         "${PIP[@]}" "$wheel"
     "$PY" -c 'import mmcv._ext' >"$LOGS/mmcv_check.log" 2>&1 \
@@ -248,11 +276,34 @@ if ! mmcv_for_this_torch; then
     record_mmcv_build "$wheel"
 fi
 
-run_step "mmdet" "could not install mmdet $(pin mmdet)" \
-    "${PIP[@]}" "mmdet==$(pin mmdet)"
+MMDET_DIST=$(dist mmdet)
+run_step "mmdet" "could not install $MMDET_DIST $(pin "$MMDET_DIST")" \
+    "${PIP[@]}" "$MMDET_DIST==$(pin "$MMDET_DIST")"
 
-run_step "resnet_backbone (editable, dev extra)" "could not install this project; check pyproject.toml" \
-    "${PIP[@]}" --no-build-isolation -e "$ROOT[dev]"
+if [ "$MMDET_DIST" = mmdet ]; then
+    run_step "resnet_backbone (editable, dev extra)" "could not install this project; check pyproject.toml" \
+        "${PIP[@]}" --no-build-isolation -e "$ROOT[dev]"
+else
+    # pyproject.toml's dependencies name the upstream distributions (mmengine, mmcv<2.2,
+    # mmdet<3.4); pip cannot know that the onedl-* forks provide the same packages and
+    # would install (and build) upstream mmcv beside them. So: the project without its
+    # dependencies (the steps above installed them), then its dev extra by name.
+    run_step "resnet_backbone (editable, no deps)" "could not install this project; check pyproject.toml" \
+        "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
+    mapfile -t DEV_EXTRA < <("$PY" - "$ROOT/pyproject.toml" <<'EOF'
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip's vendored copy
+    from pip._vendor import tomli as tomllib
+with open(sys.argv[1], 'rb') as f:
+    print('\n'.join(tomllib.load(f)['project']['optional-dependencies']['dev']))
+EOF
+)
+    [ "${#DEV_EXTRA[@]}" -gt 0 ] || die "could not read the dev extra from pyproject.toml; check its [project.optional-dependencies]."
+    run_step "dev extra" "could not install ${DEV_EXTRA[*]}" \
+        "${PIP[@]}" "${DEV_EXTRA[@]}"
+fi
 
 quick_check && mmcv_for_this_torch || die "the stack installed but does not import; run '.venv/bin/python -m resnet_backbone.doctor' to see which piece is broken."
 echo "$want_stamp" >"$STAMP"

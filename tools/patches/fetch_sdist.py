@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     name, version, want, dest = argv[:4]
     index = (argv[4] if len(argv) == 5 and argv[4] else
              os.environ.get('PIP_INDEX_URL') or 'https://pypi.org/simple')
-    filename = f'{name}-{version}.tar.gz'
+    filename = f"{name.replace('-', '_')}-{version}.tar.gz"  # sdists name onedl-mmcv onedl_mmcv-...
     path = os.path.join(dest, filename)
     if os.path.exists(path) and sha256(path) == want:
         print(path)
