@@ -14,13 +14,15 @@ generated once (seeded). Rows, each timed over the same images after one warm-up
 - ``dump``: the default dump (safetensors, float32) into a fresh folder;
 - ``dump --overlay``: the same with overlays (mean mode);
 - with ``--big``: one 4000x3000 photo with ``--overlay`` over 9 levels (c2-c5, p3-p7),
-  against its own forward, each in a fresh process whose peak RSS is reported.
+  against its own forward, each in a fresh process (decoding included, no workers) whose
+  peak RSS (``VmHWM``) is reported, and its RSS once the model is built.
 
 The ratio column is wall time over the forward-only wall time of the same run.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import subprocess
@@ -68,11 +70,35 @@ def make_big_photo(folder: Path) -> Path:
     return path
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux: ``VmHWM`` of /proc/self/status, which
+    starts afresh at exec; ``ru_maxrss`` would not (it keeps the forking parent's peak)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def forward_only(fx, images) -> float:
     t0 = time.perf_counter()
     for image in images:
-        fx.run_batch([fx.load(image)])
+        if hasattr(fx, 'run_batch'):
+            fx.run_batch([fx.load(image)])
+        else:  # an older checkout (this file copied there to time the code before)
+            fx(image)
     return time.perf_counter() - t0
+
+
+def _dump(fx, images, root, out, **kwargs):
+    """dump_features with the keywords this checkout's version takes (an older one has
+    no batch_size, workers or writers: those rows then time its one sequential loop)."""
+    known = inspect.signature(dump_features).parameters
+    return dump_features(fx, images, root, out,
+                         **{k: v for k, v in kwargs.items() if k in known})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--writers', type=int, default=1)
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', help='write the rows here')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='run the rows this many times, interleaved; the medians are shown')
     p.add_argument('--_child', help=argparse.SUPPRESS)  # internal: one big-photo case
     return p.parse_args(argv)
 
@@ -96,15 +124,17 @@ def _child(args) -> None:
     case, photo, out = args._child.split('|')
     fx = FeatureExtractor.from_config(args.config, device=args.device, levels=BIG_LEVELS)
     images, root = collect_images(photo)
+    built = peak_rss_mib()  # the model built and probed, before the photo
     t0 = time.perf_counter()
     if case == 'forward':
         forward_only(fx, images)
     else:
-        dump_features(fx, images, root, Path(out), overlay=True, progress=False,
-                      workers=args.workers, writers=args.writers)
+        # workers=0: decoding in this process too, so its peak RSS is the whole dump's
+        _dump(fx, images, root, Path(out), overlay=True, progress=False, workers=0,
+              writers=args.writers)
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    print(json.dumps({'seconds': seconds, 'peak_rss_mib': rss}))
+    rss = peak_rss_mib()
+    print(json.dumps({'seconds': seconds, 'peak_rss_mib': rss, 'rss_before_mib': built}))
 
 
 def _big(args, tmp: Path) -> list[dict]:
@@ -137,30 +167,45 @@ def main(argv=None) -> list[dict]:
         forward_only(fx, warm)
         opts = dict(progress=False, batch_size=args.batch_size, workers=args.workers,
                     writers=args.writers)
+        runs: dict[str, list[dict]] = {}
+        for rep in range(args.repeats):  # interleaved: a load change hits every row alike
+            runs.setdefault('forward only', []).append(
+                {'seconds': forward_only(fx, images)})
+            for name, extra in (('dump', {}), ('dump --overlay', {'overlay': True})):
+                out = tmp / f"{name.replace(' ', '_')}_{rep}"
+                t0 = time.perf_counter()
+                s = _dump(fx, images, root, out, **opts, **extra)
+                seconds = time.perf_counter() - t0  # the whole call: plan, loop, index
+                nbytes = sum(p.stat().st_size for p in out.rglob('*') if p.is_file())
+                runs.setdefault(name, []).append(
+                    {'seconds': seconds, 'mb_per_s': nbytes / 1e6 / seconds,
+                     'mb_per_image': nbytes / 1e6 / max(s.dumped, 1)})
         rows = []
-        base = forward_only(fx, images)
-        rows.append({'case': 'forward only', 'seconds': base})
-        for name, extra in (('dump', {}), ('dump --overlay', {'overlay': True})):
-            out = tmp / name.replace(' ', '_')
-            s = dump_features(fx, images, root, out, **opts, **extra)
-            rows.append({'case': name, 'seconds': s.seconds,
-                         'mb_per_s': s.bytes / 1e6 / s.seconds,
-                         'mb_per_image': s.bytes / 1e6 / max(s.dumped, 1)})
+        for name, reps in runs.items():
+            row = {'case': name}
+            for key in reps[0]:
+                row[key] = float(np.median([r[key] for r in reps]))
+            rows.append(row)
+        base = rows[0]['seconds']
         for r in rows:
             r['ratio'] = r['seconds'] / base
             r['s_per_image'] = r['seconds'] / len(images)
         if args.big:
             rows += _big(args, tmp)
-    print(f'{len(images)} photos of 512-1280 px, {Path(args.config).name}, levels '
+    print(f'{len(images)} photos of 512-1280 px, medians of {args.repeats}, '
+          f'{Path(args.config).name}, levels '
           f'{args.levels}, batch {args.batch_size}, workers {args.workers}, writers '
           f'{args.writers}, {args.device}')
     print(f"{'case':44s} {'wall s':>8s} {'s/image':>8s} {'x forward':>9s} {'MB/s':>7s} "
-          f"{'peak RSS MiB':>12s}")
+          f"{'peak RSS MiB':>12s} {'(model only)':>12s}")
     for r in rows:
         per = f"{r['s_per_image']:8.3f}" if 's_per_image' in r else f"{'-':>8s}"
         mbs = f"{r['mb_per_s']:7.0f}" if 'mb_per_s' in r else f"{'-':>7s}"
         rss = f"{r['peak_rss_mib']:12.0f}" if 'peak_rss_mib' in r else f"{'-':>12s}"
-        print(f"{r['case']:44s} {r['seconds']:8.2f} {per} {r['ratio']:9.2f} {mbs} {rss}")
+        base_rss = (f"{r['rss_before_mib']:12.0f}" if 'rss_before_mib' in r
+                    else f"{'-':>12s}")
+        print(f"{r['case']:44s} {r['seconds']:8.2f} {per} {r['ratio']:9.2f} {mbs} {rss} "
+              f"{base_rss}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
