@@ -387,14 +387,15 @@ class _Forward:
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not _out_of_memory(exc):
                     raise
-                if not self._warned:
-                    self._warned = True
-                    self.say(f'WARNING: out of memory in a batch of {len(samples)}: retrying '
-                             'it one image at a time (said once; later batches do the same)')
-                del exc
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                return [self._one(s, i) for s, i in zip(samples, images)]
+            # out of the except block: the failed batch's tensors, which its traceback
+            # holds, are freed before the retry
+            if not self._warned:
+                self._warned = True
+                self.say(f'WARNING: out of memory in a batch of {len(samples)}: retrying '
+                         'it one image at a time (said once; later batches do the same)')
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return [self._one(s, i) for s, i in zip(samples, images)]
         finally:
             self.seconds += time.perf_counter() - t0
 
