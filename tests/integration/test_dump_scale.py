@@ -71,11 +71,11 @@ def test_out_of_memory_in_a_batch_retries_one_by_one(tmp_path, capsys, monkeypat
     real = fx.run_batch
     sizes = []
 
-    def run_batch(samples):
+    def run_batch(samples, rois=None):
         sizes.append(len(samples))
         if len(samples) > 1:
             raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
-        return real(samples)
+        return real(samples, rois)
     monkeypatch.setattr(fx, 'run_batch', run_batch)
     s = dump_features(fx, images, root, tmp_path / 'out', batch_size=2, progress=False)
     assert s.dumped == 5 and not s.skipped
