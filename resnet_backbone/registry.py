@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
-from .models.resnet import ARCH_SETTINGS, ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
+from .models.resnet import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom, ResNeXtCustom
 from .spec import choice_error
 
 try:
@@ -28,17 +28,24 @@ except ImportError:  # mmdet is optional for the bare backbone
 MODELS = Registry('model', parent=PARENT, scope='resnet_backbone',
                   locations=['resnet_backbone'])
 
-BACKBONES = (ResNetV1Custom, ResNetV1cCustom, ResNetV1dCustom)
+BACKBONES = (ResNetV1Custom, ResNetV1cCustom, ResNetV1dCustom, ResNeXtCustom)
 for _cls in BACKBONES:
     for _registry in (PARENT, MODELS):
         if _cls.__name__ not in _registry.module_dict:
             _registry.register_module(module=_cls)
 
 
-def _allowed_keys() -> list[str]:
-    params = inspect.signature(ResNetV1Custom.__init__).parameters
-    return [n for n, p in params.items()
-            if n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+def _allowed_keys(cls: type = ResNetV1Custom) -> list[str]:
+    """The config keys ``cls`` takes: its own named parameters, then (where it passes
+    ``**kwargs`` on, as ``ResNeXtCustom`` does) ``ResNetV1Custom``'s."""
+    keys: list[str] = []
+    for klass in (cls, ResNetV1Custom):
+        params = inspect.signature(klass.__init__).parameters
+        keys += [n for n, p in params.items() if n != 'self' and n not in keys
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return keys
 
 
 def backbone_class(type_name: object) -> type | None:
@@ -92,7 +99,7 @@ def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
     cls = backbone_class(type_name)
     if cls is None:
         return
-    allowed = _allowed_keys()
+    allowed = _allowed_keys(cls)
     unknown = [k for k in kwargs
                if k != 'type' and not str(k).startswith('_') and k not in allowed]
     if unknown:
@@ -104,4 +111,4 @@ def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
         raise ValueError(f"{'; '.join(parts)} (allowed keys: {', '.join(allowed)})")
     if 'depth' not in kwargs:
         raise choice_error(f'{prefix}.depth is missing: {cls.__name__} needs it',
-                           ARCH_SETTINGS)
+                           cls.arch_settings)

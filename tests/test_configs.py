@@ -61,7 +61,7 @@ def test_every_config_is_listed():
 def test_config_builds_and_trains_one_iteration(config, tiny_shapes):
     setup_environment()
     cfg = load_config(str(ROOT / config))
-    assert cfg.model.backbone.type == 'ResNetV1Custom'
+    assert cfg.model.backbone.type in ('ResNetV1Custom', 'ResNeXtCustom')
     shrink_for_test(cfg, tiny_shapes)
     with DefaultScope.overwrite_default_scope('mmdet'):
         from mmdet.registry import MODELS

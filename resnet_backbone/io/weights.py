@@ -4,9 +4,12 @@ Dialects (``source``) and how their keys map onto ``ResNetV1Custom``:
 
 - ``torchvision`` / ``timm`` (classic stem) / ``mmdet`` bare backbone: the same layout
   (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``layer1.0.downsample.0/1``);
-  the classifier (``fc.*``) is dropped. torchvision and timm files are told apart by the
-  module names a saved state dict records (timm's ``act1``/``global_pool``, torchvision's
-  ``relu``/``avgpool``); a file without them is reported as
+  the classifier (``fc.*``) is dropped. Their ResNeXt files (``resnext50_32x4d``, mmdet's
+  ``ResNeXt``) have the same keys; a grouped ``layer1.0.conv2`` implies ``groups``,
+  ``base_width`` and ``base_channels`` (``ResNeXtCustom``). torchvision and timm files
+  are told apart by the module names a saved state dict records (timm's
+  ``act1``/``global_pool``, torchvision's ``relu``/``avgpool``); a file without them is
+  reported as
   ``'torchvision/timm (identical keys)'``.
 - ``timm`` deep stem (``resnet50c/d``): ``conv1 = Sequential(conv, bn, act, conv, bn,
   act, conv)`` plus a top-level ``bn1``. The documented mapping:
@@ -276,7 +279,7 @@ class Converted:
 
     state_dict: dict[str, torch.Tensor]
     source: str
-    implied: dict = field(default_factory=dict)  # depth, stem_type, avg_down, style
+    implied: dict = field(default_factory=dict)  # depth, stem_type, avg_down, style, groups
     dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys
     label: str = ''  # the source as reports print it (see source_label)
 
@@ -348,6 +351,13 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
             implied['stem_type'] = 'small'
     if 'layer1.0.conv1.weight' in sd:
         implied['base_channels'] = int(sd['layer1.0.conv1.weight'].shape[0])
+    conv2, conv3 = sd.get('layer1.0.conv2.weight'), sd.get('layer1.0.conv3.weight')
+    if conv2 is not None and conv3 is not None and conv2.shape[0] != conv2.shape[1]:
+        # a grouped 3x3 (ResNeXt): (width, width / groups, 3, 3); layer1's planes are
+        # base_channels, so its width is base_width * groups (mmdet's formula)
+        implied['groups'] = int(conv2.shape[0] // conv2.shape[1])
+        implied['base_width'] = int(conv2.shape[1])
+        implied['base_channels'] = int(conv3.shape[0]) // 4
     return implied
 
 

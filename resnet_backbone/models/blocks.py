@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
@@ -73,7 +74,7 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class BlockDescription:
-    """A block's computation: ``out_act(steps(x) + shortcut(x))``.
+    """A block's computation: ``out_act(drop_path(steps(x)) + shortcut(x))``.
 
     Attributes:
         steps: The residual branch, in order (at least one step).
@@ -81,11 +82,18 @@ class BlockDescription:
             ``nn.Sequential`` of (pool?, conv, norm, ...) such as ``downsample``.
         out_act: Apply the block's ``relu`` after the add (``False`` e.g. for
             pre-activation units).
+        drop_path: Name of the block's :class:`DropPath` (stochastic depth), applied to
+            the whole branch before the add; ``None`` for none. It multiplies the branch
+            by a per-sample constant (a mask that needs no gradient), so backward does not
+            need the tail's output: the tail still feeds only the add, as far as the
+            checkpoint recompute is concerned (the recompute draws the same mask: the
+            checkpoint restores the RNG state).
     """
 
     steps: tuple[Step, ...]
     shortcut: str = 'downsample'
     out_act: bool = True
+    drop_path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.steps or not all(isinstance(s, Step) for s in self.steps):
@@ -93,7 +101,11 @@ class BlockDescription:
 
     @property
     def tail_feeds_only_the_add(self) -> bool:
-        """Is the last conv + norm's output used by the residual add and nothing else?"""
+        """Is the last conv + norm's output used by the residual add and nothing else?
+
+        A ``drop_path`` between them does not change the answer: ``branch * mask`` saves
+        the mask, not the branch, for backward.
+        """
         last = self.steps[-1]
         return not last.act and not last.plugins
 
@@ -101,6 +113,48 @@ class BlockDescription:
         """This description with the last step's fields changed (e.g. ``plugins=``)."""
         last = dataclasses.replace(self.steps[-1], **changes)
         return dataclasses.replace(self, steps=(*self.steps[:-1], last))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero the input of a random subset of samples, in training only.
+
+    Each sample is kept with probability ``1 - drop_prob`` and, when kept, scaled by
+    ``1 / (1 - drop_prob)``, so the expectation is unchanged. The mask is drawn with the
+    same ops as timm's ``drop_path`` (``new_empty(...).bernoulli_(keep).div_(keep)``), so
+    on the same seed it is timm's mask.
+
+    Args:
+        drop_prob: Probability of dropping a sample's branch, in ``[0, 1)``.
+
+    Example:
+        >>> drop = DropPath(0.5).eval()
+        >>> x = torch.ones(4, 2, 3, 3)
+        >>> torch.equal(drop(x), x)  # identity in eval mode
+        True
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) \
+                or not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f'drop_prob must be a float in [0, 1); got {drop_prob!r}')
+        self.drop_prob = float(drop_prob)
+
+    @property
+    def active(self) -> bool:
+        """Does the forward pass change its input (training and a positive rate)?"""
+        return self.training and self.drop_prob > 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask.div_(keep)  # keep > 0 always (drop_prob < 1): scale kept samples by 1/keep
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.3f}'
 
 
 #: ResBlock methods that run a description; a subclass overriding any of them may compute
@@ -148,8 +202,43 @@ class ResBlock(BaseModule):
         return self
 
     def describe(self) -> BlockDescription:  # pragma: no cover - abstract
-        """The block's computation, once (see :class:`BlockDescription`)."""
+        """The block's computation, once (see :class:`BlockDescription`).
+
+        A subclass passes ``drop_path=self.drop_path_name`` so stochastic depth, when the
+        backbone sets it (:meth:`set_drop_path`), is part of the description.
+        """
         raise NotImplementedError
+
+    @property
+    def drop_path_name(self) -> str | None:
+        """``'drop_path'`` when :meth:`set_drop_path` gave the block a :class:`DropPath`,
+        else ``None`` (the description's ``drop_path``)."""
+        return 'drop_path' if isinstance(self._modules.get('drop_path'), DropPath) else None
+
+    def set_drop_path(self, drop_prob: float) -> ResBlock:
+        """Give the block stochastic depth at ``drop_prob``; 0 removes it.
+
+        A rate of 0 adds no module at all, so the module tree, the state dict and every
+        output stay exactly as without stochastic depth. The module has no parameters nor
+        buffers: state-dict keys never change.
+
+        Args:
+            drop_prob: Probability of dropping the residual branch of a sample, in [0, 1).
+
+        Returns:
+            The block.
+        """
+        module = DropPath(drop_prob)  # validates the rate, also when it is 0
+        if module.drop_prob > 0.0:
+            self.drop_path = module
+            # a frozen block stays in eval mode: its DropPath too (off in frozen stages)
+            module.train(self.training)
+        elif 'drop_path' in self._modules:
+            del self._modules['drop_path']
+        return self
+
+    def _drop_path_active(self, desc: BlockDescription) -> bool:
+        return desc.drop_path is not None and getattr(self, desc.drop_path).active
 
     def _runs_as_described(self) -> bool:
         """True unless a subclass replaced part of the generic code that runs the
@@ -199,6 +288,9 @@ class ResBlock(BaseModule):
         # nothing) need not run: its conv and the shortcut's save their inputs and skip it.
         unused = recomputing() and self.recompute_may_skip_tail()
         out = self._run_steps(x, desc, unused)
+        if desc.drop_path is not None:
+            # per-sample constant: saves the mask, not ``out``, so the skip stays sound
+            out = getattr(self, desc.drop_path)(out)
         out += self._shortcut(x, desc, unused)
         return out
 
@@ -236,7 +328,8 @@ class ResBlock(BaseModule):
         conv + norm + ReLU, the last conv + norm feeds only the add, ReLU after the add."""
         *head, tail = desc.steps
         if not (self.fast and self._runs_as_described() and desc.out_act
-                and desc.tail_feeds_only_the_add and type(self.relu) is nn.ReLU
+                and desc.tail_feeds_only_the_add and not self._drop_path_active(desc)
+                and type(self.relu) is nn.ReLU
                 and all(s.act and not s.plugins for s in head)):
             return False
         if not fusion_ok(x, self.parameters()):
@@ -323,7 +416,8 @@ class BasicBlock(ResBlock):
     def describe(self) -> BlockDescription:
         """conv1 + norm1 + ReLU, conv2 + norm2; ``relu(branch + shortcut)``."""
         return BlockDescription((Step('conv1', self.norm1_name),
-                                 Step('conv2', self.norm2_name, act=False)))
+                                 Step('conv2', self.norm2_name, act=False)),
+                                drop_path=self.drop_path_name)
 
 
 class Bottleneck(ResBlock):
@@ -332,6 +426,10 @@ class Bottleneck(ResBlock):
     ``style='pytorch'`` puts the stride on the 3x3 conv, ``'caffe'`` on the first 1x1.
     ``dcn`` replaces the 3x3 conv with a deformable one (needs mmcv's compiled ops);
     ``plugins`` inserts mmcv plugin layers after conv1/conv2/conv3.
+
+    ``width`` and ``groups`` are the ResNeXt extension (:class:`BottleneckX` sets them):
+    conv1 and conv2 are ``width`` wide (default ``planes``) and conv2 has ``groups``
+    groups. With the defaults this is mmdet's ``Bottleneck``, module for module.
 
     Example:
         >>> block = Bottleneck(16, 4)
@@ -345,9 +443,17 @@ class Bottleneck(ResBlock):
                  downsample: nn.Module | None = None, style: str = 'pytorch',
                  with_cp: bool = False, conv_cfg: dict | None = None,
                  norm_cfg: dict | None = None, dcn: dict | None = None,
-                 plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
+                 plugins: list | None = None, init_cfg: dict | list | None = None, *,
+                 groups: int = 1, width: int | None = None) -> None:
         super().__init__(init_cfg)
         check_choice('style', style, STYLES)
+        width = planes if width is None else width
+        for name, value in (('groups', groups), ('width', width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive int; got {value!r}')
+        if width % groups:
+            raise ValueError(f'the bottleneck width {width} is not divisible by groups={groups}; '
+                             'choose groups and base_width so that it is')
         if dcn is not None and not isinstance(dcn, dict):
             raise TypeError(f'dcn must be a dict such as dict(type="DCN") or None; got {dcn!r}')
         if plugins is not None and not isinstance(plugins, list):
@@ -371,6 +477,8 @@ class Bottleneck(ResBlock):
         self.with_dcn = dcn is not None
         self.plugins = plugins
         self.with_plugins = plugins is not None
+        self.groups = groups
+        self.width = width
         if self.with_plugins:
             self.after_conv1_plugins = [p['cfg'] for p in plugins if p['position'] == 'after_conv1']
             self.after_conv2_plugins = [p['cfg'] for p in plugins if p['position'] == 'after_conv2']
@@ -380,37 +488,37 @@ class Bottleneck(ResBlock):
         else:
             self.conv1_stride, self.conv2_stride = stride, 1
 
-        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
-        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
+        self.norm1_name, norm1 = build_norm_layer(norm_cfg, width, postfix=1)
+        self.norm2_name, norm2 = build_norm_layer(norm_cfg, width, postfix=2)
         self.norm3_name, norm3 = build_norm_layer(norm_cfg, planes * self.expansion, postfix=3)
-        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, kernel_size=1,
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, width, kernel_size=1,
                                       stride=self.conv1_stride, bias=False)
         self.add_module(self.norm1_name, norm1)
         # ``fallback_on_stride``: a plain conv where the 3x3 conv is strided. (mmdet pops the
         # key from the dict shared by all blocks, so there only the first block falls back.)
         fallback = bool(dcn.pop('fallback_on_stride', False)) if dcn else False
         if not self.with_dcn or (fallback and self.conv2_stride > 1):
-            self.conv2 = build_conv_layer(conv_cfg, planes, planes, kernel_size=3,
+            self.conv2 = build_conv_layer(conv_cfg, width, width, kernel_size=3,
                                           stride=self.conv2_stride, padding=dilation,
-                                          dilation=dilation, bias=False)
+                                          dilation=dilation, groups=groups, bias=False)
         else:
             if conv_cfg is not None:
                 raise ValueError('conv_cfg must be None when dcn is set; '
                                  f'got conv_cfg={conv_cfg!r}')
             import mmcv.ops  # noqa: F401  (registers DCN/DCNv2; only imported when asked for)
-            self.conv2 = build_conv_layer(dcn, planes, planes, kernel_size=3,
+            self.conv2 = build_conv_layer(dcn, width, width, kernel_size=3,
                                           stride=self.conv2_stride, padding=dilation,
-                                          dilation=dilation, bias=False)
+                                          dilation=dilation, groups=groups, bias=False)
         self.add_module(self.norm2_name, norm2)
-        self.conv3 = build_conv_layer(conv_cfg, planes, planes * self.expansion, kernel_size=1,
+        self.conv3 = build_conv_layer(conv_cfg, width, planes * self.expansion, kernel_size=1,
                                       bias=False)
         self.add_module(self.norm3_name, norm3)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
         if self.with_plugins:
-            self.after_conv1_plugin_names = self._make_plugins(planes, self.after_conv1_plugins)
-            self.after_conv2_plugin_names = self._make_plugins(planes, self.after_conv2_plugins)
+            self.after_conv1_plugin_names = self._make_plugins(width, self.after_conv1_plugins)
+            self.after_conv2_plugin_names = self._make_plugins(width, self.after_conv2_plugins)
             self.after_conv3_plugin_names = self._make_plugins(planes * self.expansion,
                                                                self.after_conv3_plugins)
 
@@ -442,4 +550,59 @@ class Bottleneck(ResBlock):
         return BlockDescription((
             Step('conv1', self.norm1_name, plugins=plugins['after_conv1']),
             Step('conv2', self.norm2_name, plugins=plugins['after_conv2']),
-            Step('conv3', self.norm3_name, act=False, plugins=plugins['after_conv3'])))
+            Step('conv3', self.norm3_name, act=False, plugins=plugins['after_conv3'])),
+            drop_path=self.drop_path_name)
+
+
+def resnext_width(planes: int, groups: int, base_width: int, base_channels: int) -> int:
+    """The width of a ResNeXt bottleneck's conv1/conv2, mmdet's formula exactly.
+
+    ``planes`` when ``groups == 1`` (a plain ResNet bottleneck), else
+    ``floor(planes * base_width / base_channels) * groups``.
+
+    Example:
+        >>> resnext_width(64, 32, 4, 64), resnext_width(512, 32, 4, 64)
+        (128, 1024)
+    """
+    if groups == 1:
+        return planes
+    return math.floor(planes * (base_width / base_channels)) * groups
+
+
+class BottleneckX(Bottleneck):
+    """ResNeXt's bottleneck (mmdet's ``resnext.Bottleneck``): a grouped 3x3 conv, with
+    conv1/conv2 :func:`resnext_width` wide.
+
+    mmdet's signature and state-dict keys. Unlike mmdet's, which builds a plain
+    bottleneck and then replaces its convs, it builds each module once.
+
+    Args:
+        inplanes: Input channels.
+        planes: The stage's planes; the output has ``planes * 4`` channels.
+        groups: Groups of the 3x3 conv (the cardinality, 32 in ``x101-32x4d``).
+        base_width: Width per group in the first stage (4 in ``x101-32x4d``).
+        base_channels: The backbone's ``base_channels`` (the formula's denominator).
+        **kwargs: :class:`Bottleneck`'s other arguments.
+
+    Example:
+        >>> block = BottleneckX(64, 16, groups=4, base_width=4, base_channels=16)
+        >>> block.conv2.groups, block.conv2.out_channels
+        (4, 16)
+        >>> block(torch.rand(1, 64, 8, 8)).shape
+        torch.Size([1, 64, 8, 8])
+    """
+
+    def __init__(self, inplanes: int, planes: int, groups: int = 1, base_width: int = 4,
+                 base_channels: int = 64, **kwargs) -> None:
+        for name, value in (('groups', groups), ('base_width', base_width),
+                            ('base_channels', base_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive int; got {value!r}')
+        width = resnext_width(planes, groups, base_width, base_channels)
+        if width < groups:  # floor() gave 0 channels per group
+            raise ValueError(f'groups={groups}, base_width={base_width} and base_channels='
+                             f'{base_channels} give {planes} planes a width of {width}; '
+                             'raise base_width or lower base_channels')
+        super().__init__(inplanes, planes, groups=groups, width=width, **kwargs)
+        self.base_width = base_width
+        self.base_channels = base_channels

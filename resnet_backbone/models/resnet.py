@@ -20,7 +20,7 @@ from torch import nn
 
 from ..io import weights
 from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, check_choice, choice_error
-from .blocks import BasicBlock, Bottleneck, ResBlock
+from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .fast import conv_norm_relu, sequential_conv_norm
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .stages import ResLayer
@@ -91,6 +91,10 @@ class ResNetV1Custom(BaseModule):
         fast: Fold every eval-mode BatchNorm into its conv on the fly (frozen stages,
             ``norm_eval``, ``model.eval()``); within ~1e-6 relative of the reference.
             ``fast=False`` is the reference mode: mmdet's op order, bitwise its outputs.
+        drop_path_rate: Stochastic depth: the drop rate of the last block; block ``i`` of
+            ``n`` (over all stages) gets ``drop_path_rate * i / (n - 1)``, timm's linear
+            rule. Per sample, on the residual branch, in training only (off in eval and
+            in frozen stages). 0 (the default) adds nothing: bitwise no change.
 
     Extension points (mmdet's names and semantics): a subclass may set ``arch_settings``
     (depth -> (block class, blocks per stage)), override :meth:`make_res_layer` (e.g. to
@@ -134,7 +138,8 @@ class ResNetV1Custom(BaseModule):
                  zero_init_residual: bool = True,
                  pretrained: str | None = None,
                  init_cfg: dict | list[dict] | None = None,
-                 fast: bool = True) -> None:
+                 fast: bool = True,
+                 drop_path_rate: float = 0.0) -> None:
         super().__init__(init_cfg)
         # ---- validation: one-line errors naming the argument and the allowed values
         arch_settings = self.arch_settings  # a subclass's own table (ResNeXt-style)
@@ -186,6 +191,9 @@ class ResNetV1Custom(BaseModule):
             raise ValueError(f'dcn is set but stage_with_dcn={stage_with_dcn!r} selects no '
                              f'stage, so no DCN would be built; set stage_with_dcn, e.g. '
                              f'stage_with_dcn={example!r}, or drop dcn')
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f'drop_path_rate must be a float in [0, 1); got {drop_path_rate!r}')
         if init_cfg and pretrained:
             raise ValueError('init_cfg and pretrained cannot both be set; use only '
                              "init_cfg=dict(type='Pretrained', checkpoint=...)")
@@ -267,8 +275,27 @@ class ResNetV1Custom(BaseModule):
         self._stage_channels = tuple(channels)
         self._stage_strides = tuple(out_strides)
         self.feat_dim = self.inplanes
+        self.drop_path_rate = float(drop_path_rate)
+        for block, rate in zip(self._blocks(), self.drop_path_rates()):
+            block.set_drop_path(rate)
         self.fast = fast
         self._freeze_stages()
+
+    def _blocks(self) -> list[ResBlock]:
+        """Every residual block, stage by stage, in order."""
+        return [m for name in self.res_layers for m in getattr(self, name).modules()
+                if isinstance(m, ResBlock)]
+
+    def drop_path_rates(self) -> list[float]:
+        """Each block's stochastic-depth rate, in order: timm's linear rule,
+        ``drop_path_rate * i / (n - 1)`` for block ``i`` of ``n``.
+
+        Example:
+            >>> ResNetV1Custom(18, base_channels=4, drop_path_rate=0.1).drop_path_rates()[-1]
+            0.1
+        """
+        n = len(self._blocks())
+        return [self.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
     @property
     def fast(self) -> bool:
@@ -564,10 +591,47 @@ ResNetV1dCustom = _preset(
     '``ResNetV1Custom(stem_type="deep", avg_down=True)``.', stem_type='deep', avg_down=True)
 
 
+class ResNeXtCustom(ResNetV1Custom):
+    """ResNeXt, a drop-in for mmdet's ``ResNeXt``: grouped bottlenecks (:class:`BottleneckX`).
+
+    mmdet's ResNeXt over its ResNet, on ours: an ``arch_settings`` table and the
+    ``make_res_layer`` hook. Swapping ``type='ResNeXt'`` for ``'ResNeXtCustom'`` in an
+    mmdet config gives the same module tree and state-dict keys and, with ``fast=False``,
+    bitwise the same outputs. Everything else is :class:`ResNetV1Custom`'s (``fast``,
+    ``with_cp``, ``drop_path_rate``, stems, ...).
+
+    Args:
+        depth: 50, 101 or 152.
+        groups: Groups of each 3x3 conv (32 in ``x101-32x4d``); 1 is a plain ResNet.
+        base_width: Width per group in the first stage (4 in ``x101-32x4d``).
+        **kwargs: :class:`ResNetV1Custom`'s keywords.
+
+    Example:
+        >>> m = ResNeXtCustom(depth=50, groups=4, base_width=4, base_channels=16).eval()
+        >>> m.layer1[0].conv2.groups, m.layer1[0].conv2.out_channels, m.out_channels
+        (4, 16, (64, 128, 256, 512))
+    """
+
+    arch_settings = {50: (BottleneckX, (3, 4, 6, 3)), 101: (BottleneckX, (3, 4, 23, 3)),
+                     152: (BottleneckX, (3, 8, 36, 3))}
+
+    def __init__(self, depth: int, *, groups: int = 1, base_width: int = 4, **kwargs) -> None:
+        # set before the stages are built: make_res_layer reads them (as in mmdet)
+        self.groups = groups
+        self.base_width = base_width
+        super().__init__(depth, **kwargs)
+
+    def make_res_layer(self, **kwargs) -> nn.Module:
+        """A stage of :class:`BottleneckX` with this backbone's groups and widths."""
+        return ResLayer(groups=self.groups, base_width=self.base_width,
+                        base_channels=self.base_channels, **kwargs)
+
+
 def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | None = None,
                             allow_pickle: bool = False, **overrides):
     """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
-    widths; ``overrides`` win, None means infer), and the converted weights
+    widths; ``overrides`` win, None means infer), and the converted weights. Grouped 3x3
+    convs in the keys (``groups`` implied) give a ``ResNeXtCustom``.
 
     The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
     when the depth cannot be told from the keys and no ``depth`` is given.
@@ -580,4 +644,7 @@ def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | N
     if 'depth' not in implied:
         raise choice_error('cannot infer the depth from the keys; pass --depth', ARCH_SETTINGS)
     kwargs = {k: v for k, v in implied.items() if v is not None}
-    return ResNetV1Custom(**kwargs), converted, kwargs
+    cls = ResNeXtCustom if kwargs.get('groups', 1) != 1 else ResNetV1Custom
+    if cls is ResNetV1Custom:
+        kwargs.pop('groups', None), kwargs.pop('base_width', None)
+    return cls(**kwargs), converted, kwargs
