@@ -41,6 +41,21 @@ def test_train_then_evaluate(tiny_shapes, tmp_path):
     assert meta['iter'] == 4
 
 
+RESNEXT = CONFIG.replace('retinanet_r18_fpn_shapes.py', 'retinanet_x50-8x4d_fpn_shapes.py')
+
+
+def test_resnext_config_trains_and_evaluates(tiny_shapes, tmp_path):
+    """The ResNeXtCustom RetinaNet config: a few iterations, then the COCO evaluation."""
+    work = tmp_path / 'work'
+    r = run_tool('train.py', RESNEXT, '--work-dir', str(work), '--data-root', str(tiny_shapes),
+                 '--max-iters', '4', *tiny_options(4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert 'Iter(train) [4/4]' in log and 'coco/bbox_mAP' in log
+    state = torch.load(work / 'iter_4.pth', weights_only=True)['state_dict']
+    assert state['backbone.layer1.0.conv2.weight'].shape == (32, 4, 3, 3)  # 8 groups x 4
+
+
 def test_bad_arguments_fail_in_one_line(tmp_path):
     r = run_tool('test.py', CONFIG, str(tmp_path / 'missing.pth'))
     assert r.returncode == 2
