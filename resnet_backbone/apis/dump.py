@@ -549,13 +549,15 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
                                            run=run_id, **{k: v for k, v in rec.items()
                                                           if k != 'meta'},
                                            meta=rec['meta']))
-            scale = _overlay_scale(fx, images, out_dir, fp, rank) if overlay else None
+            scale, ready = (_overlay_scale(fx, images, out_dir, fp, rank, rois) if overlay
+                            else (None, {}))
+            ready = {k: v for k, v in ready.items() if k in {str(i) for i in todo}}
             mine_stats = _run(fx, todo, root, out_dir, manifest, fp, run_id, rank, world,
                               fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
                               max_side=overlay_max_side, scale=scale, config=config,
                               progress=progress and rank == 0, total=len(plan.todo),
                               batch_size=batch_size, workers=workers, writers=writers,
-                              rois=rois)
+                              rois=rois, ready=ready)
         finally:
             manifest.close()
         mine_stats['already'] = len(mine) - len(todo)
@@ -576,21 +578,25 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
 
 
 def _overlay_scale(fx: FeatureExtractor, images: Sequence[Path], out_dir: Path, fp: dict,
-                   rank: int) -> OverlayScale | None:
+                   rank: int, rois: RoISource | None
+                   ) -> tuple[OverlayScale | None, dict[str, FeatureRecord]]:
     """The folder's per-level colour ranges: kept from an earlier run with the same
-    fingerprint, else measured by rank 0 on the first readable image."""
-    scale = OverlayScale.load(out_dir, fp)
+    fingerprint, else measured by rank 0 on the first readable image. Also that image's
+    record, ``{str(image): record}``, so that the run does not compute it twice."""
+    scale, ready = OverlayScale.load(out_dir, fp), {}
     if scale is None and rank == 0:
         for image in images:
             try:
-                rec = fx(image)
+                sample = fx.load(image)
             except (FileNotFoundError, UnreadableImageError):
                 continue
+            rec = fx.run_batch([sample], rois.request([image]) if rois else None)[0]
             scale = OverlayScale.measure(rec.levels, str(image), fp)
             scale.save(out_dir)
+            ready[str(image)] = rec
             break
     _barrier()
-    return scale if rank == 0 else OverlayScale.load(out_dir, fp)
+    return (scale if rank == 0 else OverlayScale.load(out_dir, fp)), ready
 
 
 #: Fault injection for the tests: ``RANK:N`` makes that rank kill itself (SIGKILL, no
@@ -610,7 +616,8 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
          manifest: Manifest, fp: dict, run_id: str, rank: int, world: int, *, fmt: str,
          dtype: str, overlay: bool, overlay_mode: str, max_side: int,
          scale: OverlayScale | None, config: str | None, progress: bool, total: int,
-         batch_size: int, workers: int, writers: int, rois: RoISource | None) -> dict:
+         batch_size: int, workers: int, writers: int, rois: RoISource | None,
+         ready: dict[str, FeatureRecord]) -> dict:
     """This rank's loop: load -> batch -> forward -> writers. Returns its counts."""
     stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
     kill_after = _kill_after(rank)
@@ -695,8 +702,11 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
                                        run=run_id, reason=item.reason))
                 tick(1, 0)
                 continue
-            records = forward([i.sample for i in batch], [i.image for i in batch])
-            for item, rec in zip(batch, records):
+            need = [i for i in batch if str(i.image) not in ready]  # not measured already
+            computed = dict(zip(map(id, need), forward([i.sample for i in need],
+                                                       [i.image for i in need]) if need else []))
+            for item in batch:
+                rec = ready.pop(str(item.image), None) or computed[id(item)]
                 item.sample = None  # the input is no longer needed: free it
                 pool.put((item, rec))
             if time.time() - last_poll > 1.0:
