@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         print(exc.report.summary(), file=sys.stderr)
         raise ToolError(f'{exc}; nothing written (--no-strict writes only what loaded)') \
             from None
-    print(f'source: {converted.label}; backbone: ResNetV1Custom('
+    print(f'source: {converted.label}; backbone: {type(model).__name__}('
           + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) + ')')
     if converted.dropped:
         print(f'dropped {len(converted.dropped)} non-backbone keys '
