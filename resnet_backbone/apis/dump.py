@@ -661,9 +661,8 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
             stored['roi_pooled'] = rec.rois.pooled.to(DTYPES[dtype]).cpu()
             meta['rois'] = rec.rois.records
             meta['roi_extractor'] = fx.roi_extractor()[1]
-            note = rois.request([item.image])[0].note if rois.kind != 'pred' else None
-            if note:
-                meta['rois_note'] = note
+            if rec.rois.note:
+                meta['rois_note'] = rec.rois.note
         nbytes = save_levels(target, stored, meta, fmt)
         rel = str(target.relative_to(out_dir))
         manifest.append(record('dumped', str(item.image), rel, rank=rank, run=run_id,

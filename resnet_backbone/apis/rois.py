@@ -67,6 +67,7 @@ class RoIFeatures:
     rois: torch.Tensor  # (N, C, 7, 7)
     pooled: torch.Tensor  # (N, C)
     records: list[dict] = field(default_factory=list)
+    note: str | None = None  # the boxes' note, e.g. 'not in the annotation file'
 
 
 # ---------------------------------------------------------------- the extractor
@@ -182,7 +183,7 @@ def roi_features(extractor: nn.Module, p_outs: tuple, metas: list[dict],
                 'score': None if b.scores is None else float(b.scores[j]),
                 'level': int(levels[start + j]), 'clipped': bool(clipped[i][j]),
                 'zero_area': (x2 - x1) * (y2 - y1) <= 0})
-        out.append(RoIFeatures(f, f.mean(dim=(2, 3)), records))
+        out.append(RoIFeatures(f, f.mean(dim=(2, 3)), records, b.note))
         start += n
     return out
 
