@@ -160,7 +160,7 @@ def test_forward_under_autocast_takes_other_dtypes():
 def test_check_backbone_kwargs():
     with pytest.raises(ValueError, match=r"^model\.backbone\.dept: unknown key for "
                                          r"ResNetV1Custom; did you mean 'depth'\? \(allowed "
-                                         r"keys: depth, in_channels, .*, fast\)$"):
+                                         r"keys: depth, in_channels, .*, fast, drop_path_rate\)$"):
         check_backbone_kwargs('ResNetV1Custom', dict(type='ResNetV1Custom', dept=50))
     with pytest.raises(ValueError, match=r"^backbone\.norm_evl: unknown key for "
                                          r"ResNetV1dCustom; did you mean 'norm_eval'\?; "

@@ -269,7 +269,9 @@ def test_make_keeps_python_for_setup_only(tmp_path):
     README walk failed that way on the 3.13 row)."""
     probe = tmp_path / 'probe.mk'
     probe.write_text('probe:\n\t@echo "recipe sees PYTHON=[$$PYTHON]"\n')
-    env = {k: v for k, v in os.environ.items() if k != 'MAKEFLAGS'}
+    # run as a top-level make: under `make test` MAKELEVEL is set and a nested make prints
+    # "Entering directory" lines (CI, 2026-11-30)
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
     env['PYTHON'] = '/opt/python3.13'
     r = subprocess.run(['make', '-s', '-f', 'Makefile', '-f', str(probe), 'probe'], cwd=ROOT,
                        capture_output=True, text=True, env=env, timeout=60)
