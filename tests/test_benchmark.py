@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from resnet_backbone.apis.benchmark import build_models, run, saved_bytes_of
+from resnet_backbone.apis.benchmark import (
+    DEFAULT_MODELS,
+    build_models,
+    parse_model,
+    run,
+    saved_bytes_of,
+    split_by_depth,
+)
+from resnet_backbone.cli import ToolError, run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,16 +42,28 @@ def test_models_share_weights():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_report_figures(tmp_path):
+@pytest.fixture
+def small_limit(monkeypatch):
+    """Small limit convolutions: the real ones take tens of seconds where bf16 is emulated."""
+    from resnet_backbone.apis import benchmark as api
+    monkeypatch.setattr(api, 'LIMIT_CONVS', ((16, 16, 3, 16),))
+
+
+def test_report_figures(tmp_path, small_limit):
     report = run(depth=18, batch=1, size=64, repeats=2, warmup=0, log=lambda s: None)
     rows = {(r['name'], r['mode']): r for r in report['results']}
     assert set(rows) == {(n, m) for n in ('mmdet', 'ours-fast', 'ours-ref', 'torchvision')
                          for m in ('eval', 'train')}
-    assert rows['mmdet', 'eval']['time_vs_mmdet'] == 1.0
+    assert rows['mmdet', 'eval']['time_vs_base'] == 1.0
+    assert rows['ours-fast', 'eval']['baseline'] == 'mmdet'
     assert rows['ours-ref', 'train']['saved_bytes'] == rows['mmdet', 'train']['saved_bytes']
     gflop = {r['gflop'] for r in report['results'] if r['mode'] == 'eval'}
     assert len(gflop) == 1 and gflop.pop() > 0
-    assert report['matmul_gflops_per_s'] > 0
+    limit = report['conv_limit_gflops_per_s']
+    assert limit['fp32'] > 0 and limit['bf16'] > 0 and report['matmul_gflops_per_s'] > 0
+    for r in report['results']:  # every model as a fraction of the same run's limit
+        assert r['fraction_of_limit'] == pytest.approx(r['gflop'] / r['median_s'] / limit['fp32'])
+        assert r['first_s'] > 0
     assert all(r['repeats'] == 2 and r['mean_s'] > 0 for r in report['results'])
 
 
@@ -55,13 +75,14 @@ def test_saved_bytes_counts_each_storage_once():
 
 
 @pytest.mark.integration
-def test_tool_writes_json_and_plot(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--depth', '18',
-                        '--size', '64', '--repeats', '1', '--warmup', '0', '--modes', 'eval',
-                        '--json', str(tmp_path / 'b.json'), '--plot', str(tmp_path / 'b.png')],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert 'ours-fast' in r.stdout and 'vs mmdet' in r.stdout
+def test_tool_writes_json_and_plot(tmp_path, small_limit, capsys):
+    from resnet_backbone.tools import benchmark as tool
+    tool.main(['--depth', '18', '--size', '64', '--repeats', '1', '--warmup', '0', '--modes',
+               'eval', '--models', 'mmdet,ours-fast', '--json', str(tmp_path / 'b.json'),
+               '--plot', str(tmp_path / 'b.png')])
+    out = capsys.readouterr().out
+    assert 'ours-fast' in out and 'vs base: median time / mmdet (eval)' in out
+    assert 'conv limit (best oneDNN channels_last conv, this run): fp32' in out
     assert json.loads((tmp_path / 'b.json').read_text())['settings']['depth'] == 18
     assert (tmp_path / 'b.png').stat().st_size > 1000
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
@@ -73,32 +94,166 @@ def test_cp_variants_in_one_run():
     models = build_models(18, include=('mmdet', 'mmdet-cp', 'ours-fast-cp'))
     assert not models['mmdet'].with_cp and models['mmdet-cp'].with_cp
     assert models['ours-fast-cp'].with_cp == (True,) * 4 and models['ours-fast-cp'].fast
-    with pytest.raises(ValueError, match="unknown model 'torchvision-cp'"):
+    with pytest.raises(ValueError, match="unknown model 'torchvision-cp' .torchvision has no"):
         build_models(18, include=('torchvision-cp',))
 
 
 def test_table_marks_cells_that_do_not_apply_with_a_dash():
     """Eval rows have no saved bytes; a missing ratio is '-', never 'nan' (issue 16)."""
     from resnet_backbone.apis.benchmark import table
-    row = dict(name='ours-fast', mode='eval', mean_s=0.5, sd_s=0.01, median_s=0.5,
-               time_vs_mmdet=0.9, saved_bytes=None, saved_vs_mmdet=float('nan'),
-               gflops_per_s=None, fraction_of_matmul=float('nan'), page_faults=None)
+    row = dict(name='ours-fast', mode='eval', dtype='fp32', mean_s=0.5, sd_s=0.01,
+               median_s=0.5, time_vs_base=0.9, first_s=None, saved_bytes=None,
+               saved_vs_base=float('nan'), gflops_per_s=None,
+               fraction_of_limit=float('nan'), page_faults=None)
     text = table({'results': [row], 'matmul_gflops_per_s': 100.0, 'settings': {}})
     assert 'nan' not in text.lower()
     line = text.splitlines()[2].split()
-    assert line[4] == '0.900' and line[5:] == ['-'] * 5
+    assert line[5] == '0.900' and line[6:] == ['-'] * 6
 
 
-def test_depth_choices_come_from_the_architecture_table(capsys):
-    """--depth offered 18..152 by hand; it is spec.ARCH_LAYOUT now, and a depth that
-    mmdet's ResNet (whose weights every model shares) lacks is one line saying so."""
-    from resnet_backbone.spec import ARCH_LAYOUT
+def test_depth_200_runs_ours_and_skips_the_peers_that_lack_it():
+    """README lists depths 18-200: at 200 mmdet's ResNet and torchvision have no such
+    model, so those peers are skipped with a one-line note and ours run alone."""
+    keep, skipped = split_by_depth(200, DEFAULT_MODELS)
+    assert keep == ('ours-ref', 'ours-fast', 'ours-compiled')
+    assert skipped == {'mmdet': "mmdet's ResNet has no depth 200",
+                       'torchvision': 'torchvision has no resnet200',
+                       'mmdet-compiled': "mmdet's ResNet has no depth 200"}
+    assert split_by_depth(152, DEFAULT_MODELS) == (DEFAULT_MODELS, {})
+
+
+@pytest.mark.integration
+def test_depth_200_report(capsys, small_limit):
     from resnet_backbone.tools import benchmark as tool
-    assert 200 in ARCH_LAYOUT
-    with pytest.raises(SystemExit) as info:
-        tool.parse_args(['--depth', '200'])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2 and err.endswith(
-        "--depth 200: every model starts from mmdet's ResNet weights, and mmdet's ResNet "
-        'has no depth 200; allowed values: 18, 34, 50, 101, 152'), err
-    assert tool.parse_args(['--depth', '101']).depth == 101
+    report = tool.main(['--depth', '200', '--batch', '1', '--size', '32', '--repeats', '1',
+                        '--warmup', '0', '--modes', 'eval', '--models', 'mmdet,ours-fast'])
+    assert [r['name'] for r in report['results']] == ['ours-fast']
+    out = capsys.readouterr().out
+    assert "skipped mmdet: mmdet's ResNet has no depth 200" in out
+
+
+def test_model_names():
+    assert parse_model('ours-compiled') == parse_model('ours-fast-compiled').__class__(
+        'ours-compiled', 'ours-fast', compiled=True)
+    spec = parse_model('ours-fast-nofuse-cp')
+    assert spec.base == 'ours-fast' and spec.nofuse and spec.cp and not spec.compiled
+    for bad in ('mmdet-nofuse', 'ours-bf16-cp', 'resnet', 'ours-fast-cp-cp'):
+        with pytest.raises(ValueError, match=f'unknown model {bad!r}'):
+            parse_model(bad)
+
+
+def _no_work(monkeypatch):
+    """Make any model building or measuring fail the test: argument errors must come
+    first."""
+    from resnet_backbone.apis import benchmark as api
+    from resnet_backbone.tools import benchmark as tool
+
+    def built(*args, **kwargs):
+        raise AssertionError('work started before the arguments were checked')
+    for name in ('run', 'build_models', 'shared_weights', 'conv_limit'):
+        monkeypatch.setattr(api, name, built)
+    monkeypatch.setattr(tool, 'run_benchmark', built)
+
+
+BAD_ARGS = [
+    (['--batch', '0'], '--batch must be >= 1; got 0'),
+    (['--size', '0'], '--size must be >= 32 (C5 is the input / 32); got 0'),
+    (['--size', '31'], '--size must be >= 32 (C5 is the input / 32); got 31'),
+    (['--device', 'gpu'], "--device 'gpu' is not a device; allowed values: cpu, cuda, cuda:N"),
+    (['--device', 'meta'], "--device 'meta': the benchmark runs on cpu or cuda"),
+    (['--device', 'cuda'], '--device cuda: no CUDA GPU is available here'),
+    (['--frozen-stages', '9'], '--frozen-stages 9: ResNet-50 has 4 stages; allowed values: '
+                               '-1 (none) .. 4'),
+    (['--frozen-stages', '-2'], '--frozen-stages -2: ResNet-50 has 4 stages'),
+    (['--repeats', '0'], '--repeats must be >= 1; got 0'),
+    (['--models', 'mmdet,resnet'], "--models: unknown model 'resnet' (not a model name)"),
+    (['--compute-dtype', 'bf16'], '--compute-dtype bf16 is an inference tier: pass --modes '
+                                  'eval'),
+]
+
+
+@pytest.mark.parametrize('argv,message', BAD_ARGS, ids=[' '.join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_fail_in_one_line_before_any_work(argv, message, monkeypatch, capsys):
+    import torch
+
+    from resnet_backbone.tools import benchmark as tool
+    _no_work(monkeypatch)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # also on a GPU machine
+    with pytest.raises(ToolError) as info:
+        tool.main(argv)
+    assert str(info.value).startswith(message), str(info.value)
+    # as a command: exactly one line on stderr, exit status 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool('benchmark.py', tool.main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count('\n') == 1, err
+    assert err.startswith(f'benchmark.py: error: {message}'), err
+
+
+def test_json_and_plot_into_an_unwritable_folder_fail_before_the_run(tmp_path, monkeypatch):
+    """--json used to fail only after the whole run; now the folder is made and a file is
+    created in it first (a file in the way of the folder fails even for root)."""
+    from resnet_backbone.tools import benchmark as tool
+    _no_work(monkeypatch)
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    for flag in ('--json', '--plot'):
+        target = blocker / 'sub' / 'out.x'
+        with pytest.raises(ToolError, match=f'^{flag} {target}: cannot write there'):
+            tool.main([flag, str(target)])
+    with pytest.raises(ToolError, match='is a folder; give a file name'):
+        tool.main(['--json', str(tmp_path)])
+    ok = tmp_path / 'new' / 'deeper' / 'b.json'
+    with pytest.raises(AssertionError, match='work started'):  # checks pass, work starts
+        tool.main(['--json', str(ok)])
+    assert ok.parent.is_dir() and not list(ok.parent.iterdir())  # no probe file left
+
+
+@pytest.mark.skipif(__import__('os').geteuid() == 0, reason='root writes anywhere')
+def test_json_into_a_read_only_folder(tmp_path, monkeypatch):
+    from resnet_backbone.tools import benchmark as tool
+    _no_work(monkeypatch)
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ToolError, match='cannot write there'):
+            tool.main(['--json', str(ro / 'b.json')])
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['ours-fast', 'mmdet'])
+def test_inductor_compiled_matches_eager(name):
+    """The benchmark's compiled peers (Inductor on CPU; ``freezing`` for eval, as the
+    benchmark runs them) compute what their eager models do: outputs within 1e-5
+    relative in float32, in eval and in a train step (frozen stem + layer1, norm_eval),
+    and the gradients too."""
+    import torch
+    from conftest import rel_err
+
+    from resnet_backbone.apis.benchmark import _inductor_freezing
+    torch._dynamo.reset()
+    eager = build_models(18, include=(name,))[name]
+    twin = build_models(18, include=(name,))[name]  # the same seeded weights
+    for m in (eager, twin):
+        m.to(memory_format=torch.channels_last)
+    compiled = torch.compile(twin)
+    x = torch.rand(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    eager.eval(), twin.eval()
+    with torch.no_grad(), _inductor_freezing(True):
+        for a, b in zip(compiled(x), eager(x)):
+            assert rel_err(a, b) <= 1e-5
+    eager.train(), twin.train()
+    sum(o.mean() for o in compiled(x)).backward()
+    sum(o.mean() for o in eager(x)).backward()
+    grads = dict(eager.named_parameters())
+    checked = 0
+    for pname, p in twin.named_parameters():
+        if grads[pname].grad is None:
+            assert p.grad is None, pname
+            continue
+        assert rel_err(p.grad, grads[pname].grad) <= 1e-5, pname
+        checked += 1
+    assert checked > 10

@@ -1,12 +1,28 @@
-"""Side-by-side timing of ResNetV1Custom against mmdet's ResNet and torchvision's resnet.
+"""Side-by-side timing of ResNetV1Custom against its peers, like for like, and the limit.
 
-All models get identical weights. Timings are interleaved (one step of each model in
-turn, ``repeats`` times, after ``warmup`` steps each), so that drift on a shared machine
-hits every model alike; ratios are of medians, taken in the same run. Besides time per
-batch (mean ± sd, median) it reports the bytes saved for backward in a train step
-(counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once; exact and
-deterministic), peak CUDA memory on a GPU, and achieved GFLOP/s (FLOPs from
-``torch.utils.flop_counter``) next to this machine's measured fp32 matmul throughput.
+The peers: mmdet's ``ResNet``, torchvision's resnet, each of them and ours compiled by
+Inductor, and ours in reference mode (``fast=False``). All models get identical weights
+and the same memory format (``channels_last`` puts *every* model in channels_last; a
+``-nchw`` model name keeps that one in NCHW). Timings are interleaved (one step of each
+model in turn, ``repeats`` times, after a warm-up), so that drift on a shared machine
+hits every model alike; ratios are of medians, taken in the same run. The first call of
+each model is timed on its own (``first_s``: the compile time of a compiled model).
+
+Besides time per batch (mean ± sd, median) it reports the bytes saved for backward in a
+train step (counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once),
+peak CUDA memory on a GPU, page faults per step, and achieved GFLOP/s as a fraction of
+**this machine's convolution limit, measured in the same run**: the best of a few large
+oneDNN channels_last convolutions, in float32 and in bfloat16 (:func:`conv_limit`). The
+FLOPs are the model's conv (and matmul) FLOPs counted by ``torch.utils.flop_counter`` on
+one reference forward (and train step), the same figure for every peer: the useful work,
+whatever a model does to get it done. MKL's fp32 matmul rate is a labelled secondary
+figure only (it is not this CPU's limit).
+
+Model names: a base (``mmdet``, ``ours-ref``, ``ours-fast``, ``torchvision``,
+``ours-bf16`` = the bf16 inference tier, eval only) and modifiers: ``-compiled``
+(``torch.compile``, Inductor, ``freezing=True`` for eval), ``-cp`` (gradient
+checkpointing), ``-nchw`` (this model in NCHW although ``channels_last``), ``-nofuse``
+(ours-fast with the oneDNN fused kernels off). ``ours-compiled`` is ``ours-fast-compiled``.
 """
 from __future__ import annotations
 
@@ -23,6 +39,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -32,8 +49,98 @@ except ImportError:
     resource = None
 
 from ..engine.compat import quiet_init_logging
+from ..models.bf16 import InferenceBackbone, check_compute_dtype, inference_model
 from ..models.fast import mkldnn_fusion
 from ..models.resnet import ResNetV1Custom
+from ..spec import allowed
+
+BASES = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'ours-bf16')
+MODIFIERS = ('compiled', 'cp', 'nchw', 'nofuse')
+ALIASES = {'ours-compiled': 'ours-fast-compiled'}
+#: the like-for-like set (the compiled ones cost minutes of compile time: ``--models``)
+DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'mmdet-compiled',
+                  'ours-compiled')
+#: eager models only (no compile time)
+EAGER_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision')
+#: each technique of the fast path turned off alone (README's attribution table)
+ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-fast-nofuse', 'ours-fast-nchw')
+#: the models ``profile=True`` profiles per stage (where they run)
+PROFILED = ('mmdet', 'ours-fast', 'ours-bf16', 'torchvision')
+#: the peers built from mmdet's or torchvision's code: only the depths they have
+FOREIGN = ('mmdet', 'torchvision')
+#: (in, out, kernel, height=width) of the limit convolutions, batch 2: ResNet-50's
+#: widest 3x3 and 1x1 shapes at about their real sizes, large enough to run at speed
+LIMIT_CONVS = ((256, 256, 3, 64), (1024, 1024, 1, 32), (128, 128, 3, 128))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model name parsed: its base and modifiers."""
+
+    name: str
+    base: str
+    compiled: bool = False
+    cp: bool = False
+    nchw: bool = False
+    nofuse: bool = False
+
+    @property
+    def eval_only(self) -> bool:
+        return self.base == 'ours-bf16'
+
+
+def model_names_help() -> str:
+    return (f"bases {allowed(BASES, quote=False)}; modifiers "
+            f"{allowed(['-' + m for m in MODIFIERS], quote=False)} (e.g. mmdet-compiled, "
+            'ours-fast-cp, ours-fast-nofuse); ours-compiled = ours-fast-compiled')
+
+
+def parse_model(name: str) -> ModelSpec:
+    """Parse a model name (module docstring); one-line ``ValueError`` if it is not one."""
+    rest = ALIASES.get(name, name)
+    mods = []
+    while True:
+        for m in MODIFIERS:
+            if rest.endswith('-' + m) and rest[:-len(m) - 1]:
+                mods.append(m)
+                rest = rest[:-len(m) - 1]
+                break
+        else:
+            break
+    bad = None
+    if rest not in BASES or len(set(mods)) != len(mods):
+        bad = 'not a model name'
+    elif 'cp' in mods and rest == 'torchvision':
+        bad = 'torchvision has no checkpointing'
+    elif 'nofuse' in mods and rest != 'ours-fast':
+        bad = '-nofuse is for ours-fast only'
+    elif rest == 'ours-bf16' and ('cp' in mods or 'compiled' in mods):
+        bad = 'ours-bf16 is an eager inference tier'
+    if bad:
+        raise ValueError(f'unknown model {name!r} ({bad}); allowed: {model_names_help()}')
+    return ModelSpec(name, rest, *(m in mods for m in MODIFIERS))
+
+
+def split_by_depth(depth: int, names: tuple[str, ...]) -> tuple[tuple[str, ...], dict]:
+    """(the models that exist at ``depth``, {skipped name: one-line reason})."""
+    from torchvision import models as tv_models  # only for the depth check
+    mmdet_depths = _mmdet_depths()
+    keep, skipped = [], {}
+    for name in names:
+        base = parse_model(name).base
+        if base == 'mmdet' and depth not in mmdet_depths:
+            skipped[name] = f"mmdet's ResNet has no depth {depth}"
+        elif base == 'torchvision' and not hasattr(tv_models, f'resnet{depth}'):
+            skipped[name] = f'torchvision has no resnet{depth}'
+        else:
+            keep.append(name)
+    return tuple(keep), skipped
+
+
+def _mmdet_depths() -> tuple[int, ...]:
+    # mmdet.models pulls in mmcv.ops: only when asked
+    from mmdet.models.backbones.resnet import ResNet
+    return tuple(sorted(ResNet.arch_settings))
 
 
 @dataclass
@@ -42,8 +149,10 @@ class Variant:
 
     name: str
     mode: str
+    dtype: str = 'fp32'
     times: list[float] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
+    first_s: float | None = None
     saved_bytes: int | None = None
     peak_cuda_bytes: int | None = None
     gflop: float | None = None
@@ -52,18 +161,22 @@ class Variant:
     def median(self) -> float:
         return statistics.median(self.times)
 
-    def row(self, baseline: Variant | None) -> dict:
+    def row(self, baseline: Variant | None, limit: float | None) -> dict:
         mean = statistics.fmean(self.times)
         sd = statistics.stdev(self.times) if len(self.times) > 1 else 0.0
-        out = dict(name=self.name, mode=self.mode, mean_s=mean, sd_s=sd, median_s=self.median,
-                   repeats=len(self.times), saved_bytes=self.saved_bytes,
+        rate = self.gflop / self.median if self.gflop else None
+        out = dict(name=self.name, mode=self.mode, dtype=self.dtype, mean_s=mean, sd_s=sd,
+                   median_s=self.median, repeats=len(self.times), first_s=self.first_s,
+                   saved_bytes=self.saved_bytes,
                    page_faults=int(statistics.median(self.faults)) if self.faults else None,
                    peak_cuda_bytes=self.peak_cuda_bytes, gflop=self.gflop,
-                   gflops_per_s=(self.gflop / self.median) if self.gflop else None)
+                   gflops_per_s=rate,
+                   fraction_of_limit=rate / limit if rate and limit else None)
         if baseline is not None:
-            out['time_vs_mmdet'] = self.median / baseline.median
+            out['baseline'] = baseline.name
+            out['time_vs_base'] = self.median / baseline.median
             if self.saved_bytes is not None and baseline.saved_bytes:
-                out['saved_vs_mmdet'] = self.saved_bytes / baseline.saved_bytes
+                out['saved_vs_base'] = self.saved_bytes / baseline.saved_bytes
         return out
 
 
@@ -102,22 +215,19 @@ def _freeze_like_mmdet(model: nn.Module, frozen_stages: int, norm_eval: bool) ->
             m.eval()
 
 
-def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
-                 with_cp: bool = False, include: tuple[str, ...] = ('mmdet', 'ours-fast',
-                                                                   'ours-ref', 'torchvision'),
-                 seed: int = 0) -> dict[str, nn.Module]:
-    """The models to compare, sharing one set of weights (mmdet's seeded init).
-
-    A name with a ``-cp`` suffix (``mmdet-cp``, ``ours-fast-cp``) is that model with
-    gradient checkpointing, so that cp on and off are compared within one run.
-    """
-    # mmdet.models pulls in mmcv.ops: only when mmdet is compared
-    from mmdet.models.backbones import ResNet
-
+def shared_weights(depth: int, frozen_stages: int = 1, norm_eval: bool = True,
+                   seed: int = 0) -> dict:
+    """The state dict every model loads: a seeded init (mmdet's where mmdet has the
+    depth, else ours in reference mode, same keys), with BN statistics and affine
+    parameters randomised so that every residual branch does real work."""
     kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
               norm_eval=norm_eval)
     torch.manual_seed(seed)
-    ref = ResNet(**kw)
+    if depth in _mmdet_depths():
+        from mmdet.models.backbones import ResNet  # pulls in mmcv.ops: only when needed
+        ref = ResNet(**kw)
+    else:
+        ref = ResNetV1Custom(fast=False, **kw)
     with quiet_init_logging():
         ref.init_weights()
     with torch.no_grad():  # not zero-init: make every residual branch do real work
@@ -126,24 +236,45 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
                 m.weight.uniform_(0.5, 1.5)
                 m.running_var.uniform_(0.5, 1.5)
                 m.running_mean.normal_(0, 0.1)
-    sd = ref.state_dict()
+    return ref.state_dict()
+
+
+def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
+                 with_cp: bool = False, include: tuple[str, ...] = EAGER_MODELS,
+                 seed: int = 0, compute_dtype: str = 'fp32') -> dict[str, nn.Module]:
+    """The models to compare (eager, in float32 unless ``compute_dtype='bf16'``), sharing
+    one set of weights (:func:`shared_weights`).
+
+    A ``-compiled`` name gets its eager model here (:func:`run` compiles it); ``-cp``
+    is that model with gradient checkpointing (``with_cp=True`` gives it to every model
+    but torchvision). With ``compute_dtype='bf16'`` every model is cast to bfloat16,
+    except ours-fast and ours-bf16, which become the bf16 inference tier (folded in
+    float32, then cast: :mod:`resnet_backbone.models.bf16`).
+    """
+    dtype = check_compute_dtype(compute_dtype)
+    specs = [parse_model(n) for n in include]
+    sd = shared_weights(depth, frozen_stages, norm_eval, seed)
+    kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
+              norm_eval=norm_eval)
     models: dict[str, nn.Module] = {}
-    for name in include:
-        base, cp = (name[:-3], True) if name.endswith('-cp') else (name, with_cp)
-        if base == 'mmdet':
-            models[name] = ResNet(with_cp=cp, **kw)
-        elif base in ('ours-fast', 'ours-ref'):
-            models[name] = ResNetV1Custom(fast=base == 'ours-fast', with_cp=cp, **kw)
-        elif base == 'torchvision' and not cp:  # torchvision has no checkpointing
-            tv = _TorchvisionFeatures(depth)
-            tv.net.load_state_dict(sd, strict=False)
-            _freeze_like_mmdet(tv, frozen_stages, norm_eval)
-            models[name] = tv
-            continue
+    for spec in specs:
+        cp = spec.cp or (with_cp and spec.base != 'torchvision')
+        if spec.base == 'mmdet':
+            from mmdet.models.backbones import ResNet  # pulls in mmcv.ops: when compared
+            m = ResNet(with_cp=cp, **kw)
+            m.load_state_dict(sd)
+        elif spec.base == 'torchvision':
+            m = _TorchvisionFeatures(depth)
+            m.net.load_state_dict(sd, strict=False)
+            _freeze_like_mmdet(m, frozen_stages, norm_eval)
         else:
-            raise ValueError(f'unknown model {name!r}; allowed values: mmdet, ours-fast, '
-                             'ours-ref, torchvision, each but torchvision also with -cp')
-        models[name].load_state_dict(sd)
+            m = ResNetV1Custom(fast=spec.base != 'ours-ref', with_cp=cp, **kw)
+            m.load_state_dict(sd)
+        if spec.base == 'ours-bf16' or (dtype == torch.bfloat16 and spec.base == 'ours-fast'):
+            m = inference_model(m.eval(), 'bf16')
+        elif dtype != torch.float32:
+            m = m.to(dtype)
+        models[spec.name] = m
     return models
 
 
@@ -164,20 +295,56 @@ def saved_bytes_of(step: Callable[[], None]) -> int:
     return sum(seen.values())
 
 
-def matmul_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matrix-multiply throughput: the best of ``repeats`` (the
-    machine's attainable rate; on a shared machine the median mostly measures others)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    times = []
+def _best_time(fn: Callable[[], object], device: str, repeats: int) -> float:
+    fn()
+    best = math.inf
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        a @ b
+        fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times) / 1e9
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
+    """fp32 matrix-multiply throughput (MKL on CPU), the best of ``repeats``. A
+    secondary figure: MKL does not run at full speed on every CPU, so it is not the limit."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return 2 * n ** 3 / _best_time(lambda: a @ b, device, repeats) / 1e9
+
+
+def conv_limit(device: str = 'cpu', dtype: torch.dtype = torch.float32, repeats: int = 3,
+               shapes: tuple[tuple[int, int, int, int], ...] | None = None) -> dict:
+    """This machine's convolution limit: the best GFLOP/s of a few large channels_last
+    convolutions (oneDNN on CPU), each the best of ``repeats`` calls (on a shared machine
+    the median mostly measures the others).
+
+    Returns:
+        ``{'gflops_per_s': best, 'per_conv': {'256->256 3x3 @64': GFLOP/s, ...}}``.
+    """
+    per = {}
+    with torch.no_grad():
+        for cin, cout, k, hw in shapes or LIMIT_CONVS:
+            x = torch.randn(2, cin, hw, hw, device=device, dtype=dtype).to(
+                memory_format=torch.channels_last)
+            w = torch.randn(cout, cin, k, k, device=device, dtype=dtype).to(
+                memory_format=torch.channels_last)
+            flop = 2 * 2 * cout * hw * hw * cin * k * k
+            t = _best_time(lambda x=x, w=w, k=k: F.conv2d(x, w, padding=k // 2), device,
+                           repeats)
+            per[f'{cin}->{cout} {k}x{k} @{hw}'] = flop / t / 1e9
+    return dict(gflops_per_s=max(per.values()), per_conv=per)
+
+
+def native_bf16() -> bool:
+    """Does oneDNN run bf16 convolutions natively on this CPU?"""
+    check = getattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def _minor_faults() -> int:
@@ -207,69 +374,130 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _autocast_factory(device: str, amp_dtype: str | None):
+    if not amp_dtype:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=str(device).split(':')[0],
+                                  dtype=getattr(torch, amp_dtype))
+
+
+def _eval_step(m, x, autocast):
+    with torch.no_grad(), autocast():
+        m(x)
+
+
+def _train_step(m, x, autocast):
+    with autocast():
+        loss = sum(o.float().mean() for o in m(x))
+    loss.backward()
+    m.zero_grad(set_to_none=True)
+
+
+def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
+    """A train-mode forward (what it saves for backward is what is counted)."""
+    with autocast():
+        sum(o.float().mean() for o in m(x))
+
+
+def count_gflop(depth: int, batch: int, size: int, frozen_stages: int, norm_eval: bool,
+                modes: tuple[str, ...]) -> dict[str, float]:
+    """The model's FLOPs per mode (conv + matmul, ``torch.utils.flop_counter``): one
+    eval forward, one train step (forward + backward of what is trained), counted on
+    ours in reference mode (mmdet's ops) in float32. The useful work of every peer."""
+    m = ResNetV1Custom(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
+                       norm_eval=norm_eval, fast=False)
+    x = torch.rand(batch, 3, size, size)
+    out = {}
+    for mode in modes:
+        m.train(mode == 'train')
+        step = _eval_step if mode == 'eval' else _train_step
+        with FlopCounterMode(display=False) as fc:
+            step(m, x, contextlib.nullcontext)
+        out[mode] = fc.get_total_flops() / 1e9
+    return out
+
+
+@contextlib.contextmanager
+def _inductor_freezing(on: bool):
+    """Inductor's ``freezing`` (weights as constants: conv + BN folded at compile time)
+    for inference graphs, as a user compiling a model for inference would set it."""
+    if not on:
+        yield
+        return
+    import torch._inductor.config as cfg  # Inductor is heavy to import: compiled runs only
+    old = cfg.freezing
+    cfg.freezing = True
+    try:
+        yield
+    finally:
+        cfg.freezing = old
+
+
 def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, ...] = (
         'eval', 'train'), with_cp: bool = False, channels_last: bool = False,
         amp_dtype: str | None = None, device: str = 'cpu', repeats: int = 5, warmup: int = 2,
         frozen_stages: int = 1, norm_eval: bool = True,
-        include: tuple[str, ...] = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision'),
-        malloc_tuned: bool = False, log: Callable[[str], None] = print) -> dict:
+        include: tuple[str, ...] = EAGER_MODELS, compute_dtype: str = 'fp32',
+        malloc_tuned: bool = False, profile: bool = False,
+        log: Callable[[str], None] = print) -> dict:
     """Benchmark and return a JSON-ready report (see the module docstring)."""
     if malloc_tuned:
         tune_malloc()
+    dtype = check_compute_dtype(compute_dtype)
+    include, skipped = split_by_depth(depth, tuple(include))
+    for name, why in skipped.items():
+        log(f'skipped {name}: {why}')
     models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
-                          with_cp=with_cp, include=include)
-    # channels_last is part of *our* fast path; the baselines run as users run them
-    ours_fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x_default = torch.rand(batch, 3, size, size, device=device)
-    x_ours = x_default.to(memory_format=ours_fmt)
-    inputs = {}
+                          with_cp=with_cp, include=include, compute_dtype=compute_dtype)
+    specs = {n: parse_model(n) for n in models}
+    if (dtype == torch.bfloat16 or any(s.base == 'ours-bf16' for s in specs.values())) \
+            and str(device).startswith('cpu') and not native_bf16():
+        log('note: this CPU has no native bf16 convolution (oneDNN needs avx512bw/vl/dq or '
+            'avx_ne_convert): bf16 runs emulated here, slower than fp32')
+    autocast = _autocast_factory(device, amp_dtype)
+    x32 = torch.rand(batch, 3, size, size, device=device)
+    gflop = count_gflop(depth, batch, size, frozen_stages, norm_eval, modes)
+    lim = {'fp32': conv_limit(device, torch.float32), 'bf16': conv_limit(device, torch.bfloat16)}
+    log(f"conv limit: fp32 {lim['fp32']['gflops_per_s']:.1f}, bf16 "
+        f"{lim['bf16']['gflops_per_s']:.1f} GFLOP/s")
+
+    variants: list[tuple[Variant, Callable[[], None], nn.Module, bool]] = []
+    eager_of: dict[str, nn.Module] = {}
     for name, m in models.items():
-        fmt = ours_fmt if name.startswith('ours') else torch.contiguous_format
+        spec = specs[name]
+        fmt = torch.channels_last if channels_last and not spec.nchw else torch.contiguous_format
         m.to(device=device, memory_format=fmt)
-        inputs[name] = x_ours if name.startswith('ours') else x_default
-    autocast = (lambda: torch.autocast(device_type=str(device).split(':')[0],
-                                       dtype=getattr(torch, amp_dtype))) if amp_dtype \
-        else contextlib.nullcontext
+        eager_of[name] = m
+        v_dtype = 'bf16' if dtype == torch.bfloat16 or spec.base == 'ours-bf16' else 'fp32'
+        x = x32.to(dtype=torch.bfloat16 if v_dtype == 'bf16' else torch.float32,
+                   memory_format=fmt)
+        runner = torch.compile(m) if spec.compiled else m
+        for mode in modes:
+            if mode == 'train' and (spec.eval_only or dtype != torch.float32):
+                log(f'{name} train: not run (the bf16 tier is for inference)')
+                continue
+            step = partial(_eval_step if mode == 'eval' else _train_step, runner, x, autocast)
+            if spec.nofuse:
+                step = _under(lambda: mkldnn_fusion(False), step)
+            if spec.compiled and mode == 'eval':
+                step = _under(lambda: _inductor_freezing(True), step)
+            v = Variant(name, mode, v_dtype, gflop=gflop.get(mode))
+            if mode == 'train' and not spec.compiled:
+                m.train(True)
+                v.saved_bytes = saved_bytes_of(partial(_forward, m, x, autocast))
+            variants.append((v, step, m, mode == 'train'))
 
-    def eval_step(m, x):
-        with torch.no_grad(), autocast():
-            m(x)
-
-    def train_step(m, x):
-        with autocast():
-            loss = sum(o.float().mean() for o in m(x))
-        loss.backward()
-        m.zero_grad(set_to_none=True)
-
-    variants: list[tuple[Variant, Callable[[], None]]] = []
-    for mode in modes:
-        for name, m in models.items():
-            x = inputs[name]
-            step = eval_step if mode == 'eval' else train_step
-            m.train(mode == 'train')
-            fn = partial(step, m, x)
-            variant = Variant(name, mode)
-            variants.append((variant, fn))
-            if mode == 'train':
-                variant.saved_bytes = saved_bytes_of(partial(_forward, m, x, autocast))
-            else:
-                # the fused oneDNN kernels are invisible to the FLOP counter; the math
-                # (and so the FLOP count) is the same with them off
-                with FlopCounterMode(display=False) as fc, mkldnn_fusion(False):
-                    eval_step(m, x)
-                variant.gflop = fc.get_total_flops() / 1e9
-    # each variant keeps its own train/eval state between turns
-    states = {id(v): (v.mode == 'train') for v, _ in variants}
-    models_of = {id(v): models[v.name] for v, _ in variants}
-    log(f'warm-up: {warmup} steps x {len(variants)} variants')
-    for v, fn in variants:
-        models_of[id(v)].train(states[id(v)])
-        for _ in range(warmup):
+    log(f'warm-up: {max(1, warmup)} steps x {len(variants)} variants (the first timed alone)')
+    for v, fn, m, training in variants:
+        m.train(training)
+        t0 = time.perf_counter()
+        fn()
+        v.first_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
             fn()
     for r in range(repeats):
-        for v, fn in variants:
-            m = models_of[id(v)]
-            m.train(states[id(v)])
+        for v, fn, m, training in variants:
+            m.train(training)
             if str(device).startswith('cuda'):
                 torch.cuda.reset_peak_memory_stats()
             _sync(device)
@@ -282,28 +510,207 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
             if str(device).startswith('cuda'):
                 v.peak_cuda_bytes = max(v.peak_cuda_bytes or 0, torch.cuda.max_memory_allocated())
         log(f'repeat {r + 1}/{repeats} done')
+    # the limit again after the models: the better of before and after is the limit
+    after = {'fp32': conv_limit(device, torch.float32), 'bf16': conv_limit(device, torch.bfloat16)}
+    limits = {k: max(lim[k]['gflops_per_s'], after[k]['gflops_per_s']) for k in lim}
     rows = []
-    for v, _ in variants:
-        base = next((b for b, _ in variants if b.name == 'mmdet' and b.mode == v.mode), None)
-        rows.append(v.row(base))
-    machine = matmul_gflops(device)
-    for row in rows:
-        if row['gflops_per_s']:
-            row['fraction_of_matmul'] = row['gflops_per_s'] / machine
+    for v, *_ in variants:
+        base = _baseline(v, [b for b, *_ in variants])
+        rows.append(v.row(base, limits[v.dtype]))
     settings = dict(depth=depth, batch=batch, size=size, modes=list(modes), with_cp=with_cp,
-                    channels_last_ours=channels_last, amp_dtype=amp_dtype, device=device,
-                    repeats=repeats, warmup=warmup, frozen_stages=frozen_stages,
-                    norm_eval=norm_eval, malloc_tuned=malloc_tuned, torch=torch.__version__,
-                    threads=torch.get_num_threads())
-    return dict(settings=settings, matmul_gflops_per_s=machine, results=rows)
+                    channels_last=channels_last, amp_dtype=amp_dtype,
+                    compute_dtype=compute_dtype, device=device, repeats=repeats,
+                    warmup=warmup, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                    malloc_tuned=malloc_tuned, torch=torch.__version__,
+                    threads=torch.get_num_threads(), models=list(models))
+    report = dict(settings=settings, skipped=skipped, gflop=gflop,
+                  conv_limit_gflops_per_s=limits,
+                  conv_limit_detail=dict(before=lim, after=after),
+                  matmul_gflops_per_s=matmul_gflops(device),
+                  native_bf16=native_bf16() if str(device).startswith('cpu') else None,
+                  results=rows)
+    if profile:
+        # the plain models of PROFILED only: a profile repeats every step per stage
+        report['profile'] = profile_stages(
+            {n: eager_of[n] for n in models if n in PROFILED}, x32, modes, channels_last,
+            limits, device, repeats=max(3, min(repeats, 5)), log=log)
+    return report
 
 
-def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
-    """A train-mode forward (what it saves for backward is what is counted)."""
-    with autocast():
-        sum(o.float().mean() for o in m(x))
+def _under(make_context: Callable, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run inside a fresh ``make_context()`` at every call."""
+    def step():
+        with make_context():
+            fn()
+    return step
 
 
+def _baseline(v: Variant, all_variants: list[Variant]) -> Variant | None:
+    """mmdet in the same mode (and dtype) if it ran, else the first model of that mode."""
+    same = [b for b in all_variants if b.mode == v.mode]
+    return next((b for b in same if b.name == 'mmdet'), same[0] if same else None)
+
+
+# ---------------------------------------------------------------------------- profile
+def _stages(m: nn.Module) -> list[tuple[str, Callable]] | None:
+    """The model as (stage name, map -> map) in order, or ``None`` if it has no known
+    structure (torchvision's wrapper is driven through its ``net``)."""
+    if isinstance(m, InferenceBackbone):
+        def layer_fn(layer):
+            def fn(x):
+                for j, block in enumerate(layer):
+                    x = block(x, owns_input=j > 0)
+                return x
+            return fn
+        return [('stem', lambda x: m.maxpool(m.stem(x)))] + [
+            (f'layer{i + 1}', layer_fn(layer)) for i, layer in enumerate(m.layers)]
+    if isinstance(m, _TorchvisionFeatures):
+        n = m.net
+        return [('stem', lambda x: n.maxpool(n.relu(n.bn1(n.conv1(x)))))] + [
+            (f'layer{i}', getattr(n, f'layer{i}')) for i in range(1, 5)]
+    if hasattr(m, 'forward_stem'):
+        stem = [('stem', lambda x: m.maxpool(m.forward_stem(x)))]
+    elif hasattr(m, 'conv1') and hasattr(m, 'res_layers') and not getattr(m, 'deep_stem', 0):
+        stem = [('stem', lambda x: m.maxpool(m.relu(m.norm1(m.conv1(x)))))]
+    else:
+        return None
+    return stem + [(name, getattr(m, name)) for name in m.res_layers]
+
+
+def profile_stages(models: dict[str, nn.Module], x32: torch.Tensor, modes: tuple[str, ...],
+                   channels_last: bool, limits: dict, device: str, repeats: int = 3,
+                   nofuse: set | None = None, nchw: set | None = None,
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """Time per stage (stem, layer1..4) and its fraction of the conv limit, per eager
+    model and mode: forward (eval), forward and backward (train; stages detached from
+    each other, each input requiring grad where an earlier stage trains, as in the real
+    step). Medians of ``repeats``; FLOPs per stage counted on the same call."""
+    rows = []
+    for name, m in models.items():
+        stages = _stages(m)
+        if stages is None:
+            continue
+        bf16 = next((p.dtype for p in m.buffers()), torch.float32) == torch.bfloat16 or \
+            next((p.dtype for p in m.parameters()), torch.float32) == torch.bfloat16
+        fmt = torch.channels_last if channels_last and name not in (nchw or ()) \
+            else torch.contiguous_format
+        x = x32.to(dtype=torch.bfloat16 if bf16 else torch.float32, memory_format=fmt)
+        limit = limits['bf16' if bf16 else 'fp32']
+        ctx = (lambda: mkldnn_fusion(False)) if name in (nofuse or ()) else contextlib.nullcontext
+        for mode in modes:
+            if mode == 'train' and isinstance(m, InferenceBackbone):
+                continue
+            m.train(mode == 'train')
+            with ctx():
+                flops = _stage_flops(stages, x, mode, m)
+                times = [_stage_times(stages, x, mode, m, device) for _ in range(repeats + 1)]
+            times = times[1:]  # the first is a warm-up
+            for i, (stage, _) in enumerate(stages):
+                fwd = statistics.median(t[i][0] for t in times)
+                bwd = statistics.median(t[i][1] for t in times) if mode == 'train' else 0.0
+                total = fwd + bwd
+                rows.append(dict(model=name, mode=mode, stage=stage, fwd_s=fwd,
+                                 bwd_s=bwd if mode == 'train' else None, gflop=flops[i],
+                                 fraction_of_limit=flops[i] / total / limit if total else None))
+        log(f'profiled {name}')
+    return rows
+
+
+def _stage_inputs_need_grad(stages, m) -> list[bool]:
+    """Does stage i's input require grad in a real train step (an earlier stage trains)?"""
+    need, out = False, []
+    for _, fn in stages:
+        out.append(need)
+        mods = [fn] if isinstance(fn, nn.Module) else []
+        if not mods:  # the stem: trainable if the model's stem parameters are
+            first = [p for n, p in m.named_parameters() if 'layer' not in n]
+            need = need or any(p.requires_grad for p in first)
+        else:
+            need = need or any(p.requires_grad for p in fn.parameters())
+    return out
+
+
+def _run_stages(stages, x, mode, m, device, timed):
+    training = mode == 'train'
+    needs = _stage_inputs_need_grad(stages, m) if training else [False] * len(stages)
+    n_out = len(stages) - 1  # C2..C5: the outputs of every layer (out_indices 0..3)
+    outs, ins, fwd = [], [], []
+    with torch.set_grad_enabled(training):
+        h = x
+        for i, (_, fn) in enumerate(stages):
+            inp = h.detach().requires_grad_(needs[i]) if training else h
+            _sync(device)
+            t0 = time.perf_counter()
+            h = fn(inp)
+            _sync(device)
+            fwd.append(time.perf_counter() - t0 if timed else 0.0)
+            ins.append(inp)
+            outs.append(h)
+    bwd = [0.0] * len(stages)
+    if training:
+        grad_next = None
+        for i in range(len(stages) - 1, -1, -1):
+            out = outs[i]
+            g = torch.full_like(out, 1.0 / out.numel()) if i >= len(stages) - n_out else None
+            if grad_next is not None:
+                g = grad_next if g is None else g + grad_next
+            if g is None or not out.requires_grad:
+                grad_next = None
+                continue
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.autograd.backward(out, g)
+            _sync(device)
+            bwd[i] = time.perf_counter() - t0 if timed else 0.0
+            grad_next = ins[i].grad
+        m.zero_grad(set_to_none=True)
+    return list(zip(fwd, bwd))
+
+
+def _stage_times(stages, x, mode, m, device):
+    return _run_stages(stages, x, mode, m, device, timed=True)
+
+
+def _stage_flops(stages, x, mode, m) -> list[float]:
+    """GFLOP per stage (forward, plus backward in train), with the fused kernels off (the
+    flop counter cannot see them; the math is the same)."""
+    out = []
+    with mkldnn_fusion(False):
+        for i in range(len(stages)):
+            with FlopCounterMode(display=False) as fc:
+                _run_prefix_stage(stages, x, mode, m, i)
+            out.append(fc.get_total_flops() / 1e9)
+    return out
+
+
+def _run_prefix_stage(stages, x, mode, m, i):
+    """Run stage ``i`` (and its backward in train) on its real input; the stages before it
+    run outside the flop counter's view (their counts are their own)."""
+    training = mode == 'train'
+    needs = _stage_inputs_need_grad(stages, m) if training else [False] * len(stages)
+    with torch.set_grad_enabled(False):
+        h = x
+        with _flop_counter_paused():
+            for _, fn in stages[:i]:
+                h = fn(h)
+    with torch.set_grad_enabled(training):
+        inp = h.detach().requires_grad_(needs[i]) if training else h
+        out = stages[i][1](inp)
+        if training and out.requires_grad:
+            torch.autograd.backward(out, torch.full_like(out, 1.0 / out.numel()))
+    m.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _flop_counter_paused():
+    """Run without the enclosing ``FlopCounterMode`` counting (a dispatch mode is
+    suspended with ``_python_dispatch._disable_current_modes``)."""
+    from torch.utils._python_dispatch import _disable_current_modes  # private: used here only
+    with _disable_current_modes():
+        yield
+
+
+# ---------------------------------------------------------------------------- output
 def _cell(value, fmt: str, width: int) -> str:
     """``value`` formatted, or ``-`` where the figure does not apply (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -313,52 +720,83 @@ def _cell(value, fmt: str, width: int) -> str:
 
 def table(report: dict) -> str:
     """A plain-text table of a report; ``-`` marks a cell that does not apply."""
-    head = (f"{'model':<12} {'mode':<6} {'mean±sd (s)':>17} {'median':>8} {'vs mmdet':>9} "
-            f"{'saved MiB':>9} {'saved vs':>9} {'GFLOP/s':>8} {'of matmul':>9} {'faults':>7}")
+    head = (f"{'model':<18} {'mode':<5} {'dtype':<5} {'median s':>8} {'±sd':>7} "
+            f"{'vs base':>7} {'1st call':>8} {'saved MiB':>9} {'saved vs':>8} "
+            f"{'GFLOP/s':>8} {'of limit':>8} {'faults':>7}")
     lines = [head, '-' * len(head)]
     for r in report['results']:
-        saved = r['saved_bytes'] / 2**20 if r['saved_bytes'] else None
+        saved = r['saved_bytes'] / 2**20 if r.get('saved_bytes') else None
         lines.append(
-            f"{r['name']:<12} {r['mode']:<6} {r['mean_s']:>8.3f}±{r['sd_s']:<8.3f} "
-            f"{r['median_s']:>8.3f} {_cell(r.get('time_vs_mmdet'), '.3f', 9)} "
-            f"{_cell(saved, '.1f', 9)} {_cell(r.get('saved_vs_mmdet'), '.3f', 9)} "
-            f"{_cell(r['gflops_per_s'] or None, '.1f', 8)} "
-            f"{_cell(r.get('fraction_of_matmul'), '.3f', 9)} "
+            f"{r['name']:<18} {r['mode']:<5} {r.get('dtype', 'fp32'):<5} "
+            f"{r['median_s']:>8.3f} {r['sd_s']:>7.3f} {_cell(r.get('time_vs_base'), '.3f', 7)} "
+            f"{_cell(r.get('first_s'), '.2f', 8)} {_cell(saved, '.1f', 9)} "
+            f"{_cell(r.get('saved_vs_base'), '.3f', 8)} "
+            f"{_cell(r.get('gflops_per_s') or None, '.1f', 8)} "
+            f"{_cell(r.get('fraction_of_limit'), '.3f', 8)} "
             f"{_cell(r.get('page_faults'), 'd', 7)}")
-    lines.append(f"machine fp32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s; "
-                 f"settings: {json.dumps(report['settings'])}")
+    bases = sorted({(r['mode'], r['baseline']) for r in report['results'] if 'baseline' in r})
+    if bases:
+        lines.append('vs base: median time / ' + ', '.join(f'{b} ({m})' for m, b in bases))
+    lim = report.get('conv_limit_gflops_per_s')
+    if lim:
+        lines.append(f"conv limit (best oneDNN channels_last conv, this run): fp32 "
+                     f"{lim['fp32']:.1f}, bf16 {lim['bf16']:.1f} GFLOP/s; secondary, not the "
+                     f"limit: MKL fp32 matmul {report['matmul_gflops_per_s']:.1f} GFLOP/s")
+    for name, why in (report.get('skipped') or {}).items():
+        lines.append(f'skipped {name}: {why}')
+    lines.append(f"settings: {json.dumps(report['settings'])}")
+    if report.get('profile'):
+        lines.append('')
+        lines.append(profile_table(report['profile']))
+    return '\n'.join(lines)
+
+
+def profile_table(rows: list[dict]) -> str:
+    """Per stage: forward (and backward) time and the fraction of the conv limit."""
+    head = (f"{'model':<18} {'mode':<5} {'stage':<7} {'fwd s':>7} {'bwd s':>7} {'GFLOP':>7} "
+            f"{'of limit':>8}")
+    lines = [head, '-' * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<18} {r['mode']:<5} {r['stage']:<7} {r['fwd_s']:>7.4f} "
+                     f"{_cell(r.get('bwd_s'), '.4f', 7)} {r['gflop']:>7.2f} "
+                     f"{_cell(r.get('fraction_of_limit'), '.3f', 8)}")
     return '\n'.join(lines)
 
 
 def plot(report: dict, path: str | Path) -> Path:
-    """Bar charts relative to mmdet: median time (eval and train) and bytes saved for
-    backward (train), with the 1.0 line and each bar's value."""
+    """Bar charts relative to the baseline (mmdet): median time per mode and bytes saved
+    for backward (train), with the 1.0 line and each bar's value; and each model's
+    fraction of the conv limit measured in the same run."""
     import matplotlib  # matplotlib is slow to import: only for --plot
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # after use("Agg")
-    rows = [r for r in report['results'] if 'time_vs_mmdet' in r]
-    saved = [r for r in rows if r.get('saved_vs_mmdet') is not None]
-    panels = [('median time / mmdet', rows, 'time_vs_mmdet')]
+    rows = [r for r in report['results'] if 'time_vs_base' in r]
+    saved = [r for r in rows if r.get('saved_vs_base') is not None]
+    limit = [r for r in rows if r.get('fraction_of_limit')]
+    panels = [('median time / baseline (mmdet)', rows, 'time_vs_base', 1.0)]
+    if limit:
+        panels.append(('fraction of the conv limit', limit, 'fraction_of_limit', None))
     if saved:
-        panels.append(('saved for backward / mmdet', saved, 'saved_vs_mmdet'))
+        panels.append(('saved for backward / baseline', saved, 'saved_vs_base', 1.0))
     widths = [max(3, len(p[1])) for p in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) * 1.05 + 1, 4),
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) * 0.9 + 1, 4.2),
                              gridspec_kw=dict(width_ratios=widths), squeeze=False)
-    for ax, (label, data, key) in zip(axes[0], panels):
+    for ax, (label, data, key, line) in zip(axes[0], panels):
         values = [r[key] for r in data]
         bars = ax.bar(range(len(data)), values, color=[
             '#888' if r['name'].startswith('mmdet') else '#2a7' if r['name'].startswith('ours')
             else '#57c' for r in data])
         ax.bar_label(bars, [f'{v:.2f}' for v in values], fontsize=7)
-        ax.axhline(1.0, color='k', lw=0.8)
+        if line is not None:
+            ax.axhline(line, color='k', lw=0.8)
         ax.set_xticks(range(len(data)), [f"{r['name']}\n{r['mode']}" for r in data],
-                      fontsize=7)
+                      fontsize=6, rotation=45, ha='right')
         ax.set_ylabel(label)
     s = report['settings']
     fig.suptitle(f"R{s['depth']} {s['batch']}x3x{s['size']}x{s['size']} on {s['device']}"
-                 f"{' (ours channels_last)' if s['channels_last_ours'] else ''}"
-                 f"{' with_cp' if s['with_cp'] else ''}; medians of {s['repeats']} "
-                 'interleaved repeats', fontsize=10)
+                 f"{' channels_last (all)' if s.get('channels_last') else ''}"
+                 f"{' with_cp' if s['with_cp'] else ''} {s.get('compute_dtype', 'fp32')}; "
+                 f"medians of {s['repeats']} interleaved repeats", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,4 +810,3 @@ def save_json(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     return path
-

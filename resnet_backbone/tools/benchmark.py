@@ -1,93 +1,169 @@
-"""Time ResNetV1Custom against mmdet's ResNet and torchvision's resnet, side by side.
+"""Time ResNetV1Custom against its peers, like for like, next to the machine's conv limit.
 
     python tools/benchmark.py [--depth 50] [--batch 2] [--size 512] [--modes eval,train]
-        [--with-cp] [--channels-last] [--amp-dtype bfloat16] [--device cpu]
-        [--repeats 7] [--warmup 2] [--models mmdet,ours-fast,ours-ref,torchvision]
-        [--malloc-tuned] [--json out.json] [--plot out.png]
+        [--with-cp] [--channels-last] [--amp-dtype bfloat16] [--compute-dtype bf16]
+        [--device cpu] [--repeats 7] [--warmup 2] [--frozen-stages 1]
+        [--models mmdet,ours-ref,ours-fast,torchvision,mmdet-compiled,ours-compiled]
+        [--malloc-tuned] [--profile] [--json out.json] [--plot out.png]
 
 Installed as ``rb-benchmark`` (same arguments); ``python tools/benchmark.py`` runs the same code.
 
-Identical weights, interleaved repeats after warm-up, medians compared within one run.
-Reports time per batch (mean ± sd), bytes saved for backward, peak CUDA memory on GPU,
-achieved GFLOP/s and its fraction of this machine's fp32 matmul throughput, and the
-page faults per step (on CPU, glibc maps every buffer above 32 MB afresh; each 4 KiB
-page then faults once, which costs real time - ``--malloc-tuned`` takes that out).
+Identical weights, the same memory format for every model (``--channels-last``),
+interleaved repeats after warm-up, medians compared within one run. Reports time per
+batch (median, sd), the first call's time (a compiled model's compile time), bytes saved
+for backward, peak CUDA memory on GPU, page faults per step, and achieved GFLOP/s as a
+fraction of this machine's conv limit, measured in the same run (the best of a few large
+oneDNN channels_last convs, fp32 and bf16). The default models include two compiled
+ones (minutes of compile time); ``--models mmdet,ours-ref,ours-fast,torchvision`` skips
+them. ``--models`` also takes ``ours-bf16`` (the bf16 inference tier), ``-cp``,
+``-nchw`` and ``-nofuse`` variants (see ``resnet_backbone.apis.benchmark``).
+``--profile`` adds time per stage and its fraction of the limit. On CPU, glibc maps
+every buffer above 32 MB afresh and each 4 KiB page then faults once: ``--malloc-tuned``
+takes that out; run it beside a default run and quote both. Every argument is checked,
+in one line, before any model is built.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
-from ..apis.benchmark import plot, save_json, table, tune_malloc
+import torch
+
+from ..apis.benchmark import DEFAULT_MODELS, parse_model, plot, save_json, table, tune_malloc
 from ..apis.benchmark import run as run_benchmark
-from ..cli import run_tool
+from ..cli import ToolError, run_tool
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
 
-MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision')
 MODES = ('eval', 'train')
+#: the smallest input that leaves C5 (stride 32) at least one pixel
+MIN_SIZE = 32
 
 
-def mmdet_depths() -> list[int]:
-    """The depths of :data:`~resnet_backbone.spec.ARCH_LAYOUT` that mmdet's ResNet (the
-    weights every model shares) also builds."""
-    # mmdet.models pulls in mmcv.ops: only for --depth checks
-    from mmdet.models.backbones.resnet import ResNet
-    return [d for d in sorted(ARCH_LAYOUT) if d in ResNet.arch_settings]
+def default_models() -> str:
+    return ','.join(DEFAULT_MODELS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--depth', type=int, default=50, choices=sorted(ARCH_LAYOUT))
+    p.add_argument('--depth', type=int, default=50, choices=sorted(ARCH_LAYOUT),
+                   help='mmdet and torchvision have 18-152; at 200 they are skipped (a note '
+                        'says so) and ours run alone')
     p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--size', type=int, default=512)
+    p.add_argument('--size', type=int, default=512, help=f'input height = width, >= {MIN_SIZE}')
     p.add_argument('--modes', default='eval,train', help='eval, train or both')
     p.add_argument('--with-cp', action='store_true', help='gradient checkpointing on')
-    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--channels-last', action='store_true', help='every model and input in '
+                   'channels_last (a -nchw model name keeps that model in NCHW)')
     p.add_argument('--amp-dtype', choices=('bfloat16', 'float16'))
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--compute-dtype', choices=('fp32', 'bf16'), default='fp32',
+                   help='bf16: every model in bfloat16 (eval only); ours-fast becomes the '
+                        'bf16 inference tier (BN folded in fp32, then cast)')
+    p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--frozen-stages', type=int, default=1)
-    p.add_argument('--models', default=','.join(MODELS),
-                   help='comma-separated; add -cp for a checkpointed copy, e.g. ours-fast-cp')
+    p.add_argument('--frozen-stages', type=int, default=1, help='-1 (none) .. 4')
+    p.add_argument('--models', default=None,
+                   help=f'comma-separated (default {default_models()}); ours-bf16, and -cp, '
+                        '-nchw, -nofuse, -compiled variants, e.g. ours-fast-cp')
     p.add_argument('--malloc-tuned', action='store_true',
                    help="keep freed memory in glibc's heap (no page faults per large buffer); "
                         'applies to every model alike')
+    p.add_argument('--profile', action='store_true',
+                   help='also time each stage of the eager models, with its fraction of '
+                        'the conv limit')
     p.add_argument('--json', help='write the report as JSON here')
     p.add_argument('--plot', help='write a PNG bar chart here')
     a = p.parse_args(argv)
     a.modes = tuple(m.strip() for m in a.modes.split(','))
-    a.models = tuple(m.strip() for m in a.models.split(','))
+    a.models = tuple(m.strip() for m in (a.models or default_models()).split(','))
     bad = [m for m in a.modes if m not in MODES]
     if bad:
         p.error(f'--modes {bad} not supported; allowed values: {allowed(MODES, quote=False)}')
-    choices = MODELS + tuple(f'{m}-cp' for m in MODELS if m != 'torchvision')
-    bad = [m for m in a.models if m not in choices]
-    if bad:
-        p.error(f'--models {bad} not supported; allowed values: {allowed(choices, quote=False)}')
-    if a.depth not in mmdet_depths():
-        p.error(f"--depth {a.depth}: every model starts from mmdet's ResNet weights, and "
-                f"mmdet's ResNet has no depth {a.depth}; allowed values: "
-                f'{allowed(mmdet_depths(), quote=False)}')
-    if a.repeats < 1 or a.warmup < 0:
-        p.error('--repeats must be >= 1 and --warmup >= 0')
+    return a
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Every check that needs no model: each failure is one line (a :class:`ToolError`),
+    raised before anything is built or measured."""
+    for name, value, low in (('--batch', a.batch, 1), ('--size', a.size, MIN_SIZE),
+                             ('--repeats', a.repeats, 1), ('--warmup', a.warmup, 0)):
+        if value < low:
+            why = ' (C5 is the input / 32)' if name == '--size' else ''
+            raise ToolError(f'{name} must be >= {low}{why}; got {value}')
+    num_stages = len(ARCH_LAYOUT[a.depth][1])
+    if not -1 <= a.frozen_stages <= num_stages:
+        raise ToolError(f'--frozen-stages {a.frozen_stages}: ResNet-{a.depth} has '
+                        f'{num_stages} stages; allowed values: -1 (none) .. {num_stages}')
+    check_device(a.device)
+    for name in a.models:
+        try:
+            parse_model(name)
+        except ValueError as e:
+            raise ToolError(f'--models: {e}') from None
+    if a.compute_dtype == 'bf16' and 'train' in a.modes:
+        raise ToolError('--compute-dtype bf16 is an inference tier: pass --modes eval '
+                        '(for training in bf16 use --amp-dtype bfloat16)')
+    if a.compute_dtype == 'bf16' and a.amp_dtype:
+        raise ToolError('--compute-dtype bf16 and --amp-dtype: pick one')
+    for flag in ('json', 'plot'):
+        if getattr(a, flag):
+            check_writable(f'--{flag}', getattr(a, flag))
     if a.malloc_tuned:
         try:
             tune_malloc()  # here, so that a C library without mallopt is a one-line error
         except RuntimeError as e:
-            p.error(str(e))
-    return a
+            raise ToolError(str(e)) from None
+
+
+def check_device(device: str) -> None:
+    """One line for a device name torch does not know, or a CUDA device not here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ToolError(f'--device {device!r} is not a device; allowed values: cpu, cuda, '
+                        'cuda:N') from None
+    if dev.type not in ('cpu', 'cuda'):
+        raise ToolError(f'--device {device!r}: the benchmark runs on cpu or cuda; allowed '
+                        'values: cpu, cuda, cuda:N')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ToolError(f'--device {device}: no CUDA GPU is available here (torch '
+                            f'{torch.__version__}, CUDA build: {torch.version.cuda}); use '
+                            '--device cpu')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ToolError(f'--device {device}: only {torch.cuda.device_count()} CUDA '
+                            'device(s) here')
+
+
+def check_writable(flag: str, path: str) -> None:
+    """Make the file's folder and check a file can be created in it, before the run."""
+    target = Path(path)
+    if target.is_dir():
+        raise ToolError(f'{flag} {path}: is a folder; give a file name')
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix='.rb-benchmark-'):
+            pass
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(f'{path} is read-only')
+    except OSError as e:
+        raise ToolError(f'{flag} {path}: cannot write there ({e.strerror or e}); '
+                        'nothing was run') from None
 
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    check_args(a)
     report = run_benchmark(
         depth=a.depth, batch=a.batch, size=a.size, modes=a.modes, with_cp=a.with_cp,
         channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
         repeats=a.repeats, warmup=a.warmup, frozen_stages=a.frozen_stages,
-        include=a.models, malloc_tuned=a.malloc_tuned,
-        log=lambda s: print(f'[bench] {s}', file=sys.stderr))
+        include=a.models, compute_dtype=a.compute_dtype, malloc_tuned=a.malloc_tuned,
+        profile=a.profile, log=lambda s: print(f'[bench] {s}', file=sys.stderr))
     print(table(report))
     if a.json:
         print(f'json: {save_json(report, a.json)}')
