@@ -171,3 +171,55 @@ def test_folded_conv_geometry():
     with torch.no_grad():
         want = bn(conv(x))
     assert rel_err(f(x.bfloat16()).float(), want) <= 2e-2
+
+
+def test_test_tool_swaps_the_backbone_after_the_checkpoint_loads(monkeypatch):
+    """tools/test.py --compute-dtype bf16 registers a hook whose ``before_test`` (run
+    after the Runner loads the checkpoint) puts the detector's backbone in the bf16 tier;
+    the detector's features stay within the tier's tolerance. fp32 registers nothing."""
+    import importlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mmengine.registry import DefaultScope
+
+    from resnet_backbone.engine.training import load_config, setup_environment
+    tool = importlib.import_module('resnet_backbone.tools.test')
+    root = Path(__file__).resolve().parents[1]
+    config = str(root / 'configs/shapes/retinanet_r18_fpn_shapes.py')
+    hooks = []
+
+    class FakeRunner:
+        def register_hook(self, hook, priority):
+            hooks.append((hook, priority))
+
+        def test(self):
+            return {}
+    for name in ('check_checkpoint_fits', 'prepare_data'):
+        monkeypatch.setattr(tool, name, lambda *a, **k: None)
+    monkeypatch.setattr(tool, 'build_runner', lambda *a, **k: FakeRunner())
+    monkeypatch.setattr(tool.Path, 'is_file', lambda self: True)
+    tool.main([config, 'ckpt.pth', '--work-dir', '/nonexistent/w'])
+    assert hooks == []
+    tool.main([config, 'ckpt.pth', '--work-dir', '/nonexistent/w', '--compute-dtype', 'bf16'])
+    (hook, priority), = hooks
+    assert isinstance(hook, tool.BackboneComputeDtypeHook) and priority == 'LOWEST'
+    monkeypatch.undo()
+
+    setup_environment()
+    cfg = load_config(config)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        from mmdet.registry import MODELS
+        det = MODELS.build(cfg.model)
+    randomize_(det.backbone)
+    det.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = det.extract_feat(x)
+    hook.before_test(SimpleNamespace(model=det))
+    assert isinstance(det.backbone, InferenceBackbone)
+    with torch.no_grad():
+        got = det.extract_feat(x)
+    assert all(g.dtype == torch.float32 for g in got)
+    for level, (cos, err) in enumerate(_levels(ref, got)):
+        assert cos >= MIN_COSINE and err <= MAX_REL_ERR, (level, cos, err)

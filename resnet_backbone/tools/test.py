@@ -2,7 +2,7 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
         [--data-root DIR] [--val-ann FILE --img-dir DIR] [--classes a,b,c]
-        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}]
+        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}] [--compute-dtype bf16]
 
 Installed as ``rb-test`` (same arguments); ``python tools/test.py`` runs the same code.
 
@@ -15,7 +15,10 @@ when they differ).
 ``--json-prefix P`` also writes COCO-format result files ``P.bbox.json`` (and
 ``P.segm.json``) that any COCO tool can read. The checkpoint must fit the config's
 detector strictly (else one line with the missing/unexpected counts; ``--no-strict``
-evaluates it anyway, what does not fit left random). Errors (e.g. a damaged checkpoint) end in
+evaluates it anyway, what does not fit left random). ``--compute-dtype bf16`` evaluates with
+the backbone's bf16 inference tier (:mod:`resnet_backbone.models.bf16`: BN folded in
+float32, then cast; taken after the checkpoint is loaded; neck and heads stay float32);
+fp32 is the default. Errors (e.g. a damaged checkpoint) end in
 one line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback).
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 
 from mmdet.registry import MODELS
 from mmengine.config import DictAction
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import DefaultScope
 
 from ..apis.features import CheckpointMismatchError, load_detector_checkpoint
@@ -40,6 +45,7 @@ from ..engine.training import (
     prepare_data,
     setup_environment,
 )
+from ..models.bf16 import COMPUTE_DTYPES, inference_model
 from . import prog
 
 
@@ -58,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-strict', action='store_true',
                    help="evaluate a checkpoint that does not fit the config's model "
                         "(mmengine's non-strict load: what does not fit stays random)")
+    p.add_argument('--compute-dtype', choices=list(COMPUTE_DTYPES), default='fp32',
+                   help="bf16: the backbone's bf16 inference tier (BN folded in fp32, then "
+                        'cast); not the storage dtype of any output')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -92,6 +101,18 @@ def check_checkpoint_fits(cfg, checkpoint: str) -> None:
             'trained with this config, or --no-strict')
 
 
+class BackboneComputeDtypeHook(Hook):
+    """Swap the detector's backbone for its inference tier in ``compute_dtype`` once the
+    checkpoint is loaded (``before_test`` runs after the Runner's load)."""
+
+    def __init__(self, compute_dtype: str) -> None:
+        self.compute_dtype = compute_dtype
+
+    def before_test(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model.backbone = inference_model(model.backbone, self.compute_dtype)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_environment()
@@ -112,6 +133,8 @@ def main(argv=None) -> dict:
             # mmdet.evaluation is heavy: only with --out
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        if args.compute_dtype != 'fp32':
+            runner.register_hook(BackboneComputeDtypeHook(args.compute_dtype), 'LOWEST')
         return runner.test()
 
 
