@@ -18,8 +18,9 @@ import sys
 from .version import __version__  # noqa: F401  (a leaf: importable with a broken stack)
 
 __all__ = ['ARCH_SETTINGS', 'BasicBlock', 'Bottleneck', 'BottleneckX', 'DropPath',
-           'FrozenBatchNorm2d', 'ResLayer', 'ResNeXtCustom', 'ResNetV1Custom',
-           'ResNetV1cCustom', 'ResNetV1dCustom', 'ShapeSpec']
+           'FrozenBatchNorm2d', 'PreActBottleneck', 'ResLayer', 'ResNeXtCustom',
+           'ResNetV1Custom', 'ResNetV1cCustom', 'ResNetV1dCustom', 'ResNetV2Custom',
+           'ShapeSpec']
 
 #: ``python -m <this>`` may import the package while its dependencies are broken
 DOCTOR = 'resnet_backbone.doctor'
@@ -87,7 +88,7 @@ def _import_error(exc: BaseException) -> ImportError:
 
 try:
     from . import registry  # noqa: F401  (registers the backbones)
-    from .models.blocks import BasicBlock, Bottleneck, BottleneckX, DropPath
+    from .models.blocks import BasicBlock, Bottleneck, BottleneckX, DropPath, PreActBottleneck
     from .models.norm import FrozenBatchNorm2d
     from .models.resnet import (
         ARCH_SETTINGS,
@@ -96,6 +97,7 @@ try:
         ResNetV1dCustom,
         ResNeXtCustom,
     )
+    from .models.resnet_v2 import ResNetV2Custom
     from .models.stages import ResLayer
     from .spec import ShapeSpec
 except Exception as _exc:  # noqa: BLE001 - a broken stack fails in many ways (OSError, ...)

@@ -18,6 +18,7 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 from .models.resnet import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom, ResNeXtCustom
+from .models.resnet_v2 import ResNetV2Custom
 from .spec import choice_error
 
 try:
@@ -28,7 +29,7 @@ except ImportError:  # mmdet is optional for the bare backbone
 MODELS = Registry('model', parent=PARENT, scope='resnet_backbone',
                   locations=['resnet_backbone'])
 
-BACKBONES = (ResNetV1Custom, ResNetV1cCustom, ResNetV1dCustom, ResNeXtCustom)
+BACKBONES = (ResNetV1Custom, ResNetV1cCustom, ResNetV1dCustom, ResNeXtCustom, ResNetV2Custom)
 for _cls in BACKBONES:
     for _registry in (PARENT, MODELS):
         if _cls.__name__ not in _registry.module_dict:

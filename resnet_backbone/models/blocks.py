@@ -55,31 +55,50 @@ class Step:
     """One step of a residual branch: ``plugins(act(norm(conv(x))))``.
 
     Names are attribute names on the block, so the description adds no module and
-    changes no state-dict key. A conv's groups, stride and dilation come from the conv
-    module itself (ResNeXt needs no new field).
+    changes no state-dict key. A conv's groups, stride, dilation and bias come from the
+    conv module itself (ResNeXt needs no new field).
+
+    Either part may be absent, not both: a step without a conv is a norm (+ act) alone,
+    e.g. a pre-activation unit's ``preact = relu(bn(x))``; a step without a norm is a
+    conv alone, e.g. its last conv (which carries a bias in TF-slim's layout).
 
     Attributes:
-        conv: The conv module's name, e.g. ``'conv1'``.
-        norm: The norm module's name, e.g. ``block.norm1_name`` (``'bn1'``, ``'gn1'``).
+        conv: The conv module's name, e.g. ``'conv1'``; ``None`` for none.
+        norm: The norm module's name, e.g. ``block.norm1_name`` (``'bn1'``, ``'gn1'``);
+            ``None`` for none.
         act: Apply the block's ``relu`` after the norm.
         plugins: Names of modules applied in order after that (mmcv plugins such as
             ``after_conv3`` ones, or any module: a learnable scale, a drop-path).
     """
 
-    conv: str
-    norm: str
+    conv: str | None
+    norm: str | None
     act: bool = True
     plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.conv is None and self.norm is None:
+            raise ValueError('a Step needs a conv, a norm or both; got neither')
+
+    @property
+    def conv_then_norm(self) -> bool:
+        """Does a norm directly follow a conv (what the fast path can fold)?"""
+        return self.conv is not None and self.norm is not None
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockDescription:
-    """A block's computation: ``out_act(drop_path(steps(x)) + shortcut(x))``.
+    """A block's computation: ``out_act(drop_path(steps(x)) + shortcut(x))``, or, with
+    ``shortcut_input='preact'``, ``out_act(drop_path(steps[1:](p)) + shortcut(p))`` where
+    ``p = steps[0](x)`` (a pre-activation unit's projection reads ``preact``).
 
     Attributes:
         steps: The residual branch, in order (at least one step).
         shortcut: Name of the shortcut module: ``None`` at run time means identity, else an
             ``nn.Sequential`` of (pool?, conv, norm, ...) such as ``downsample``.
+        shortcut_input: What the shortcut reads: ``'x'`` (the block input) or
+            ``'preact'`` (the output of the first step, which must have no conv: a
+            norm + act alone, TF-slim's ``preact``).
         out_act: Apply the block's ``relu`` after the add (``False`` e.g. for
             pre-activation units).
         drop_path: Name of the block's :class:`DropPath` (stochastic depth), applied to
@@ -94,10 +113,16 @@ class BlockDescription:
     shortcut: str = 'downsample'
     out_act: bool = True
     drop_path: str | None = None
+    shortcut_input: str = 'x'
 
     def __post_init__(self) -> None:
         if not self.steps or not all(isinstance(s, Step) for s in self.steps):
             raise ValueError(f'a block description needs one or more Step; got {self.steps!r}')
+        check_choice('shortcut_input', self.shortcut_input, ('x', 'preact'))
+        if self.shortcut_input == 'preact' and (len(self.steps) < 2
+                                                or self.steps[0].conv is not None):
+            raise ValueError("shortcut_input='preact' needs a first step without a conv "
+                             '(the preact norm + act) and at least one step after it')
 
     @property
     def tail_feeds_only_the_add(self) -> bool:
@@ -287,7 +312,12 @@ class ResBlock(BaseModule):
         # In a checkpoint recompute a last conv that feeds only the add (which saves
         # nothing) need not run: its conv and the shortcut's save their inputs and skip it.
         unused = recomputing() and self.recompute_may_skip_tail()
-        out = self._run_steps(x, desc, unused)
+        if desc.shortcut_input == 'preact':
+            # the branch and the shortcut both read preact = steps[0](x); x is not needed
+            x = self._run_steps(x, desc, stop=1)
+            out = self._run_steps(x, desc, unused, start=1)
+        else:
+            out = self._run_steps(x, desc, unused)
         if desc.drop_path is not None:
             # per-sample constant: saves the mask, not ``out``, so the skip stays sound
             out = getattr(self, desc.drop_path)(out)
@@ -295,13 +325,21 @@ class ResBlock(BaseModule):
         return out
 
     def _run_steps(self, x: torch.Tensor, desc: BlockDescription,
-                   tail_unused: bool = False) -> torch.Tensor:
-        """The residual branch: every step in order."""
+                   tail_unused: bool = False, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """The residual branch: the steps ``start:stop`` (default all) in order."""
         out = x
         last = len(desc.steps) - 1
-        for i, step in enumerate(desc.steps):
-            out = conv_norm(getattr(self, step.conv), getattr(self, step.norm), out, self.fast,
-                            tail_unused and i == last)
+        stop = len(desc.steps) if stop is None else stop
+        for i in range(start, stop):
+            step = desc.steps[i]
+            if step.conv_then_norm:
+                out = conv_norm(getattr(self, step.conv), getattr(self, step.norm), out,
+                                self.fast, tail_unused and i == last)
+            elif step.conv is not None:  # a conv alone (e.g. with a bias): never folded
+                out = getattr(self, step.conv)(out)
+            else:  # a norm alone (a pre-activation): nothing to fold it into
+                out = getattr(self, step.norm)(out)
             if step.act:
                 out = self.relu(out)
             if step.plugins:
@@ -328,6 +366,8 @@ class ResBlock(BaseModule):
         conv + norm + ReLU, the last conv + norm feeds only the add, ReLU after the add."""
         *head, tail = desc.steps
         if not (self.fast and self._runs_as_described() and desc.out_act
+                and desc.shortcut_input == 'x'
+                and all(s.conv_then_norm for s in desc.steps)
                 and desc.tail_feeds_only_the_add and not self._drop_path_active(desc)
                 and type(self.relu) is nn.ReLU
                 and all(s.act and not s.plugins for s in head)):
@@ -606,3 +646,75 @@ class BottleneckX(Bottleneck):
         super().__init__(inplanes, planes, groups=groups, width=width, **kwargs)
         self.base_width = base_width
         self.base_channels = base_channels
+
+
+class PreActBottleneck(ResBlock):
+    """The pre-activation bottleneck unit of ResNet v2 (He et al. 2016; TF-slim's
+    ``bottleneck_v2``, Keras's ``residual_block_v2``, timm's ``PreActBottleneck``).
+
+    ``preact = relu(bn0(x))``; the branch is ``conv1 (1x1) -> bn1 -> relu -> conv2 (3x3,
+    stride) -> bn2 -> relu -> conv3 (1x1)`` with no norm after conv3; the output is
+    ``branch + shortcut`` with no activation. The shortcut is a 1x1 conv on ``preact``
+    (``downsample.0``) when the width changes, else ``x`` itself, subsampled by a 1x1
+    max-pool with the unit's stride (``downsample.0`` is then that pool, no parameters).
+
+    Args:
+        inplanes: Input channels.
+        planes: Bottleneck width; the output has ``planes * 4`` channels.
+        stride: Stride of the unit (on the 3x3 conv and the shortcut).
+        with_cp: Gradient checkpointing (the generic :class:`ResBlock` path).
+        conv_cfg: mmcv conv config (``None`` = ``nn.Conv2d``).
+        norm_cfg: mmcv norm config.
+        bias: conv3 and the projection carry a bias (TF-slim and Keras; timm: none).
+        init_cfg: mmengine init config.
+
+    Example:
+        >>> unit = PreActBottleneck(16, 8, stride=2)
+        >>> unit(torch.rand(1, 16, 16, 16)).shape, unit.describe().shortcut_input
+        (torch.Size([1, 32, 8, 8]), 'preact')
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, with_cp: bool = False,
+                 conv_cfg: dict | None = None, norm_cfg: dict | None = None,
+                 bias: bool = False, init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg)
+        norm_cfg = norm_cfg if norm_cfg is not None else dict(type='BN')
+        out = planes * self.expansion
+        self.inplanes, self.planes, self.stride, self.dilation = inplanes, planes, stride, 1
+        self.with_cp = with_cp
+        self.norm0_name, norm0 = build_norm_layer(norm_cfg, inplanes, postfix=0)
+        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
+        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
+        self.add_module(self.norm0_name, norm0)
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 1, bias=False)
+        self.add_module(self.norm1_name, norm1)
+        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, stride=stride, padding=1,
+                                      bias=False)
+        self.add_module(self.norm2_name, norm2)
+        self.conv3 = build_conv_layer(conv_cfg, planes, out, 1, bias=bias)
+        self.relu = nn.ReLU(inplace=True)
+        self.projection = inplanes != out
+        if self.projection:
+            self.downsample = nn.Sequential(
+                build_conv_layer(conv_cfg, inplanes, out, 1, stride=stride, bias=bias))
+        elif stride > 1:
+            self.downsample = nn.Sequential(nn.MaxPool2d(1, stride=stride))
+        else:
+            self.downsample = None
+
+    @property
+    def norm0(self) -> nn.Module:
+        return getattr(self, self.norm0_name)
+
+    def describe(self) -> BlockDescription:
+        """norm0 + ReLU (preact), conv1 + norm1 + ReLU, conv2 + norm2 + ReLU, conv3;
+        ``branch + shortcut`` (the projection reads preact, the identity x), no ReLU."""
+        return BlockDescription((
+            Step(None, self.norm0_name),
+            Step('conv1', self.norm1_name),
+            Step('conv2', self.norm2_name),
+            Step('conv3', None, act=False)),
+            out_act=False, drop_path=self.drop_path_name,
+            shortcut_input='preact' if self.projection else 'x')

@@ -23,6 +23,7 @@ from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, check_choice, cho
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .fast import conv_norm_relu, sequential_conv_norm
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
+from .resnet_v2 import ResNetV2Custom
 from .stages import ResLayer
 from .stem import build_stem, module_stride
 
@@ -631,7 +632,9 @@ def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | N
                             allow_pickle: bool = False, **overrides):
     """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
     widths; ``overrides`` win, None means infer), and the converted weights. Grouped 3x3
-    convs in the keys (``groups`` implied) give a ``ResNeXtCustom``.
+    convs in the keys (``groups`` implied) give a ``ResNeXtCustom``; a ResNet v2 file
+    (timm ``resnetv2_*``, Keras, TF-slim) a ``ResNetV2Custom`` in the file's layout
+    (``stride_in``, ``stem_pool_padding``, ``conv_bias``).
 
     The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
     when the depth cannot be told from the keys and no ``depth`` is given.
@@ -644,6 +647,15 @@ def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | N
     if 'depth' not in implied:
         raise choice_error('cannot infer the depth from the keys; pass --depth', ARCH_SETTINGS)
     kwargs = {k: v for k, v in implied.items() if v is not None}
+    if kwargs.pop('variant', None) == 'v2':  # timm resnetv2, Keras, TF-slim
+        v1_only = sorted(k for k in ('stem_type', 'avg_down', 'style', 'groups')
+                         if k in kwargs)
+        if v1_only:
+            raise ValueError(f'{", ".join(v1_only)} do not apply to a ResNet v2 checkpoint '
+                             f'({converted.source}); drop them')
+        model = ResNetV2Custom(**kwargs)
+        weights.fit_to_model(model, converted)
+        return model, converted, kwargs
     cls = ResNeXtCustom if kwargs.get('groups', 1) != 1 else ResNetV1Custom
     if cls is ResNetV1Custom:
         kwargs.pop('groups', None), kwargs.pop('base_width', None)

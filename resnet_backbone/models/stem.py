@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from torch import nn
 
@@ -111,3 +113,71 @@ def build_stem(stem_type: str, in_channels: int, stem_channels: int,
                         stride=1 if small else 4)
     check_choice('stem_type', stem_type, STEM_TYPES)
     raise AssertionError(f'STEM_TYPES lists {stem_type!r} but build_stem has no branch for it')
+
+
+#: ``stem_pool_padding`` of a 3x3 stride-2 max-pool: 'symmetric' (PyTorch, timm: -inf
+#: padding of 1 on every side), 'zeros' (Keras: a ZeroPadding2D of 1, then VALID), 'same'
+#: (TensorFlow's SAME, TF-slim: -inf, pad_before = pad_total // 2, the rest after)
+STEM_POOL_PADDINGS = ('symmetric', 'zeros', 'same')
+
+
+class ZeroPadMaxPool2d(nn.Module):
+    """Keras's stem pool: ``ZeroPadding2D(1)`` then ``MaxPooling2D(3, 2)`` (VALID).
+
+    Unlike PyTorch's ``MaxPool2d(3, 2, padding=1)`` (which pads with -inf), a border
+    window here also sees the zeros: it differs wherever a border window's values are all
+    negative, which a stem without norm/ReLU (ResNet v2) produces.
+
+    Example:
+        >>> ZeroPadMaxPool2d()(-torch.ones(1, 1, 4, 4))[0, 0, 0]
+        tensor([0., 0.])
+    """
+
+    kernel_size = 3
+    stride = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.pad(x, (1, 1, 1, 1)), self.kernel_size, self.stride)
+
+
+class SamePadMaxPool2d(nn.Module):
+    """TensorFlow's ``max_pool2d(3, stride=2, padding='SAME')`` exactly (TF-slim's pool1).
+
+    Per spatial dimension of size ``n``: ``pad_total = max((ceil(n / 2) - 1) * 2 + 3 - n,
+    0)``, ``pad_before = pad_total // 2``, the rest after, with -inf. For this kernel and
+    stride that is ``n % 2`` before and 1 after: on an even size window ``i`` covers
+    ``2i..2i+2`` (PyTorch's ``padding=1`` covers ``2i-1..2i+1``); on an odd size the two
+    agree. The padding is computed from the input's shape at run time, as plain integer
+    arithmetic, so it traces, compiles and exports with dynamic sizes.
+
+    Example:
+        >>> x = torch.arange(4.).reshape(1, 1, 1, 4).expand(1, 1, 3, 4)
+        >>> SamePadMaxPool2d()(x)[0, 0, 0]  # windows (0,1,2), (2,3,pad): TF's
+        tensor([2., 3.])
+        >>> nn.MaxPool2d(3, 2, padding=1)(x)[0, 0, 0]  # windows (pad,0,1), (1,2,3)
+        tensor([1., 3.])
+    """
+
+    kernel_size = 3
+    stride = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        # (ceil(n/2) - 1) * 2 + 3 - n is 1 for an even n and 2 for an odd one (never < 0)
+        x = F.pad(x, (w % 2, 1, h % 2, 1), value=float('-inf'))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def build_stem_pool(padding: str) -> nn.Module:
+    """The 3x3 stride-2 stem max-pool with ``padding`` (one of ``STEM_POOL_PADDINGS``).
+
+    Example:
+        >>> build_stem_pool('same')
+        SamePadMaxPool2d()
+    """
+    check_choice('stem_pool_padding', padding, STEM_POOL_PADDINGS)
+    if padding == 'same':
+        return SamePadMaxPool2d()
+    if padding == 'zeros':
+        return ZeroPadMaxPool2d()
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

@@ -56,6 +56,25 @@ def test_resnext_config_trains_and_evaluates(tiny_shapes, tmp_path):
     assert state['backbone.layer1.0.conv2.weight'].shape == (32, 4, 3, 3)  # 8 groups x 4
 
 
+RESNET_V2 = CONFIG.replace('retinanet_r18_fpn_shapes.py', 'retinanet_r50v2_fpn_shapes.py')
+
+
+def test_resnet_v2_config_trains_and_evaluates(tiny_shapes, tmp_path):
+    """The ResNetV2Custom RetinaNet config: a few iterations, then the COCO evaluation,
+    with no warning in the log."""
+    work = tmp_path / 'work'
+    r = run_tool('train.py', RESNET_V2, '--work-dir', str(work), '--data-root',
+                 str(tiny_shapes), '--max-iters', '4', *tiny_options(4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert 'Iter(train) [4/4]' in log and 'coco/bbox_mAP' in log
+    assert 'Warning' not in log and 'WARNING' not in log, [
+        line for line in log.splitlines() if 'arn' in line]
+    state = torch.load(work / 'iter_4.pth', weights_only=True)['state_dict']
+    assert state['backbone.layer1.0.bn0.weight'].shape == (16,)  # the preact norm
+    assert 'backbone.layer4.2.conv3.bias' not in state  # 'first' layout: no biases
+
+
 def test_bad_arguments_fail_in_one_line(tmp_path):
     r = run_tool('test.py', CONFIG, str(tmp_path / 'missing.pth'))
     assert r.returncode == 2
