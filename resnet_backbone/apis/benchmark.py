@@ -778,10 +778,11 @@ def plot(report: dict, path: str | Path) -> Path:
         panels.append(('fraction of the conv limit', limit, 'fraction_of_limit', None))
     if saved:
         panels.append(('saved for backward / baseline', saved, 'saved_vs_base', 1.0))
-    widths = [max(3, len(p[1])) for p in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) * 0.9 + 1, 4.2),
-                             gridspec_kw=dict(width_ratios=widths), squeeze=False)
-    for ax, (label, data, key, line) in zip(axes[0], panels):
+    # one panel per row: a run of a dozen models in two modes is two dozen bars
+    width = min(16.0, max(6.0, 0.5 * max(len(p[1]) for p in panels) + 1.5))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels) + 0.6),
+                             squeeze=False)
+    for ax, (label, data, key, line) in zip(axes[:, 0], panels):
         values = [r[key] for r in data]
         bars = ax.bar(range(len(data)), values, color=[
             '#888' if r['name'].startswith('mmdet') else '#2a7' if r['name'].startswith('ours')
