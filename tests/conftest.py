@@ -1,6 +1,7 @@
 """Shared helpers for the test suites (tiny models, random weights, comparisons)."""
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -103,3 +104,52 @@ def tiny_shapes(tmp_path_factory):
     """A tiny embedded data set (8 train / 4 val images of 64 px), made once per run."""
     from resnet_backbone.data.shapes import generate
     return generate(tmp_path_factory.mktemp('shapes'), num_train=8, num_val=4, size=64)
+
+
+#: Test files by running time, longest first (from `--durations` of a CI run). xdist's
+#: ``--dist loadfile`` hands files out in collection order; a long file collected last
+#: ran alone at the end while the other worker idled (the README walk started 80 min
+#: into a loaded CI run). Longest first keeps both workers busy to the end.
+LONGEST_FIRST = (
+    'integration/test_readme.py',
+    'test_resnext.py',
+    'integration/test_faults_train.py',
+    'integration/test_own_data.py',
+    'integration/test_train_eval.py',
+    'integration/test_dump_scale.py',
+    'integration/test_dump_compare.py',
+    'integration/test_faults_dump.py',
+    'test_export.py',
+    'integration/test_resume.py',
+    'integration/test_distributed.py',
+    'integration/test_rois.py',
+    'integration/test_dump.py',
+    'integration/test_detection_default.py',
+    'test_benchmark.py',
+    'test_resnet_v2.py',
+    'test_resnet_v2_tfslim.py',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        rel = path.relative_to(tests).as_posix() if path.is_relative_to(tests) else ''
+        return rank.get(rel, len(rank))
+    items.sort(key=key)  # stable: a file's own order is kept
+
+
+def pytest_configure(config):
+    """Under xdist, each worker (and every process it starts) gets its share of the cores.
+
+    torch's default is one OpenMP thread per core in every process: ``-n 2`` on 2 cores
+    ran 4 spinning threads, and tests/test_parity_mmdet.py -k 101 took 129 s instead of
+    19 s (2026-11-30). An OMP_NUM_THREADS set by the user is kept."""
+    workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if workers and 'OMP_NUM_THREADS' not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ['OMP_NUM_THREADS'] = str(threads)  # the tools the tests start
+        torch.set_num_threads(threads)
