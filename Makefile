@@ -17,8 +17,10 @@ demo: setup
 
 # Two processes, one test file each at a time (module fixtures and a file's own order
 # kept); on a 2-core machine the suite's subprocess-heavy end-to-end runs overlap.
+# --no-loadscope-reorder: files go out in tests/conftest.py's longest-first order (xdist
+# would sort them by test count, and the 2-test README walk ran alone at the end).
 test: setup
-	@$(PY) -m pytest -n 2 --dist loadfile
+	@$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 doctor: setup
 	@$(PY) -m resnet_backbone.doctor

@@ -106,10 +106,10 @@ def tiny_shapes(tmp_path_factory):
     return generate(tmp_path_factory.mktemp('shapes'), num_train=8, num_val=4, size=64)
 
 
-#: Test files by running time, longest first (from `--durations` of a CI run). xdist's
-#: ``--dist loadfile`` hands files out in collection order; a long file collected last
-#: ran alone at the end while the other worker idled (the README walk started 80 min
-#: into a loaded CI run). Longest first keeps both workers busy to the end.
+#: Test files by running time, longest first (from `--durations` of a CI run). With
+#: ``--dist loadfile --no-loadscope-reorder`` (make test) xdist hands files out in this
+#: collection order; by default it sorts them by test count, and the 2-test README walk
+#: ran alone at the end while the other worker idled. Longest first keeps both busy.
 LONGEST_FIRST = (
     'integration/test_readme.py',
     'test_resnext.py',

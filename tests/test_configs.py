@@ -61,7 +61,7 @@ def test_every_config_is_listed():
 def test_config_builds_and_trains_one_iteration(config, tiny_shapes):
     setup_environment()
     cfg = load_config(str(ROOT / config))
-    assert cfg.model.backbone.type in ('ResNetV1Custom', 'ResNeXtCustom')
+    assert cfg.model.backbone.type in ('ResNetV1Custom', 'ResNeXtCustom', 'ResNetV2Custom')
     shrink_for_test(cfg, tiny_shapes)
     with DefaultScope.overwrite_default_scope('mmdet'):
         from mmdet.registry import MODELS
@@ -108,4 +108,5 @@ def test_every_config_builds_through_its_custom_imports_alone():
     assert r.returncode == 0, r.stderr[-3000:]
     built = json.loads(r.stdout.strip().splitlines()[-1])
     assert sorted(built) == CONFIGS
-    assert set(built.values()) == {'resnet_backbone.models.resnet'}, built
+    assert set(built.values()) == {'resnet_backbone.models.resnet',
+                                   'resnet_backbone.models.resnet_v2'}, built

@@ -87,13 +87,17 @@ def test_torch_compile_single_graph(with_cp, norm_eval):
     backward_outputs(compiled(x))
     backward_outputs(ref(x))
     for (name, b), (_, b_ref) in zip(model.named_buffers(), ref.named_buffers()):
-        assert torch.allclose(b.float(), b_ref.float(), rtol=1e-5, atol=1e-6), name
+        # at 1 thread a running mean differed by 3e-6, a running var by 4e-5 relative
+        # (reduction order); statistics updated twice would move by the momentum (0.1)
+        assert torch.allclose(b.float(), b_ref.float(), rtol=1e-4, atol=1e-5), name
     gm, gr = grads_by_name(model), grads_by_name(ref)
     for name, g in gr.items():
         if g is None:
             assert gm[name] is None, name
         else:
-            assert rel_err(gm[name], g) <= 1e-4, name
+            # train-mode BN's weight grads cancel: 1.3e-4 measured at 1 thread (a wiring
+            # error is O(1e-1))
+            assert rel_err(gm[name], g) <= 1e-3, name
 
 
 def test_plain_jit_trace_with_its_default_check():
