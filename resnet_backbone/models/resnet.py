@@ -21,6 +21,7 @@ from torch import nn
 from ..io import weights
 from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, check_choice, choice_error
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
+from .contract import BackboneContract
 from .fast import conv_norm_relu, sequential_conv_norm
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .resnet_v2 import ResNetV2Custom
@@ -55,7 +56,7 @@ def _as_stage_tuple(name: str, value, num_stages: int, kind: type) -> tuple:
     return tuple(value)
 
 
-class ResNetV1Custom(BaseModule):
+class ResNetV1Custom(BackboneContract, BaseModule):
     """ResNet backbone for detection, a drop-in for mmdet's ``ResNet``.
 
     Args:
@@ -281,47 +282,6 @@ class ResNetV1Custom(BaseModule):
             block.set_drop_path(rate)
         self.fast = fast
         self._freeze_stages()
-
-    def _blocks(self) -> list[ResBlock]:
-        """Every residual block, stage by stage, in order."""
-        return [m for name in self.res_layers for m in getattr(self, name).modules()
-                if isinstance(m, ResBlock)]
-
-    def drop_path_rates(self) -> list[float]:
-        """Each block's stochastic-depth rate, in order: timm's linear rule,
-        ``drop_path_rate * i / (n - 1)`` for block ``i`` of ``n``.
-
-        Example:
-            >>> ResNetV1Custom(18, base_channels=4, drop_path_rate=0.1).drop_path_rates()[-1]
-            0.1
-        """
-        n = len(self._blocks())
-        return [self.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-
-    @property
-    def fast(self) -> bool:
-        """Fold eval-mode BN into convs (True) or run mmdet's exact ops (False)."""
-        return self._fast
-
-    @fast.setter
-    def fast(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f'fast must be True or False; got {value!r}')
-        self._fast = value
-        for m in self.modules():
-            if isinstance(m, ResBlock):
-                m.fast = value
-
-    # ------------------------------------------------------------------ contracts
-    @property
-    def out_channels(self) -> tuple[int, ...]:
-        """Channels of each returned map, in ``out_indices`` order (FPN ``in_channels``)."""
-        return tuple(self._stage_channels[i] for i in self.out_indices)
-
-    @property
-    def out_strides(self) -> tuple[int, ...]:
-        """Stride (w.r.t. the input) of each returned map, in ``out_indices`` order."""
-        return tuple(self._stage_strides[i] for i in self.out_indices)
 
     def output_shape(self, include_stem: bool = False) -> dict[str, ShapeSpec]:
         """``{'c2': ShapeSpec(channels, stride), ...}`` for the returned maps.

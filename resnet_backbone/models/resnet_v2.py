@@ -34,7 +34,8 @@ from torch import nn
 
 from ..io import weights
 from ..spec import ShapeSpec, check_choice, choice_error
-from .blocks import PreActBottleneck, ResBlock
+from .blocks import PreActBottleneck
+from .contract import BackboneContract
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .stem import STEM_POOL_PADDINGS, build_stem_pool
 
@@ -49,7 +50,7 @@ OUT_NORM_DEFAULT = False
 LEVEL_NAMES = ('c2', 'c3', 'c4', 'c5')
 
 
-class ResNetV2Custom(BaseModule):
+class ResNetV2Custom(BackboneContract, BaseModule):
     """Pre-activation ResNet (v2) backbone for detection: C2..C5 at strides 4/8/16/32.
 
     Args:
@@ -249,39 +250,6 @@ class ResNetV2Custom(BaseModule):
         """The inner level norms (``norm_c2``..``norm_c4``): detection adapters that no
         pretrained file has; a strict load leaves them as initialised and says so."""
         return tuple(n for n in self._level_norms.values() if n != 'post_norm')
-
-    def _blocks(self) -> list[ResBlock]:
-        """Every unit, stage by stage, in order."""
-        return [m for name in self.res_layers for m in getattr(self, name)]
-
-    def drop_path_rates(self) -> list[float]:
-        """Each unit's stochastic-depth rate: ``drop_path_rate * i / (n - 1)``."""
-        n = len(self._blocks())
-        return [self.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-
-    @property
-    def fast(self) -> bool:
-        """Fold eval-mode BN into the convs it follows (True) or run the plain ops."""
-        return self._fast
-
-    @fast.setter
-    def fast(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f'fast must be True or False; got {value!r}')
-        self._fast = value
-        for m in self.modules():
-            if isinstance(m, ResBlock):
-                m.fast = value
-
-    @property
-    def out_channels(self) -> tuple[int, ...]:
-        """Channels of each returned map, in ``out_indices`` order (FPN ``in_channels``)."""
-        return tuple(self._stage_channels[i] for i in self.out_indices)
-
-    @property
-    def out_strides(self) -> tuple[int, ...]:
-        """Stride of each returned map: 4/8/16/32 for C2..C5 in either layout."""
-        return tuple(self._stage_strides[i] for i in self.out_indices)
 
     def output_shape(self, include_stem: bool = False) -> dict[str, ShapeSpec]:
         """``{'c2': ShapeSpec(channels, stride), ...}`` for the returned maps; with
