@@ -450,3 +450,48 @@ def test_reading_a_checkpoint_leaves_torchs_allow_list_alone(tmp_path):
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(saved)
+
+
+def test_allow_list_survives_a_loader_that_scopes_its_own(tmp_path, monkeypatch):
+    """onedl-mmengine 0.10.12 loads every checkpoint (resume, load_from) through
+    ``mmengine.runner.checkpoint._safe_torch_load``, inside ``torch.serialization.
+    safe_globals(<its list>)``, whose exit removed the globals its list shares with ours
+    from the process's list: a later ``torch.load(weights_only=True)`` of a Runner
+    checkpoint was refused (``Unsupported global: ...HistoryBuffer``). Its loader is
+    copied here, so this runs on the upstream stack too."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+
+    from resnet_backbone.io.checkpoint_io import (
+        RUNNER_CHECKPOINT_GLOBALS,
+        allow_runner_checkpoint_globals,
+    )
+
+    def onedl_safe_torch_load(file, map_location=None, weights_only=None):
+        # onedl-mmengine 0.10.12's get_torch_safe_globals() and _safe_torch_load, on torch >= 2.6
+        allowlist = [slice, getattr, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                     np._core.multiarray.scalar, type(np.dtype(np.uint32)),
+                     type(np.dtype(np.float64)), type(np.dtype(np.int64)), HistoryBuffer]
+        with torch.serialization.safe_globals(allowlist):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    monkeypatch.setattr(mmengine_checkpoint, '_safe_torch_load', onedl_safe_torch_load,
+                        raising=False)
+    buf = HistoryBuffer()
+    buf.update(np.float64(1.5))
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': {'hub': buf}}, tmp_path / 'r.pth')
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # as in a process that set nothing up
+    try:
+        allow_runner_checkpoint_globals()
+        allow_runner_checkpoint_globals()  # idempotent: the loader is wrapped once
+        # what --resume does on onedl-mmengine (load_from_local calls it by this name)
+        ckpt = mmengine_checkpoint._safe_torch_load(tmp_path / 'r.pth', map_location='cpu')
+        assert ckpt['meta']['hub'].current() == 1.5
+        assert set(RUNNER_CHECKPOINT_GLOBALS) <= set(torch.serialization.get_safe_globals())
+        # the test_resume.py case: the process's own load after a resume
+        assert torch.load(tmp_path / 'r.pth', weights_only=True)['meta']['hub'].current() == 1.5
+        assert mmengine_checkpoint._safe_torch_load.__wrapped__ is onedl_safe_torch_load
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)

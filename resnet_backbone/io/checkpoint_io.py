@@ -39,6 +39,7 @@ so that a test can reliably kill a run there. Unset, nothing changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import os.path as osp
 import pickle
@@ -55,6 +56,7 @@ from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+from mmengine.runner import checkpoint as mmengine_checkpoint
 
 from ..cli import ToolError
 from .fileio import atomic_path, atomic_write_bytes
@@ -99,8 +101,47 @@ RUNNER_CHECKPOINT_GLOBALS: list = [
 def allow_runner_checkpoint_globals() -> None:
     """Let every ``torch.load(weights_only=True)`` in the process read mmengine Runner
     checkpoints (the tools call this: mmengine's own resume loads with plain
-    ``torch.load``). Library code uses :func:`runner_checkpoint_globals` instead."""
+    ``torch.load``). Library code uses :func:`runner_checkpoint_globals` instead.
+
+    Needed for resume on upstream mmengine 0.10.7 only. onedl-mmengine (0.10.12, the
+    ``STACK=onedl`` row) resumes without it: its loader has its own allow-list (measured
+    2026-11-30: our Runner checkpoints load there with ``weights_only=True``, no fallback).
+    It is kept on that stack for what else reads Runner checkpoints in the process with
+    ``torch.load(weights_only=True)`` (the tests, a user's script), which
+    :func:`_keep_allow_list_across_mmengine_loads` makes survive that loader."""
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
+    _keep_allow_list_across_mmengine_loads()
+
+
+def _keep_allow_list_across_mmengine_loads() -> None:
+    """onedl-mmengine compat: its loader must not shrink the process's allow-list.
+
+    onedl-mmengine 0.10.12 loads every checkpoint (``load_checkpoint``, ``load_from``,
+    ``--resume``) through ``mmengine.runner.checkpoint._safe_torch_load``, inside
+    ``torch.serialization.safe_globals(<its list>)``. That context's exit removes its
+    globals from the process-wide list even where they were allowed before it, and its
+    list overlaps ours (``HistoryBuffer``, numpy's arrays and dtypes): after one resume a
+    ``torch.load(weights_only=True)`` of a Runner checkpoint was refused with
+    ``Unsupported global: ...HistoryBuffer``. So that loader is wrapped to put back what
+    it removed. Upstream mmengine 0.10.7 has no such function: nothing is done there.
+    """
+    load = getattr(mmengine_checkpoint, '_safe_torch_load', None)
+    if load is None or getattr(load, '_keeps_allow_list', False):
+        return
+
+    @functools.wraps(load)
+    def load_keeping_allow_list(*args, **kwargs):
+        before = torch.serialization.get_safe_globals()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            now = torch.serialization.get_safe_globals()
+            lost = [g for g in before if g not in now]
+            if lost:
+                torch.serialization.add_safe_globals(lost)
+
+    load_keeping_allow_list._keeps_allow_list = True
+    mmengine_checkpoint._safe_torch_load = load_keeping_allow_list
 
 
 @contextlib.contextmanager
