@@ -123,8 +123,14 @@ def fingerprint(fx: FeatureExtractor, *, dtype: str, fmt: str) -> dict:
         weights = {'state_sha256': state_dict_digest(fx.model)}
     # no config (an extractor built from a model): its pipeline and preprocessor settings
     config = fx.config_sha256 or {'pipeline_and_preprocessor': settings_digest(fx)}
-    return {'config': config, 'weights': weights, 'levels': list(fx.levels),
-            'dtype': dtype, 'format': fmt, 'tool': f'resnet_backbone {__version__}'}
+    fp = {'config': config, 'weights': weights, 'levels': list(fx.levels),
+          'dtype': dtype, 'format': fmt, 'tool': f'resnet_backbone {__version__}'}
+    # only when set: fp32 eager records keep the fingerprint they were written with
+    if getattr(fx, 'compute_dtype', 'fp32') != 'fp32':
+        fp['compute_dtype'] = fx.compute_dtype
+    if getattr(fx, 'compile', False):
+        fp['compiled'] = True  # Inductor's rounding differs from eager's (within 1e-5)
+    return fp
 
 
 def fingerprint_difference(stored: dict | None, current: dict) -> str | None:
@@ -141,6 +147,11 @@ def fingerprint_difference(stored: dict | None, current: dict) -> str | None:
             continue
         if key in words:
             parts.append(words[key])
+        elif key == 'compute_dtype':
+            parts.append(f"compute dtype {old or 'fp32'} (now {new or 'fp32'})")
+        elif key == 'compiled':
+            parts.append('a compiled backbone (now eager)' if old else
+                         'the eager backbone (now compiled)')
         elif key == 'levels':
             parts.append(f"levels {','.join(old or [])} (now {','.join(new)})")
         else:

@@ -53,6 +53,8 @@ from ..io.weights import (
     read_checkpoint,
     unwrap_state_dict,
 )
+from ..models.bf16 import check_compute_dtype, inference_model
+from ..models.compiled import CompiledInference
 from ..models.resnet import ResNetV1Custom
 from ..spec import choice_error
 from .rois import Boxes, RoIFeatures, predict, roi_extractor, roi_features, to_original
@@ -160,6 +162,13 @@ class FeatureExtractor:
         levels: Names to return; default: the backbone outputs (``c2``..``c5`` as its
             ``out_indices`` say). ``c1`` is the stem before the max-pool (our backbone
             only); ``pN`` are neck outputs, named by their stride 2**N.
+        compute_dtype: ``'fp32'`` (default) or ``'bf16'``: the backbone runs as its bf16
+            inference tier (:mod:`resnet_backbone.models.bf16`; ResNetV1Custom and its
+            presets), taken now, so from the weights the model has now; maps come back
+            in float32 and the neck stays float32.
+        compile: run the backbone compiled by Inductor
+            (:class:`~resnet_backbone.models.compiled.CompiledInference`; the first call
+            at a new input size compiles, :attr:`compile_summary` says for how long).
 
     The backbone's levels come from :meth:`ResNetV1Custom.forward_levels` when the
     backbone is ours (``isinstance``, never by a method name: timm's ``forward_features``
@@ -174,7 +183,8 @@ class FeatureExtractor:
     """
 
     def __init__(self, model: nn.Module, *, pipeline: Sequence[dict] | None = None,
-                 levels: Sequence[str] | str | None = None) -> None:
+                 levels: Sequence[str] | str | None = None, compute_dtype: str = 'fp32',
+                 compile: bool = False) -> None:  # noqa: A002 - the issue's name for it
         register_all_modules(init_default_scope=False)
         self.model = model if hasattr(model, 'data_preprocessor') else \
             _BareBackboneDetector(model)
@@ -183,6 +193,8 @@ class FeatureExtractor:
         self.config_sha256: str | None = None  # set by from_config (see config_digest)
         self.backbone = self.model.backbone
         self.neck = getattr(self.model, 'neck', None)
+        self.compute_dtype, self.compile = compute_dtype, bool(compile)
+        self._run_backbone = self._backbone_runner()
         self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
                                           else _default_pipeline())
         self.pipeline = build_pipeline(self.pipeline_cfg)
@@ -200,7 +212,8 @@ class FeatureExtractor:
     @classmethod
     def from_config(cls, config: str | Path | Config, checkpoint: str | Path | None = None, *,
                     device: str = 'cpu', levels: Sequence[str] | str | None = None,
-                    seed: int = 0, strict: bool = True) -> FeatureExtractor:
+                    seed: int = 0, strict: bool = True, compute_dtype: str = 'fp32',
+                    compile: bool = False) -> FeatureExtractor:  # noqa: A002
         """Build the detector of ``config`` and load ``checkpoint`` (if any).
 
         The checkpoint is loaded strictly, with the same load report as
@@ -229,6 +242,9 @@ class FeatureExtractor:
             levels: as in :class:`FeatureExtractor`.
             seed: seeds the random initialisation of whatever the checkpoint does not fill.
             strict: refuse a checkpoint that does not fit (see above).
+            compute_dtype: as in :class:`FeatureExtractor` (the tier is taken after the
+                checkpoint is loaded).
+            compile: as in :class:`FeatureExtractor`.
 
         Returns:
             The extractor; :attr:`weights` and :attr:`config_sha256` say what it holds.
@@ -245,7 +261,8 @@ class FeatureExtractor:
             else:
                 weights = cls._init(model, cfg, seed)
         model.to(device)
-        fx = cls(model, pipeline=inference_pipeline(cfg), levels=levels)
+        fx = cls(model, pipeline=inference_pipeline(cfg), levels=levels,
+                 compute_dtype=compute_dtype, compile=compile)
         fx.weights = weights
         fx.config_sha256 = digest
         return fx
@@ -283,6 +300,26 @@ class FeatureExtractor:
         return {'source': 'random', 'seed': seed,
                 'note': note or 'no checkpoint given: random initialisation'}
 
+    def _backbone_runner(self) -> nn.Module:
+        """The module whose call computes the backbone's maps: the backbone, its bf16
+        tier, either compiled; ``forward_levels`` for ours, ``forward`` otherwise."""
+        ours = isinstance(self.backbone, ResNetV1Custom)
+        if check_compute_dtype(self.compute_dtype) != torch.float32 and not ours:
+            raise ValueError(
+                f"compute_dtype={self.compute_dtype!r} runs ResNetV1Custom backbones (and "
+                f'its presets); this backbone is {type(self.backbone).__name__}: use '
+                "compute_dtype='fp32'")
+        module = inference_model(self.backbone, self.compute_dtype)
+        method = 'forward_levels' if ours else 'forward'
+        if self.compile:
+            return CompiledInference(module, method)
+        return getattr(module, method)
+
+    @property
+    def compile_summary(self) -> str | None:
+        """One line on the compile warm-up so far; ``None`` when not compiled."""
+        return self._run_backbone.summary() if self.compile else None
+
     # ---------------------------------------------------------------- geometry
     def _backbone_out_strides(self) -> tuple[int, ...]:
         if hasattr(self.backbone, 'out_strides'):
@@ -316,14 +353,19 @@ class FeatureExtractor:
         input is (1, 3, check_size, check_size), and a backbone whose output is no tuple
         of feature maps raises one line (a classifier passed as a backbone)."""
         stem = {}
+        # the probe (a 512x512 zero image, once, for the geometry) runs the eager fp32
+        # backbone: compiled it would compile a shape no image has, and a bf16 tier
+        # emulated on a CPU without bf16 units takes seconds at that size
+        run = self.backbone if check_size is not None else None
         if isinstance(self.backbone, ResNetV1Custom):  # by class: timm's names mean other things
             every = [f'c{i + 2}' for i in range(self.backbone.num_stages)]
-            feats = self.backbone.forward_levels(x, levels=['c1'] + every)
+            feats = (run.forward_levels if run is not None else self._run_backbone)(
+                x, levels=['c1'] + every)
             stem = {'c1': feats.pop('c1')}
             c_outs = tuple(feats.values())
             backbone_outs = tuple(c_outs[i] for i in self.backbone.out_indices)
         else:
-            out = self.backbone(x)
+            out = (run or self._run_backbone)(x)
             if check_size is not None:
                 _check_feature_maps(self.backbone, out, check_size)
             c_outs = backbone_outs = tuple(out)

@@ -39,11 +39,13 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..spec import choice_error
 from .fast import _capturing, foldable
 
 #: ``compute_dtype`` names -> torch dtypes (fp32: the model as it is)
@@ -304,19 +306,45 @@ class InferenceBackbone(nn.Module):
                                'take a new snapshot with inference_model()')
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The ``out_indices`` maps, in the input's dtype."""
-        in_dtype = x.dtype
+    def _levels(self, x: torch.Tensor, stages: int) -> dict[str, torch.Tensor]:
+        """``c1`` (the stem, before the max-pool) and ``c2``.. for the first ``stages``
+        stages, in the tier's dtype; one pass."""
+        feats = {}
         with torch.no_grad():
-            x = self.maxpool(self.stem(x.to(self.dtype)))
-            outs = []
-            for i, layer in enumerate(self.layers):
+            x = self.stem(x.to(self.dtype))
+            feats['c1'] = x
+            x = self.maxpool(x)
+            for i, layer in enumerate(self.layers[:stages]):
                 for j, block in enumerate(layer):
                     # each block after a layer's first gets a map only this loop holds
                     x = block(x, owns_input=j > 0)
-                if i in self.out_indices:
-                    outs.append(x)
-            return tuple(o.to(in_dtype) for o in outs)
+                feats[f'c{i + 2}'] = x
+        return feats
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ``out_indices`` maps, in the input's dtype."""
+        feats = self._levels(x, max(self.out_indices) + 1)
+        return tuple(feats[f'c{i + 2}'].to(x.dtype) for i in self.out_indices)
+
+    def forward_levels(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Named maps, as :meth:`ResNetV1Custom.forward_levels` names them (``c1`` the stem
+        before the max-pool, ``c2``.. every stage; default ``c1`` and the ``out_indices``
+        maps), computed in the tier's dtype and returned in the input's.
+
+        Raises:
+            ValueError: an unknown level (one line listing the available ones).
+        """
+        built = ['c1'] + [f'c{i + 2}' for i in range(len(self.layers))]
+        if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
+            levels = [lv.strip() for lv in levels.split(',')]
+        if levels is None:
+            levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
+        unknown = [lv for lv in levels if lv not in built]
+        if unknown:
+            raise choice_error(f'levels {unknown!r} are not available', built)
+        feats = self._levels(x, max(built.index(lv) for lv in levels))
+        return {lv: feats[lv].to(x.dtype) for lv in levels}
 
 
 def inference_model(backbone: nn.Module, compute_dtype: str = 'bf16') -> nn.Module:

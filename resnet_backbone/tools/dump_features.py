@@ -62,6 +62,7 @@ from ..apis.rois import coco_boxes, load_box_file
 from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import load_config, setup_environment
+from ..models.bf16 import COMPUTE_DTYPES
 from . import prog
 
 
@@ -69,9 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description='Dump feature maps with their geometry.',
         epilog='Files already in --out are reused only if their fingerprint (config, '
-               'weights, levels, dtype, format, version) matches; otherwise the tool stops '
-               'and names --overwrite. Ctrl-C: run the same command again to continue. '
-               '--debug (or RESNET_BACKBONE_DEBUG=1) shows tracebacks.')
+               'weights, levels, dtype, compute dtype, compile, format, version) matches; '
+               'otherwise the tool stops and names --overwrite. Ctrl-C: run the same '
+               'command again to continue. --debug (or RESNET_BACKBONE_DEBUG=1) shows tracebacks.')
     p.add_argument('config', nargs='?', help='mmdet config file')
     p.add_argument('checkpoint', nargs='?', help='checkpoint (default: random weights)')
     p.add_argument('--input', help='image, folder, or .txt list of images')
@@ -85,7 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--format', default='safetensors', choices=FORMATS,
                    help='safetensors (default: uncompressed, the fastest to write), npz, pt')
     p.add_argument('--dtype', default='float32', choices=list(DTYPES),
-                   help='storage dtype of the arrays (the model computes in float32)')
+                   help='storage dtype of the arrays (what the model computes in is '
+                        '--compute-dtype)')
+    p.add_argument('--compute-dtype', default='fp32', choices=list(COMPUTE_DTYPES),
+                   help="bf16: the backbone's bf16 inference tier (BN folded in fp32, then "
+                        'cast; the neck stays fp32); not the storage --dtype')
+    p.add_argument('--compile', action='store_true',
+                   help='run the backbone compiled by torch.compile (Inductor); each new '
+                        'input size compiles first (the warm-up is reported)')
     p.add_argument('--batch-size', type=int, default=1,
                    help='images per forward (only images of one padded shape are batched)')
     p.add_argument('--workers', type=int, default=2,
@@ -208,7 +216,9 @@ def _dump(args):
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None
     try:
         fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=device,
-                                          levels=levels, strict=not args.no_strict)
+                                          levels=levels, strict=not args.no_strict,
+                                          compute_dtype=args.compute_dtype,
+                                          compile=args.compile)
     except ValueError as exc:  # e.g. an unknown level: one line, not a traceback
         raise ToolError(str(exc)) from exc
     images, root = collect_images(args.input)
@@ -219,9 +229,11 @@ def _dump(args):
         ranks = f' on {dist.get_world_size()} ranks' if dist.is_initialized() else ''
         mode = ('batched by padded shape' if getattr(fx.backbone, 'fast', False)
                 else 'reference mode: one image per forward, bitwise batch 1')
+        compute = ''.join([f', compute {args.compute_dtype}' * (args.compute_dtype != 'fp32'),
+                           ', compiled' * args.compile])
         print(f'[dump] {len(images)} images{ranks}, levels {", ".join(fx.levels)}, '
-              f'batch {args.batch_size} ({mode}), weights: {fx.weights["source"]}{note}',
-              file=sys.stderr)
+              f'batch {args.batch_size} ({mode}){compute}, weights: {fx.weights["source"]}'
+              f'{note}', file=sys.stderr)
     rois = roi_source(args, cfg, fx)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
                             dtype=args.dtype, overlay=args.overlay,
@@ -231,6 +243,8 @@ def _dump(args):
                             workers=args.workers, writers=args.writers, rois=rois)
     if rank == 0:
         print(f'[dump] {summary.line()}', file=sys.stderr)
+        if fx.compile_summary:
+            print(f'[dump] {fx.compile_summary}', file=sys.stderr)
     if summary.nothing_dumped:
         first, reason = summary.skipped[0]
         raise ToolError(f'none of the {len(summary.skipped)} images could be dumped '

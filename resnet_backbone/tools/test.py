@@ -3,6 +3,7 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
         [--data-root DIR] [--val-ann FILE --img-dir DIR] [--classes a,b,c]
         [--cfg-options k=v ...] [--launcher {none,pytorch,slurm}] [--compute-dtype bf16]
+        [--compile]
 
 Installed as ``rb-test`` (same arguments); ``python tools/test.py`` runs the same code.
 
@@ -18,7 +19,8 @@ detector strictly (else one line with the missing/unexpected counts; ``--no-stri
 evaluates it anyway, what does not fit left random). ``--compute-dtype bf16`` evaluates with
 the backbone's bf16 inference tier (:mod:`resnet_backbone.models.bf16`: BN folded in
 float32, then cast; taken after the checkpoint is loaded; neck and heads stay float32);
-fp32 is the default. Errors (e.g. a damaged checkpoint) end in
+fp32 is the default. ``--compile`` runs the backbone compiled by Inductor
+(:mod:`resnet_backbone.models.compiled`). Errors (e.g. a damaged checkpoint) end in
 one line (``--debug`` or ``RESNET_BACKBONE_DEBUG=1`` for the traceback).
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..engine.training import (
     setup_environment,
 )
 from ..models.bf16 import COMPUTE_DTYPES, inference_model
+from ..models.compiled import CompiledInference
 from . import prog
 
 
@@ -67,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--compute-dtype', choices=list(COMPUTE_DTYPES), default='fp32',
                    help="bf16: the backbone's bf16 inference tier (BN folded in fp32, then "
                         'cast); not the storage dtype of any output')
+    p.add_argument('--compile', action='store_true',
+                   help='run the backbone compiled by torch.compile (Inductor, weights '
+                        'frozen); each new input size compiles first (the warm-up is logged)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -102,15 +108,24 @@ def check_checkpoint_fits(cfg, checkpoint: str) -> None:
 
 
 class BackboneComputeDtypeHook(Hook):
-    """Swap the detector's backbone for its inference tier in ``compute_dtype`` once the
-    checkpoint is loaded (``before_test`` runs after the Runner's load)."""
+    """Swap the detector's backbone for its inference tier in ``compute_dtype``, compiled
+    if asked, once the checkpoint is loaded (``before_test`` runs after the Runner's
+    load); after the test, one line on the compile warm-up."""
 
-    def __init__(self, compute_dtype: str) -> None:
+    def __init__(self, compute_dtype: str, compile: bool = False) -> None:  # noqa: A002
         self.compute_dtype = compute_dtype
+        self.compile = compile
+        self.compiled: CompiledInference | None = None
 
     def before_test(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         model.backbone = inference_model(model.backbone, self.compute_dtype)
+        if self.compile:
+            model.backbone = self.compiled = CompiledInference(model.backbone)
+
+    def after_test(self, runner) -> None:
+        if self.compiled is not None:
+            runner.logger.info(self.compiled.summary())
 
 
 def main(argv=None) -> dict:
@@ -133,8 +148,9 @@ def main(argv=None) -> dict:
             # mmdet.evaluation is heavy: only with --out
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        if args.compute_dtype != 'fp32':
-            runner.register_hook(BackboneComputeDtypeHook(args.compute_dtype), 'LOWEST')
+        if args.compute_dtype != 'fp32' or args.compile:
+            runner.register_hook(BackboneComputeDtypeHook(args.compute_dtype, args.compile),
+                                 'LOWEST')
         return runner.test()
 
 

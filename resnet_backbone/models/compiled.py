@@ -1,0 +1,121 @@
+"""``torch.compile`` for inference: the one wrapper the tools (``--compile``) and the Python
+API (``FeatureExtractor(compile=True)``) share.
+
+Inductor with ``freezing=True`` (the weights become constants of the graph, so conv and
+BN fold at compile time and the weights are prepacked once) is what the benchmark's
+``ours-compiled`` runs; on CPU it beat our eager path in eval and barely moved the train
+step (docs/benchmark.md), so the wrapper is for no-grad inference only.
+
+Because the weights are constants, a compiled graph is a snapshot of them. The wrapper
+checks the weights' version counters before every call: after an in-place change (a
+``load_state_dict``, an optimiser step) it compiles again, and never runs stale
+constants. The first call at each new input shape compiles (later shapes reuse a
+dynamic graph); :attr:`CompiledInference.compile_seconds` says how long that took.
+
+Example:
+    >>> from resnet_backbone.models.resnet import ResNetV1Custom
+    >>> net = ResNetV1Custom(depth=18, base_channels=8).eval()
+    >>> fast = CompiledInference(net)  # compiles at the first call  # doctest: +SKIP
+    >>> [tuple(o.shape) for o in fast(torch.rand(1, 3, 64, 64))]  # doctest: +SKIP
+    [(1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4), (1, 64, 2, 2)]
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def inductor_freezing():
+    """Inductor's ``freezing`` on, for the graphs compiled inside (its config is global)."""
+    import torch._inductor.config as cfg  # heavy (Inductor): imported only when compiling
+    old = cfg.freezing
+    cfg.freezing = True
+    try:
+        yield
+    finally:
+        cfg.freezing = old
+
+
+class _NoCudaRuntimeNote(logging.Filter):
+    """Inductor's import of ``torch.utils.cpp_extension`` logs "No CUDA runtime is found"
+    as a WARNING on every machine without CUDA, where a CPU compile needs none: drop that
+    one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'No CUDA runtime is found' not in record.getMessage()
+
+
+_CPP_EXTENSION_LOG = logging.getLogger('torch.utils.cpp_extension')
+if not any(isinstance(f, _NoCudaRuntimeNote) for f in _CPP_EXTENSION_LOG.filters):
+    _CPP_EXTENSION_LOG.addFilter(_NoCudaRuntimeNote())
+
+
+def _graph_count() -> int:
+    # dynamo's own count of graphs compiled in this process; 0 where a torch lacks it
+    counters = getattr(getattr(torch, '_dynamo', None), 'utils', None)
+    counters = getattr(counters, 'counters', None)
+    return int(counters['stats']['unique_graphs']) if counters is not None else 0
+
+
+class CompiledInference(nn.Module):
+    """``module.<method>`` compiled by Inductor (``freezing=True``), run under
+    ``torch.no_grad``.
+
+    Args:
+        module: the module whose ``method`` to compile (e.g. a backbone, ``'forward'`` or
+            ``'forward_levels'``). It is held, not copied: its weights are the graph's.
+        method: the method's name.
+
+    Attributes:
+        compile_seconds: wall time of the calls that compiled a graph (the warm-up).
+        graphs: graphs compiled by this wrapper.
+    """
+
+    def __init__(self, module: nn.Module, method: str = 'forward') -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+        self.compile_seconds = 0.0
+        self.graphs = 0
+        self._fn = None
+        self._weights_version: int | None = None
+
+    def _version(self) -> int:
+        return sum(t._version for t in (*self.module.parameters(), *self.module.buffers()))
+
+    def _compiled(self):
+        version = self._version()
+        if self._fn is None or version != self._weights_version:
+            if self._fn is not None:
+                logger.info('compile: the weights changed since the graph was compiled; '
+                            'compiling again')
+                # dynamo's caches are per code object, not per wrapper: only a reset
+                # guarantees that no graph holding the old weights as constants runs again
+                torch.compiler.reset()
+            self._fn = torch.compile(getattr(self.module, self.method))
+            self._weights_version = version
+        return self._fn
+
+    def forward(self, *args, **kwargs):
+        fn = self._compiled()
+        before, t0 = _graph_count(), time.perf_counter()
+        with torch.no_grad(), inductor_freezing():
+            out = fn(*args, **kwargs)
+        new = _graph_count() - before
+        if new > 0:
+            self.graphs += new
+            self.compile_seconds += time.perf_counter() - t0
+        return out
+
+    def summary(self) -> str:
+        """One line: graphs compiled and the warm-up time."""
+        return (f'torch.compile: {self.graphs} graph(s) compiled in '
+                f'{self.compile_seconds:.1f} s (warm-up, counted in the run time)')
+
