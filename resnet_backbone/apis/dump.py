@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # a dependency of mmdet
 
 from ..cli import ToolError
+from ..io.fileio import remove_dead_writers_temp_files
 from ..spec import check_choice
 from .dump_overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
 from .dump_report import write_report
@@ -108,6 +109,7 @@ class DumpSummary:
     bytes: int = 0
     ranks: int = 1
     index: Path | None = None
+    removed_temp: int = 0  # temporary files of killed writers removed at the start
 
     def line(self) -> str:
         rate = ''
@@ -117,8 +119,10 @@ class DumpSummary:
                     f'({self.dumped / self.seconds:.2f} images/s, '
                     f'{mb / self.seconds:.3g} MB/s, {mb / self.dumped:.3g} MB/image)')
         ranks = f' on {self.ranks} ranks' if self.ranks > 1 else ''
+        temp = (f', removed {self.removed_temp} temporary files of killed writers'
+                if self.removed_temp else '')
         return (f'dumped {self.dumped}{ranks}, already there {self.already_there}, '
-                f'skipped {self.skipped_words()}{rate}; index: {self.index}')
+                f'skipped {self.skipped_words()}{rate}{temp}; index: {self.index}')
 
     def skipped_words(self) -> str:
         """``'2 unreadable'``, ``'1 no such file'`` or ``'3 (2 unreadable, 1 no such file)'``."""
@@ -537,6 +541,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     t0 = time.time()
     with _writable(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # killed writers' temporary files; live ranks' writes are kept
+            summary.removed_temp = len(remove_dead_writers_temp_files(out_dir))
         own = {output_path(i, root, out_dir, fmt) for i in mine}
         for target, _ in plan.stale:  # overwrite: no stale file may outlive this run's start
             if target in own:

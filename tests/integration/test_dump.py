@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -93,9 +95,21 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(sheet, ARTIFACTS / 'dump_overlay_sheet.png')
 
+    # a killed writer's temporary file (its pid is gone) and a live writer's (this
+    # process: another rank, or another run, still writing)
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    dead = out / 'sub' / f'.{image.name}.safetensors.{gone.pid}.abcd_123.tmp'
+    dead.parent.mkdir(exist_ok=True)
+    dead.write_bytes(b'half a file')
+    live = out / 'overlays' / f'.{image.name}.c2.png.{os.getpid()}.x1y2z3w4.tmp'
+    live.write_bytes(b'being written')
+
     # re-run: nothing redone, the corrupt file reported again; --overwrite redoes all
     r = run_tool('dump_features.py', *args)
     assert 'dumped 0, already there 4, skipped 1 unreadable' in r.stderr
+    assert 'removed 1 temporary files of killed writers' in r.stderr
+    assert not dead.exists() and live.read_bytes() == b'being written'
     assert len(json.loads((out / 'index.json').read_text())['images']) == 4
     r = run_tool('dump_features.py', *args, '--overwrite')
     assert 'dumped 4, already there 0, skipped 1 unreadable' in r.stderr
