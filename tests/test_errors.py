@@ -221,3 +221,36 @@ def test_export_tool_ctrl_c_exits_130_without_partial_file(tmp_path, monkeypatch
     assert code == 130, err
     assert err.strip().splitlines()[-1].startswith('export.py: interrupted (Ctrl-C)'), err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+DUMP = Path(__file__).resolve().parents[1] / 'tools' / 'dump_features.py'
+SHAPES = str(Path(__file__).resolve().parents[1] / 'configs/shapes/retinanet_r18_fpn_shapes.py')
+
+
+@pytest.mark.parametrize('launcher,missing,hint', [
+    ('pytorch', 'RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT', 'bash tools/dist_dump.sh'),
+    ('slurm', 'SLURM_PROCID, SLURM_NTASKS', 'srun -n NPROC python tools/dump_features.py')])
+def test_dump_launcher_without_the_launcher_is_one_line(tmp_path, monkeypatch, capsys,
+                                                        launcher, missing, hint):
+    """Before: torch's (or SLURM's) own error from init_process_group."""
+    for var in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID',
+                'SLURM_NTASKS', 'RESNET_BACKBONE_DEBUG'):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / 'a.png').write_bytes(b'')  # never read: the check comes first
+    out = tmp_path / 'out'
+    code, _, err = run_cli(capsys, monkeypatch, DUMP, SHAPES, '--input', str(tmp_path / 'a.png'),
+                           '--out', str(out), '--launcher', launcher)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f'dump_features.py: error: --launcher {launcher}: {missing} not set'), err
+    assert hint in lines[0] and 'drop --launcher' in lines[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('flag', ['--report-only', '--rebuild-index'])
+def test_dump_index_only_without_a_folder_is_one_line(monkeypatch, capsys, flag):
+    code, _, err = run_cli(capsys, monkeypatch, DUMP, flag)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (
+        f'dump_features.py: error: {flag} needs the dump folder: {flag} DIR (or --out DIR)')

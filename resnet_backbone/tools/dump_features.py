@@ -5,7 +5,7 @@
         [--dtype float32|float16|bfloat16] [--batch-size N] [--workers N] [--writers N]
         [--overlay] [--overlay-mode mean|topk] [--overlay-max-side PX] [--device cpu]
         [--overwrite] [--no-strict] [--launcher none|pytorch|slurm]
-    python tools/dump_features.py --rebuild-index --out DIR
+    python tools/dump_features.py --rebuild-index DIR     (or --report-only DIR)
     bash tools/dist_dump.sh CONFIG NPROC [CHECKPOINT] --input PATH --out DIR ...
 
 Installed as ``rb-dump`` (same arguments); ``python tools/dump_features.py`` runs the same code.
@@ -61,7 +61,7 @@ from ..apis.features import FeatureExtractor, file_digest
 from ..apis.rois import coco_boxes, load_box_file
 from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
-from ..engine.training import load_config, setup_environment
+from ..engine.training import check_launcher, load_config, setup_environment
 from ..models.bf16 import COMPUTE_DTYPES
 from . import prog
 
@@ -76,11 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('config', nargs='?', help='mmdet config file')
     p.add_argument('checkpoint', nargs='?', help='checkpoint (default: random weights)')
     p.add_argument('--input', help='image, folder, or .txt list of images')
-    p.add_argument('--out', required=True, help='output folder')
-    p.add_argument('--rebuild-index', action='store_true',
-                   help='only (re)write DIR/index.json and index.csv from its manifests')
-    p.add_argument('--report-only', action='store_true',
-                   help='only (re)write the report DIR/index.html from DIR/index.json')
+    p.add_argument('--out', help='output folder')
+    p.add_argument('--rebuild-index', nargs='?', const=True, default=None, metavar='DIR',
+                   help='only (re)write DIR/index.json and index.csv from its manifests '
+                        '(DIR: this, else --out)')
+    p.add_argument('--report-only', nargs='?', const=True, default=None, metavar='DIR',
+                   help='only (re)write the report DIR/index.html from DIR/index.json '
+                        '(DIR: this, else --out)')
     p.add_argument('--levels', help='comma-separated, e.g. c1,c2,c3,c4,c5,p2,p3 '
                                     '(default: the backbone outputs)')
     p.add_argument('--format', default='safetensors', choices=FORMATS,
@@ -126,10 +128,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'detector, or (a backbone-only file) its backbone')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     args = p.parse_args(argv)
-    if args.rebuild_index or args.report_only:
+    for name in ('rebuild_index', 'report_only'):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag = f'--{name.replace("_", "-")}'
+        folder = args.out if value is True else value
+        if folder is None:
+            p.error(f'{flag} needs the dump folder: {flag} DIR (or --out DIR)')
+        if value is not True and args.out is not None and Path(value) != Path(args.out):
+            p.error(f'{flag} {value} and --out {args.out} name two folders; give one')
+        args.out = folder
         return args
+    if args.out is None:
+        p.error('the following arguments are required: --out')
     if args.config is None:
-        p.error('the following arguments are required: config (or --rebuild-index)')
+        p.error('the following arguments are required: config (or --rebuild-index DIR)')
     if args.input is None:
         p.error('the following arguments are required: --input')
     for name in ('batch_size', 'overlay_max_side'):
@@ -155,9 +169,30 @@ def main(argv=None):
         return rebuild_index(args.out)
     check_out_dir(args.out)  # before the model is built: fail fast, write nothing
     check_format_dtype(args.format, args.dtype)
+    check_dump_launcher(args.launcher)  # one line, not torch's or SLURM's error
     setup_environment()
     with process_group_closed():
         return _dump(args)
+
+
+_HOW_TO_LAUNCH = {
+    'pytorch': 'start it with torchrun (bash tools/dist_dump.sh CONFIG NPROC [CHECKPOINT] '
+               '--input PATH --out DIR does that), or drop --launcher to run one process',
+    'slurm': 'start it with srun (srun -n NPROC python tools/dump_features.py CONFIG '
+             '--input PATH --out DIR --launcher slurm), or drop --launcher to run one '
+             'process'}
+
+
+def check_dump_launcher(launcher: str) -> None:
+    """rb-train's one-line launcher check (:func:`~resnet_backbone.engine.training.
+    check_launcher`), with the dump's own launch commands in its hint."""
+    try:
+        check_launcher(launcher)
+    except ToolError as exc:
+        what, sep, _ = str(exc).partition('; ')
+        if not sep or launcher not in _HOW_TO_LAUNCH:
+            raise
+        raise ToolError(f'{what}; {_HOW_TO_LAUNCH[launcher]}') from None
 
 
 def roi_source(args, cfg, fx: FeatureExtractor) -> RoISource | None:

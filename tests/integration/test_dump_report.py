@@ -172,6 +172,8 @@ def test_report_only_rewrites_the_page_and_shows_compare_json(tmp_path):
         'rois': {'roi_pooled': {'cosine_mean': 0.99999998, 'cosine_min': None,
                                 'max_rel': 0.0005, 'mean_rel': 0.0001}},
         'notes': ['1 image has RoI features only in <b>; not compared']}))
+    (out / 'index.html').unlink(missing_ok=True)
+    assert dump_main(['--report-only', str(out)]) == out / 'index.html'  # the form
     assert dump_main(['--report-only', '--out', str(out)]) == out / 'index.html'
     text = (out / 'index.html').read_text(encoding='utf-8')
     assert 'id="compare"' in text and '/runs/fp16' in text

@@ -187,6 +187,9 @@ def test_manifests_rebuild_the_index_and_resume_reads_no_array_file(tmp_path, mo
     from resnet_backbone.tools.dump_features import main
     assert main(['--rebuild-index', '--out', str(out)]) == out / 'index.json'
     assert (out / 'index.json').read_text() == index
+    (out / 'index.json').unlink()
+    assert main(['--rebuild-index', str(out)]) == out / 'index.json'  # DIR given to it
+    assert (out / 'index.json').read_text() == index
     assert len(read_manifests(out)) == 3
 
     def no_reads(path):
