@@ -471,10 +471,36 @@ class FeatureExtractor:
             raise ValueError(f'rois: {len(rois)} box lists for {len(metas)} images')
         return roi_features(extractor, p_outs, metas, list(rois))
 
-    def roi_features(self, image: ImageInput, boxes: Boxes | PredictedBoxes
+    def roi_features(self, image: ImageInput,
+                     boxes: Boxes | PredictedBoxes | torch.Tensor | np.ndarray | Sequence
                      ) -> FeatureRecord:
-        """The maps of one image and the RoI features of ``boxes`` (original-image
-        pixels) or of the detector's predictions: ``record.rois``."""
+        """The maps of one image and the RoI features of ``boxes`` or of the detector's
+        predictions: ``record.rois`` (:class:`~resnet_backbone.apis.rois.RoIFeatures`:
+        ``rois`` (N, C, 7, 7), ``pooled`` (N, C), one record per box).
+
+        ``boxes``: an (N, 4) tensor, numpy array or list of ``x1, y1, x2, y2`` in
+        original-image pixels (labels -1, no scores); a
+        :class:`~resnet_backbone.apis.rois.Boxes` (with labels and scores); or
+        :class:`PredictedBoxes` for the detector's own predictions. Another shape is a
+        one-line ``ValueError``.
+
+        Example: ``fx.roi_features('photo.jpg', [[10, 20, 110, 90]]).rois.pooled``.
+        """
+        if not isinstance(boxes, (Boxes, PredictedBoxes)):
+            try:
+                array = (boxes.detach().float().cpu() if isinstance(boxes, torch.Tensor)
+                         else torch.from_numpy(np.asarray(boxes, dtype=np.float32)))
+            except (TypeError, ValueError):
+                raise ValueError('boxes must be numbers: an (N, 4) array of x1, y1, x2, y2 '
+                                 f'in original-image pixels; got {type(boxes).__name__}'
+                                 ) from None
+            if array.numel() == 0:
+                array = array.reshape(0, 4)  # no boxes: an empty result, not an error
+            if array.dim() != 2 or array.shape[1] != 4:
+                raise ValueError(f'boxes must be (N, 4): x1, y1, x2, y2 in original-image '
+                                 f'pixels, one row per box (one box: [[x1, y1, x2, y2]]); '
+                                 f'got shape {tuple(array.shape)}')
+            boxes = Boxes(array, torch.full((len(array),), -1, dtype=torch.long))
         request = boxes if isinstance(boxes, PredictedBoxes) else [boxes]
         return self.run_batch([self.load(image)], request)[0]
 

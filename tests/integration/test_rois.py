@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,26 @@ def test_given_boxes_equal_the_configs_own_extractor_on_a_flipped_resized_input(
     torch.testing.assert_close(rec.rois.pooled, ref.mean(dim=(2, 3)), rtol=1e-6, atol=1e-6)
     assert [r['box'] for r in rec.rois.records] == boxes.tolist()
     assert [r['label'] for r in rec.rois.records] == [0, 1, 2]
+
+
+def test_plain_box_arrays_are_accepted_and_a_wrong_shape_is_one_line(fx, photo):
+    import resnet_backbone.apis as apis
+    assert apis.Boxes is Boxes and apis.PredictedBoxes is PredictedBoxes
+    rows = [[10., 12., 60., 50.], [70., 5., 149., 99.]]
+    ref = fx.roi_features(photo, Boxes(torch.tensor(rows), torch.tensor([-1, -1])))
+    for given in (rows, np.array(rows, dtype=np.float64), torch.tensor(rows)):
+        rec = fx.roi_features(photo, given)
+        torch.testing.assert_close(rec.rois.rois, ref.rois.rois, rtol=0, atol=0)
+        assert [(r['box'], r['label'], r['score']) for r in rec.rois.records] == [
+            (b, -1, None) for b in rows]
+    assert fx.roi_features(photo, []).rois.records == []
+    for bad, shape in (([1., 2., 3., 4.], '(4,)'), (np.zeros((2, 5)), '(2, 5)')):
+        with pytest.raises(ValueError, match=rf'^boxes must be \(N, 4\).*got shape '
+                                             rf'{re.escape(shape)}$') as e:
+            fx.roi_features(photo, bad)
+        assert '\n' not in str(e.value)
+    with pytest.raises(ValueError, match='^boxes must be numbers'):
+        fx.roi_features(photo, [['a', 'b', 'c', 'd']])
 
 
 def test_predicted_boxes_map_back_as_mmdet_maps_them(fx, photo):
