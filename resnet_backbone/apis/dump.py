@@ -666,6 +666,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
             stored['rois'] = rec.rois.rois.to(DTYPES[dtype]).cpu()
             stored['roi_pooled'] = rec.rois.pooled.to(DTYPES[dtype]).cpu()
             meta['rois'] = rec.rois.records
+            meta['image_id'] = rec.rois.image_id  # the COCO image id (--rois gt), else None
             meta['roi_extractor'] = fx.roi_extractor()[1]
             if rec.rois.note:
                 meta['rois_note'] = rec.rois.note

@@ -243,8 +243,9 @@ def index_entry(image: str, file: str, meta: dict) -> dict:
     entry = {'image': image, 'file': file, 'ori_shape': meta.get('ori_shape'),
              'img_shape': meta.get('img_shape'), 'pad_shape': meta.get('pad_shape'),
              'scale_factor': meta.get('scale_factor'), 'levels': meta.get('levels', {})}
-    if 'rois' in meta:  # the boxes (original pixels), labels, scores and levels
+    if 'rois' in meta:  # the boxes (original pixels), labels, scores, image ids, levels
         entry['rois'] = meta['rois']
+        entry['image_id'] = meta.get('image_id')  # COCO's (--rois gt), else None
     return entry
 
 

@@ -17,7 +17,8 @@ Everything numeric is mmdet's own:
 
 Per image the result is ``rois`` (N, C, 7, 7), ``roi_pooled`` (N, C: the mean over the
 7x7 cells) and a record per box: ``box`` (x1, y1, x2, y2, original pixels), ``label``,
-``score`` (None for given boxes), ``level``, ``clipped``, ``zero_area``.
+``score`` (None for given boxes), ``image_id`` (the COCO image id of ``gt`` boxes; None
+for predictions and boxes of a file), ``level``, ``clipped``, ``zero_area``.
 
 Edge cases, by design: an empty box list gives (0, C, 7, 7) and (0, C) arrays; a box
 partly outside the image is clipped to it (``clipped: true``; the stored box is the
@@ -54,6 +55,7 @@ class Boxes:
     labels: torch.Tensor  # (N,) int64, -1 where unknown
     scores: torch.Tensor | None = None  # (N,) for predictions
     note: str | None = None  # e.g. 'not in the annotation file'
+    image_id: int | str | None = None  # the COCO image id (gt boxes); None otherwise
 
     @classmethod
     def empty(cls, note: str | None = None) -> Boxes:
@@ -68,6 +70,7 @@ class RoIFeatures:
     pooled: torch.Tensor  # (N, C)
     records: list[dict] = field(default_factory=list)
     note: str | None = None  # the boxes' note, e.g. 'not in the annotation file'
+    image_id: int | str | None = None  # the boxes' COCO image id (gt), else None
 
 
 # ---------------------------------------------------------------- the extractor
@@ -181,9 +184,10 @@ def roi_features(extractor: nn.Module, p_outs: tuple, metas: list[dict],
             records.append({
                 'box': [x1, y1, x2, y2], 'label': int(b.labels[j]),
                 'score': None if b.scores is None else float(b.scores[j]),
+                'image_id': b.image_id,
                 'level': int(levels[start + j]), 'clipped': bool(clipped[i][j]),
                 'zero_area': (x2 - x1) * (y2 - y1) <= 0})
-        out.append(RoIFeatures(f, f.mean(dim=(2, 3)), records, b.note))
+        out.append(RoIFeatures(f, f.mean(dim=(2, 3)), records, b.note, b.image_id))
         start += n
     return out
 
@@ -216,8 +220,9 @@ def lookup(table: dict, image: str, what: str) -> Boxes:
 
 def coco_boxes(ann_file: str | Path, classes: list[str] | None) -> dict:
     """``{file_name: Boxes}`` from a COCO annotation file; labels index ``classes`` (the
-    config's class names) by category name, -1 for a category not among them. Crowd
-    annotations are left out, as mmdet's CocoDataset does."""
+    config's class names) by category name, -1 for a category not among them; each
+    ``Boxes`` keeps its COCO ``image_id``. Crowd annotations are left out, as mmdet's
+    CocoDataset does."""
     path = Path(ann_file)
     try:
         coco = json.loads(path.read_text())
@@ -228,6 +233,7 @@ def coco_boxes(ann_file: str | Path, classes: list[str] | None) -> dict:
         raise ToolError(f'--ann-file {path}: not a readable COCO annotation file ({exc}); '
                         'pass the instances_*.json of the images') from None
     rows: dict[str, list] = {name: [] for name in files.values()}
+    ids = {name: image_id for image_id, name in files.items()}
     for a in anns:
         if a.get('iscrowd', 0) or a.get('image_id') not in files:
             continue
@@ -236,7 +242,7 @@ def coco_boxes(ann_file: str | Path, classes: list[str] | None) -> dict:
         label = classes.index(name) if classes and name in classes else -1
         rows[files[a['image_id']]].append(([x, y, x + w, y + h], label))
     table = {f: Boxes(torch.tensor([r[0] for r in v], dtype=torch.float32).reshape(-1, 4),
-                      torch.tensor([r[1] for r in v], dtype=torch.long))
+                      torch.tensor([r[1] for r in v], dtype=torch.long), image_id=ids[f])
              for f, v in rows.items()}
     return _index(table)
 

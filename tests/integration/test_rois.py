@@ -17,7 +17,7 @@ from PIL import Image
 
 from resnet_backbone.apis.dump import collect_images, load_levels, output_path
 from resnet_backbone.apis.features import FeatureExtractor, PredictedBoxes
-from resnet_backbone.apis.rois import Boxes, load_box_file
+from resnet_backbone.apis.rois import Boxes, coco_boxes, load_box_file, lookup
 from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
 
@@ -52,9 +52,10 @@ def photo(tmp_path):
     return path
 
 
-def by_hand(fx, photo):
-    """mmdet's pipeline, preprocessor and extract_feat, with nothing of ours."""
-    cfg = flipped_cfg()
+def by_hand(fx, photo, cfg=None):
+    """mmdet's pipeline, preprocessor and extract_feat, with nothing of ours (the flipped
+    config unless ``cfg``)."""
+    cfg = flipped_cfg() if cfg is None else cfg
     pipeline = [t for t in cfg.test_dataloader.dataset.pipeline if 'Annotations' not in t['type']]
     with DefaultScope.overwrite_default_scope('mmdet'):
         data = Compose(pipeline)(dict(img_path=str(photo), img_id=0))
@@ -129,6 +130,7 @@ def test_predicted_boxes_map_back_as_mmdet_maps_them(fx, photo):
     torch.testing.assert_close(flipped, pred, rtol=0, atol=1e-3)
     assert len(rec.rois.records) == 10 and all(r['score'] is not None
                                                for r in rec.rois.records)
+    assert all(r['image_id'] is None for r in rec.rois.records)  # predictions: no COCO id
 
 
 def test_edge_cases_empty_outside_and_zero_area(fx, photo):
@@ -174,9 +176,23 @@ def test_a_bad_row_in_a_box_file_is_one_line(kind, tmp_path):
     assert str(e.value).startswith(where) and '\n' not in str(e.value)
 
 
-def test_dump_tool_rois_gt_and_from_a_file(tmp_path):
-    """--rois gt on the embedded val images: boxes from the annotation file, features and
-    index; --rois FILE; the fingerprint keeps RoI settings apart."""
+def flip_mapped(boxes, info):
+    """Original-image boxes mapped into a resized, horizontally flipped input by hand."""
+    sx, sy = info['scale_factor']
+    w = info['img_shape'][1]
+    mapped = boxes * torch.tensor([sx, sy, sx, sy])
+    return torch.stack([w - mapped[:, 2], mapped[:, 1], w - mapped[:, 0], mapped[:, 3]], 1)
+
+
+def rel(a, b) -> float:
+    return float((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-12)) if b.numel() else 0.0
+
+
+def test_dump_tool_rois_gt_and_from_a_file(tmp_path, fx):
+    """--rois gt on the embedded val images (batched): boxes from the annotation file, the
+    dumped features equal the config's own extractor on them, image ids in the records
+    and the index; the same on a flipped, resized input; --rois FILE; the fingerprint
+    keeps RoI settings apart."""
     from resnet_backbone.data.shapes import generate
     data = generate(tmp_path / 'shapes', num_train=1, num_val=3, size=64)
     ann = json.loads((data / 'annotations' / 'instances_val.json').read_text())
@@ -184,18 +200,45 @@ def test_dump_tool_rois_gt_and_from_a_file(tmp_path):
     base = [sys.executable, str(ROOT / 'tools' / 'dump_features.py'), FASTER, '--input',
             str(data / 'val'), '--levels', 'c5', '--workers', '0']
     r = subprocess.run([*base, '--out', str(out), '--rois', 'gt', '--ann-file',
-                        str(data / 'annotations' / 'instances_val.json')],
+                        str(data / 'annotations' / 'instances_val.json'), '--batch-size', '2'],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     images, root = collect_images(data / 'val')
     index = json.loads((out / 'index.json').read_text())
+    plain_cfg = load_config(FASTER)
+    tool_fx = FeatureExtractor.from_config(plain_cfg, levels=['c5'])  # the tool's weights
+    ids = {}
     for image in images:
         levels, meta = load_levels(output_path(image, root, out, 'safetensors'))
         file_id = next(im['id'] for im in ann['images'] if im['file_name'].endswith(image.name))
-        n = sum(a['image_id'] == file_id for a in ann['annotations'])
-        assert levels['rois'].shape[0] == levels['roi_pooled'].shape[0] == len(meta['rois']) == n
+        ids[str(image)] = file_id
+        mine = [a['bbox'] for a in ann['annotations']
+                if a['image_id'] == file_id and not a.get('iscrowd', 0)]
+        assert levels['rois'].shape[0] == levels['roi_pooled'].shape[0] == len(meta['rois'])
+        assert len(mine) == len(meta['rois']) > 0
         assert meta['roi_extractor'] == "the config's roi_head.bbox_roi_extractor"
-    assert all('rois' in e for e in index['images'])
+        assert [r['image_id'] for r in meta['rois']] == [file_id] * len(mine)
+        assert meta['image_id'] == file_id
+        # the config's own bbox_roi_extractor on the annotation boxes mapped by hand
+        model, batch, x = by_hand(tool_fx, image, plain_cfg)
+        info = batch['data_samples'][0].metainfo
+        assert tuple(meta['scale_factor']) == tuple(info['scale_factor'])
+        sx, sy = info['scale_factor']
+        boxes = torch.tensor([[bx, by, bx + bw, by + bh] for bx, by, bw, bh in mine])
+        ref = extractor_by_hand(model, x, boxes * torch.tensor([sx, sy, sx, sy]))
+        assert rel(levels['rois'], ref) <= 1e-6, (image, rel(levels['rois'], ref))
+        assert rel(levels['roi_pooled'], ref.mean(dim=(2, 3))) <= 1e-6
+    assert {e['image']: e['image_id'] for e in index['images']} == ids
+    assert all(r['image_id'] == e['image_id'] for e in index['images'] for r in e['rois'])
+
+    # gt boxes on a flipped, resized input: the config's own extractor on them by hand
+    table = coco_boxes(data / 'annotations' / 'instances_val.json', None)
+    gt = lookup(table, str(images[0]), 'the annotation file')
+    rec = fx.roi_features(images[0], gt)
+    assert rec.meta['flip'] and rec.rois.image_id == ids[str(images[0])]
+    model, batch, x = by_hand(fx, images[0])
+    ref = extractor_by_hand(model, x, flip_mapped(gt.boxes, batch['data_samples'][0].metainfo))
+    assert rel(rec.rois.rois, ref) <= 1e-6
 
     boxes = tmp_path / 'boxes.csv'
     boxes.write_text(f'image,x1,y1,x2,y2,label\n{images[0].name},1,2,30,40,2\n')
@@ -204,6 +247,7 @@ def test_dump_tool_rois_gt_and_from_a_file(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     levels, meta = load_levels(output_path(images[0], root, tmp_path / 'file', 'safetensors'))
     assert meta['rois'][0]['box'] == [1.0, 2.0, 30.0, 40.0] and meta['rois'][0]['label'] == 2
+    assert meta['rois'][0]['image_id'] is None and meta['image_id'] is None  # not COCO's
     _, other = load_levels(output_path(images[1], root, tmp_path / 'file', 'safetensors'))
     assert other['rois'] == [] and other['rois_note'] == 'not in the box file'
     # the same folder without --rois: another fingerprint, so it stops
