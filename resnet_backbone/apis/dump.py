@@ -536,6 +536,9 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     mine = [img for i, img in enumerate(images) if i % world == rank]
     mine_set = {str(i) for i in mine}
     todo = [img for img in mine if str(img) in plan.todo]
+    # rank 0 follows the other ranks' manifests from before the run id exists: no record
+    # of this run can be written before its tail starts, so none is missed by the bar
+    tail = ManifestTail(out_dir) if progress and rank == 0 and world > 1 else None
     run_id = _broadcast(uuid.uuid4().hex)
     summary = DumpSummary(ranks=world)
     t0 = time.time()
@@ -552,8 +555,8 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
             for image, rec in plan.adopt.items():  # files without records get theirs now
                 if image in mine_set:
                     manifest.append(record('dumped', image, rec['meta']['file'], rank=rank,
-                                           run=run_id, **{k: v for k, v in rec.items()
-                                                          if k != 'meta'},
+                                           run=run_id, adopted=True,  # not progress
+                                           **{k: v for k, v in rec.items() if k != 'meta'},
                                            meta=rec['meta']))
             scale, ready = (_overlay_scale(fx, images, out_dir, fp, rank, rois) if overlay
                             else (None, {}))
@@ -561,7 +564,7 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
             mine_stats = _run(fx, todo, root, out_dir, manifest, fp, run_id, rank, world,
                               fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
                               max_side=overlay_max_side, scale=scale, config=config,
-                              progress=progress and rank == 0, total=len(plan.todo),
+                              progress=progress and rank == 0, total=len(plan.todo), tail=tail,
                               batch_size=batch_size, workers=workers, writers=writers,
                               rois=rois, ready=ready)
         finally:
@@ -605,6 +608,9 @@ def _overlay_scale(fx: FeatureExtractor, images: Sequence[Path], out_dir: Path, 
     return (scale if rank == 0 else OverlayScale.load(out_dir, fp)), ready
 
 
+#: Rank 0 stops waiting for the other ranks' records after this long without one (s).
+STALL_S = 600.0
+
 #: Fault injection for the tests: ``RANK:N`` makes that rank kill itself (SIGKILL, no
 #: clean-up of any kind) right after its N-th image is written, as a crashed node would.
 KILL_AFTER_ENV = 'RESNET_BACKBONE_DUMP_KILL_AFTER'
@@ -623,12 +629,14 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
          dtype: str, overlay: bool, overlay_mode: str, max_side: int,
          scale: OverlayScale | None, config: str | None, progress: bool, total: int,
          batch_size: int, workers: int, writers: int, rois: RoISource | None,
-         ready: dict[str, FeatureRecord]) -> dict:
-    """This rank's loop: load -> batch -> forward -> writers. Returns its counts."""
+         ready: dict[str, FeatureRecord], tail: ManifestTail | None = None) -> dict:
+    """This rank's loop: load -> batch -> forward -> writers. Returns its counts.
+    ``tail``: rank 0's follower of the other ranks' manifests (made before the run id
+    was sent), for one progress bar."""
     stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
     kill_after = _kill_after(rank)
     lock = threading.Lock()
-    tail = ManifestTail(out_dir) if progress and world > 1 else None
+    tail = tail if progress and world > 1 else None
     bar = tqdm(total=total, desc='dump', unit='img', disable=not progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     started = time.time()
@@ -686,7 +694,8 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
     def follow_others() -> None:
         if tail is not None:
             new = [r for r in tail.poll(skip=manifest.path)
-                   if r.get('run') == run_id and r.get('rank') != rank]
+                   if r.get('run') == run_id and r.get('rank') != rank
+                   and not r.get('adopted')]
             if new:
                 tick(len(new), sum(r.get('bytes', 0) for r in new))
 
@@ -726,7 +735,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
     # rank 0 keeps the bar moving until every rank's records are in (a rank that died
     # ends the whole job under torchrun; a stall of 10 minutes ends the wait here)
     last_n, last_change = bar.n, time.time()
-    while tail is not None and bar.n < total and time.time() - last_change < 600:
+    while tail is not None and bar.n < total and time.time() - last_change < STALL_S:
         time.sleep(0.5)
         follow_others()
         if bar.n != last_n:

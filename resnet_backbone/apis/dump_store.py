@@ -173,6 +173,9 @@ class Manifest:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file = open(self.path, 'a', encoding='utf-8')  # noqa: SIM115 - closed in close()
+        if _ends_mid_line(self.path):  # a line cut short by a kill: start a line of our own
+            self._file.write('\n')
+            self._file.flush()
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, separators=(',', ':')) + '\n'
@@ -183,6 +186,16 @@ class Manifest:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """True if ``path`` is not empty and its last byte is not a newline."""
+    with open(path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b'\n'
 
 
 def read_manifests(out_dir: Path) -> dict[str, dict]:

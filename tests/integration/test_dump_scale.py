@@ -15,7 +15,7 @@ from PIL import Image
 
 import resnet_backbone.apis.dump as dump
 from resnet_backbone.apis.dump import collect_images, dump_features, load_levels, output_path
-from resnet_backbone.apis.dump_store import read_manifests
+from resnet_backbone.apis.dump_store import Manifest, manifest_path, read_manifests, record
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
@@ -175,7 +175,8 @@ def test_overlays_share_one_scale_per_level(tmp_path):
     assert meta_a['overlay_scale'] == meta_b['overlay_scale'] == scale['ranges']
 
 
-def test_manifests_rebuild_the_index_and_resume_reads_no_array_file(tmp_path, monkeypatch):
+def test_manifests_rebuild_the_index_and_resume_reads_no_array_file(tmp_path, monkeypatch,
+                                                                     capsys):
     fx = FeatureExtractor.from_config(CONFIG, levels=LEVELS)
     images, root = make_images(tmp_path / 'in', [(64, 80)] * 3)
     out = tmp_path / 'out'
@@ -197,6 +198,39 @@ def test_manifests_rebuild_the_index_and_resume_reads_no_array_file(tmp_path, mo
     monkeypatch.setattr(dump, 'read_meta', no_reads)
     s = dump_features(fx, images, root, out, progress=False)
     assert s.already_there == 3 and s.dumped == 0
+
+    # two ranks, faked in-process: "rank 1" writes its record as soon as it has the run
+    # id, before rank 0 starts its loop; rank 0's bar must count it (its tail used to
+    # start after the broadcast, missed it, and waited STALL_S for it: 10 minutes)
+    two = tmp_path / 'two'
+
+    def broadcast(run_id):
+        m = Manifest(two, 1)
+        m.append(record('dumped', str(images[1]), f'{images[1].name}.safetensors', rank=1,
+                        run=run_id, bytes=10))
+        m.close()
+        return run_id
+    monkeypatch.setattr(dump, '_dist_info', lambda: (0, 2))
+    monkeypatch.setattr(dump, '_broadcast', broadcast)
+    monkeypatch.setattr(dump, '_gather', lambda mine: [mine, {'dumped': 1, 'bytes': 10,
+                                                              'already': 0, 'skipped': []}])
+    monkeypatch.setattr(dump, '_barrier', lambda: None)
+    monkeypatch.setattr(dump, 'STALL_S', 2.0)
+    capsys.readouterr()
+    s = dump_features(fx, images[:2], root, two, progress=True)
+    bar = capsys.readouterr().err.strip().splitlines()[-1]
+    assert s.dumped == 2 and '| 2/2 ' in bar, bar
+
+
+def test_a_manifest_line_cut_short_by_a_kill_does_not_swallow_the_next_record(tmp_path):
+    manifest_path(tmp_path, 0).parent.mkdir()
+    with open(manifest_path(tmp_path, 0), 'w') as f:
+        f.write('{"status": "dumped", "image": "a.png", "file": "a.png.safetensors"}\n'
+                '{"status": "dumped", "image": "cut short by a ki')  # a killed writer
+    m = Manifest(tmp_path, 0)  # the re-run of that rank appends to the same file
+    m.append(record('dumped', 'b.png', 'b.png.safetensors', rank=0, run='x'))
+    m.close()
+    assert sorted(read_manifests(tmp_path)) == ['a.png.safetensors', 'b.png.safetensors']
 
 
 def test_bfloat16_storage(tmp_path):
