@@ -724,6 +724,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
                 rec = ready.pop(str(item.image), None) or computed[id(item)]
                 item.sample = None  # the input is no longer needed: free it
                 pool.put((item, rec))
+            computed = rec = None  # the writers own these maps now: not held here too
             if time.time() - last_poll > 1.0:
                 follow_others()
                 last_poll = time.time()
