@@ -50,6 +50,7 @@ except ImportError:
 
 from ..engine.compat import quiet_init_logging
 from ..models.bf16 import InferenceBackbone, check_compute_dtype, inference_model
+from ..models.compiled import inductor_freezing
 from ..models.fast import mkldnn_fusion
 from ..models.resnet import ResNetV1Custom
 from ..spec import allowed
@@ -417,22 +418,6 @@ def count_gflop(depth: int, batch: int, size: int, frozen_stages: int, norm_eval
     return out
 
 
-@contextlib.contextmanager
-def _inductor_freezing(on: bool):
-    """Inductor's ``freezing`` (weights as constants: conv + BN folded at compile time)
-    for inference graphs, as a user compiling a model for inference would set it."""
-    if not on:
-        yield
-        return
-    import torch._inductor.config as cfg  # Inductor is heavy to import: compiled runs only
-    old = cfg.freezing
-    cfg.freezing = True
-    try:
-        yield
-    finally:
-        cfg.freezing = old
-
-
 def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, ...] = (
         'eval', 'train'), with_cp: bool = False, channels_last: bool = False,
         amp_dtype: str | None = None, device: str = 'cpu', repeats: int = 5, warmup: int = 2,
@@ -480,7 +465,7 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
             if spec.nofuse:
                 step = _under(lambda: mkldnn_fusion(False), step)
             if spec.compiled and mode == 'eval':
-                step = _under(lambda: _inductor_freezing(True), step)
+                step = _under(inductor_freezing, step)
             v = Variant(name, mode, v_dtype, gflop=gflop.get(mode))
             if mode == 'train' and not spec.compiled:
                 m.train(True)
