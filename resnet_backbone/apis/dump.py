@@ -121,8 +121,9 @@ class DumpSummary:
         ranks = f' on {self.ranks} ranks' if self.ranks > 1 else ''
         temp = (f', removed {self.removed_temp} temporary files of killed writers'
                 if self.removed_temp else '')
-        return (f'dumped {self.dumped}{ranks}, already there {self.already_there}, '
-                f'skipped {self.skipped_words()}{rate}{temp}; index: {self.index}')
+        skipped = f', skipped {self.skipped_words()}' if self.skipped else ''
+        return (f'dumped {self.dumped}{ranks}, already there {self.already_there}'
+                f'{skipped}{rate}{temp}; index: {self.index}')
 
     def skipped_words(self) -> str:
         """``'2 unreadable'``, ``'1 no such file'`` or ``'3 (2 unreadable, 1 no such file)'``."""
@@ -637,8 +638,8 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
     kill_after = _kill_after(rank)
     lock = threading.Lock()
     tail = tail if progress and world > 1 else None
-    bar = tqdm(total=total, desc='dump', unit='img', disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(total=total, desc='dump', unit='img', disable=not progress or total == 0,
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)  # no bar: nothing to do
     started = time.time()
     seen_bytes = [0]
 

@@ -262,12 +262,13 @@ def _dump(args):
     if rank == 0:
         note = f" ({fx.weights['note']})" if fx.weights.get('note') else ''
         ranks = f' on {dist.get_world_size()} ranks' if dist.is_initialized() else ''
-        mode = ('batched by padded shape' if getattr(fx.backbone, 'fast', False)
-                else 'reference mode: one image per forward, bitwise batch 1')
+        mode = ('' if args.batch_size == 1  # nothing is batched: nothing to say about it
+                else ' (batched by padded shape)' if getattr(fx.backbone, 'fast', False)
+                else ' (reference mode: one image per forward, bitwise batch 1)')
         compute = ''.join([f', compute {args.compute_dtype}' * (args.compute_dtype != 'fp32'),
                            ', compiled' * args.compile])
         print(f'[dump] {len(images)} images{ranks}, levels {", ".join(fx.levels)}, '
-              f'batch {args.batch_size} ({mode}){compute}, weights: {fx.weights["source"]}'
+              f'batch {args.batch_size}{mode}{compute}, weights: {fx.weights["source"]}'
               f'{note}', file=sys.stderr)
     rois = roi_source(args, cfg, fx)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,

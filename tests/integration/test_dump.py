@@ -65,6 +65,7 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
     warnings = [ln for ln in r.stderr.splitlines() if 'WARNING: skipped' in ln]
     assert len(warnings) == 1 and 'corrupt.png' in warnings[0]
     assert 'dumped 4, already there 0, skipped 1 unreadable' in r.stderr
+    assert ', batch 1, weights: ' in r.stderr  # batch 1: not a word about batching
 
     index = json.loads((out / 'index.json').read_text())
     assert len(index['images']) == 4 and len(index['skipped']) == 1

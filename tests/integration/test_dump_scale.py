@@ -196,8 +196,11 @@ def test_manifests_rebuild_the_index_and_resume_reads_no_array_file(tmp_path, mo
     def no_reads(path):
         raise AssertionError(f'resume opened {path}')
     monkeypatch.setattr(dump, 'read_meta', no_reads)
-    s = dump_features(fx, images, root, out, progress=False)
+    capsys.readouterr()
+    s = dump_features(fx, images, root, out, progress=True)
     assert s.already_there == 3 and s.dumped == 0
+    assert capsys.readouterr().err == ''  # nothing to do: no empty bar (it printed twice)
+    assert s.line().startswith('dumped 0, already there 3; index: ')  # no "skipped 0"
 
     # two ranks, faked in-process: "rank 1" writes its record as soon as it has the run
     # id, before rank 0 starts its loop; rank 0's bar must count it (its tail used to
