@@ -2,6 +2,7 @@
 
     python tools/benchmark_dump.py [CONFIG] [--images 8] [--levels c2,c3,c4,c5]
         [--big] [--batch-size 1] [--workers 2] [--writers 1] [--device cpu] [--json F]
+        [--dtype float32|float16|bfloat16] [--compute-dtype fp32|bf16]
 
 Installed as ``rb-benchmark-dump``; ``python tools/benchmark_dump.py`` runs the same code.
 
@@ -11,13 +12,16 @@ generated once (seeded). Rows, each timed over the same images after one warm-up
 
 - ``forward only``: the test pipeline and backbone + neck, one image after another,
   nothing kept: the floor a dump can reach;
-- ``dump``: the default dump (safetensors, float32) into a fresh folder;
+- ``dump``: the default dump (safetensors, storage ``--dtype``, float32 by default) into a
+  fresh folder;
 - ``dump --overlay``: the same with overlays (mean mode);
 - with ``--big``: one 4000x3000 photo with ``--overlay`` over 9 levels (c2-c5, p3-p7),
   against its own forward, each in a fresh process (decoding included, no workers) whose
   peak RSS (``VmHWM``) is reported, and its RSS once the model is built.
 
-The ratio column is wall time over the forward-only wall time of the same run.
+The ratio column is wall time over the forward-only wall time of the same run. With
+``--compute-dtype bf16`` every row, the forward-only one included, runs the backbone's
+bf16 inference tier (as ``rb-dump --compute-dtype bf16``).
 """
 from __future__ import annotations
 
@@ -34,10 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..apis.dump import collect_images, dump_features
+from ..apis.dump import DTYPES, collect_images, dump_features
 from ..apis.features import FeatureExtractor
-from ..cli import run_tool
+from ..cli import ToolError, run_tool
 from ..engine.training import setup_environment
+from ..models.bf16 import COMPUTE_DTYPES
 from . import prog
 
 DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'
@@ -93,6 +98,19 @@ def forward_only(fx, images) -> float:
     return time.perf_counter() - t0
 
 
+def _extractor(args, levels: str):
+    """The model under test, computing in ``--compute-dtype`` (passed only when it is not
+    fp32: an older checkout's ``from_config`` has no such keyword)."""
+    extra = {}
+    if args.compute_dtype != 'fp32':
+        if 'compute_dtype' not in inspect.signature(FeatureExtractor.from_config).parameters:
+            raise ToolError(f'--compute-dtype {args.compute_dtype}: this checkout\'s '
+                            'FeatureExtractor has no compute dtype; drop the flag')
+        extra['compute_dtype'] = args.compute_dtype
+    return FeatureExtractor.from_config(args.config, device=args.device, levels=levels,
+                                        **extra)
+
+
 def _dump(fx, images, root, out, **kwargs):
     """dump_features with the keywords this checkout's version takes (an older one has
     no batch_size, workers or writers: those rows then time its one sequential loop)."""
@@ -111,6 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--writers', type=int, default=1)
     p.add_argument('--device', default='cpu')
+    p.add_argument('--dtype', default='float32', choices=list(DTYPES),
+                   help="the dumps' storage dtype (rb-dump --dtype); not what the model "
+                        'computes in')
+    p.add_argument('--compute-dtype', default='fp32', choices=list(COMPUTE_DTYPES),
+                   help='what the model computes in, for every row (rb-dump '
+                        "--compute-dtype: bf16 is the backbone's bf16 inference tier)")
     p.add_argument('--json', help='write the rows here')
     p.add_argument('--repeats', type=int, default=1,
                    help='run the rows this many times, interleaved; the medians are shown')
@@ -122,7 +146,7 @@ def _child(args) -> None:
     """One case of the big photo in this fresh process; prints its JSON row."""
     setup_environment()
     case, photo, out = args._child.split('|')
-    fx = FeatureExtractor.from_config(args.config, device=args.device, levels=BIG_LEVELS)
+    fx = _extractor(args, BIG_LEVELS)
     images, root = collect_images(photo)
     built = peak_rss_mib()  # the model built and probed, before the photo
     t0 = time.perf_counter()
@@ -131,7 +155,7 @@ def _child(args) -> None:
     else:
         # workers=0: decoding in this process too, so its peak RSS is the whole dump's
         _dump(fx, images, root, Path(out), overlay=True, progress=False, workers=0,
-              writers=args.writers)
+              writers=args.writers, dtype=args.dtype)
     seconds = time.perf_counter() - t0
     rss = peak_rss_mib()
     print(json.dumps({'seconds': seconds, 'peak_rss_mib': rss, 'rss_before_mib': built}))
@@ -143,7 +167,8 @@ def _big(args, tmp: Path) -> list[dict]:
     for case in ('forward', 'dump'):
         cmd = [sys.executable, '-m', 'resnet_backbone.tools.benchmark_dump', args.config,
                '--device', args.device, '--workers', str(args.workers), '--writers',
-               str(args.writers), '--_child', f'{case}|{photo}|{tmp / "big_out"}']
+               str(args.writers), '--dtype', args.dtype, '--compute-dtype',
+               args.compute_dtype, '--_child', f'{case}|{photo}|{tmp / "big_out"}']
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[case] = json.loads(r.stdout.strip().splitlines()[-1])
     base = rows['forward']['seconds']
@@ -158,7 +183,7 @@ def main(argv=None) -> list[dict]:
     if args._child:
         return _child(args)
     setup_environment()
-    fx = FeatureExtractor.from_config(args.config, device=args.device, levels=args.levels)
+    fx = _extractor(args, args.levels)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_photos(tmp / 'photos', args.images + 1)
@@ -166,7 +191,7 @@ def main(argv=None) -> list[dict]:
         warm, images = images[:1], images[1:]
         forward_only(fx, warm)
         opts = dict(progress=False, batch_size=args.batch_size, workers=args.workers,
-                    writers=args.writers)
+                    writers=args.writers, dtype=args.dtype)
         runs: dict[str, list[dict]] = {}
         for rep in range(args.repeats):  # interleaved: a load change hits every row alike
             runs.setdefault('forward only', []).append(
@@ -195,7 +220,7 @@ def main(argv=None) -> list[dict]:
     print(f'{len(images)} photos of 512-1280 px, medians of {args.repeats}, '
           f'{Path(args.config).name}, levels '
           f'{args.levels}, batch {args.batch_size}, workers {args.workers}, writers '
-          f'{args.writers}, {args.device}')
+          f'{args.writers}, storage {args.dtype}, compute {args.compute_dtype}, {args.device}')
     print(f"{'case':44s} {'wall s':>8s} {'s/image':>8s} {'x forward':>9s} {'MB/s':>7s} "
           f"{'peak RSS MiB':>12s} {'(model only)':>12s}")
     for r in rows:
