@@ -119,7 +119,8 @@ class DumpSummary:
                     f'({self.dumped / self.seconds:.2f} images/s, '
                     f'{mb / self.seconds:.3g} MB/s, {mb / self.dumped:.3g} MB/image)')
         ranks = f' on {self.ranks} ranks' if self.ranks > 1 else ''
-        temp = (f', removed {self.removed_temp} temporary files of killed writers'
+        temp = (f', removed {self.removed_temp} temporary '
+                f'file{"s" * (self.removed_temp != 1)} of killed writers'
                 if self.removed_temp else '')
         skipped = f', skipped {self.skipped_words()}' if self.skipped else ''
         return (f'dumped {self.dumped}{ranks}, already there {self.already_there}'

@@ -109,7 +109,7 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
     # re-run: nothing redone, the corrupt file reported again; --overwrite redoes all
     r = run_tool('dump_features.py', *args)
     assert 'dumped 0, already there 4, skipped 1 unreadable' in r.stderr
-    assert 'removed 1 temporary files of killed writers' in r.stderr
+    assert 'removed 1 temporary file of killed writers' in r.stderr
     assert not dead.exists() and live.read_bytes() == b'being written'
     assert len(json.loads((out / 'index.json').read_text())['images']) == 4
     r = run_tool('dump_features.py', *args, '--overwrite')
