@@ -541,13 +541,19 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     # rank 0 follows the other ranks' manifests from before the run id exists: no record
     # of this run can be written before its tail starts, so none is missed by the bar
     tail = ManifestTail(out_dir) if progress and rank == 0 and world > 1 else None
+    removed = 0
+    if rank == 0 and out_dir.is_dir():
+        # killed writers' temporary files, before the broadcast: no rank passes it before
+        # rank 0 joins, so no write of this run has started on any host (the pids in the
+        # names are only this host's)
+        with _writable(out_dir):
+            removed = len(remove_dead_writers_temp_files(out_dir))
     run_id = _broadcast(uuid.uuid4().hex)
     summary = DumpSummary(ranks=world)
+    summary.removed_temp = removed
     t0 = time.time()
     with _writable(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0:  # killed writers' temporary files; live ranks' writes are kept
-            summary.removed_temp = len(remove_dead_writers_temp_files(out_dir))
         own = {output_path(i, root, out_dir, fmt) for i in mine}
         for target, _ in plan.stale:  # overwrite: no stale file may outlive this run's start
             if target in own:

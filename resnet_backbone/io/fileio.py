@@ -82,8 +82,8 @@ def remove_dead_writers_temp_files(folder: str | Path, *, recursive: bool = True
     writes anything), or the file was last written more than :data:`STALE_TEMP_AGE_S`
     ago. So the writes in flight of other live processes (the other ranks of the same
     run, another run in the same folder) are left alone. Names without a pid go by age
-    only. The pid is this host's: processes on several hosts writing one folder at once
-    must not call it.
+    only. The pid is this host's: call it only while no process of another host writes
+    to ``folder`` (the dump calls it on rank 0 before the ranks' first collective).
     """
     removed: list[Path] = []
     folder = Path(folder)
