@@ -233,7 +233,7 @@ def test_inductor_compiled_matches_eager(name):
     import torch
     from conftest import rel_err
 
-    from resnet_backbone.apis.benchmark import _inductor_freezing
+    from resnet_backbone.models.compiled import inductor_freezing
     torch._dynamo.reset()
     eager = build_models(18, include=(name,))[name]
     twin = build_models(18, include=(name,))[name]  # the same seeded weights
@@ -242,7 +242,7 @@ def test_inductor_compiled_matches_eager(name):
     compiled = torch.compile(twin)
     x = torch.rand(2, 3, 64, 64).to(memory_format=torch.channels_last)
     eager.eval(), twin.eval()
-    with torch.no_grad(), _inductor_freezing(True):
+    with torch.no_grad(), inductor_freezing():
         for a, b in zip(compiled(x), eager(x)):
             assert rel_err(a, b) <= 1e-5
     eager.train(), twin.train()
