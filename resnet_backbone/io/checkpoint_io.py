@@ -59,7 +59,12 @@ from mmengine.registry import HOOKS
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
 from ..cli import ToolError
-from .fileio import atomic_path, atomic_write_bytes
+from .fileio import (  # noqa: F401  (STALE_TEMP_AGE_S: part of this module's API)
+    STALE_TEMP_AGE_S,
+    atomic_path,
+    atomic_write_bytes,
+    remove_dead_writers_temp_files,
+)
 
 #: Tests only: seconds to sleep inside each checkpoint write window (see module docstring).
 PAUSE_ENV = 'RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE'
@@ -337,33 +342,6 @@ def check_checkpoint_file(path: str | Path, what: str = 'checkpoint',
     return Path(path)
 
 
-_STALE_TMP = re.compile(r'^\.(?P<name>.+?)(?:\.(?P<pid>\d+))?\.[a-z0-9_]{8}\.tmp$')
-
-#: A temporary checkpoint file older than this (seconds since its last write) is stale
-#: whoever wrote it: no checkpoint write takes a day, and its pid may have been reused.
-STALE_TEMP_AGE_S = 24 * 3600
-
-
-def _writer_alive(pid: int) -> bool:
-    """True if process ``pid`` runs on this host (and is not this process: a run that
-    is starting writes no checkpoint yet, and in containers a new run often gets the
-    pid of the killed one)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except (OSError, OverflowError):
-        return False
-    try:  # Linux: a killed process its parent has not reaped yet is a zombie, not a writer
-        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (OSError, IndexError):
-        return True
-
-
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Remove the temporary checkpoint files that killed runs left in ``folder``.
 
@@ -377,24 +355,9 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     writing one work dir at once are not supported.) Call it when a run starts, on rank
     0, before anything is written.
     """
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    now = time.time()
-    for p in folder.iterdir():
-        m = _STALE_TMP.match(p.name)
-        if not (m and (m['name'].endswith('.pth') or m['name'] == 'last_checkpoint')
-                and p.is_file() and not p.is_symlink()):
-            continue
-        try:
-            old = now - p.stat().st_mtime > STALE_TEMP_AGE_S
-        except OSError:  # gone meanwhile: its writer renamed or removed it
-            continue
-        if old or (m['pid'] is not None and not _writer_alive(int(m['pid']))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return sorted(removed)
+    return remove_dead_writers_temp_files(
+        folder, recursive=False,
+        only=lambda name: name.endswith('.pth') or name == 'last_checkpoint')
 
 
 _PENDING_REMOVAL = 'ckpt_ids_to_remove'

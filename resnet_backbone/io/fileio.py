@@ -7,7 +7,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -69,10 +69,14 @@ def writer_alive(pid: int) -> bool:
         return True
     except (OSError, OverflowError):
         return False
-    return True
+    try:  # Linux: a killed process its parent has not reaped yet is a zombie, not a writer
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
 
 
-def remove_dead_writers_temp_files(folder: str | Path, *, recursive: bool = True
+def remove_dead_writers_temp_files(folder: str | Path, *, recursive: bool = True,
+                                   only: Callable[[str], bool] | None = None
                                    ) -> list[Path]:
     """Remove the temporary files (:func:`atomic_path`'s ``.<name>.<pid>.XXXXXXXX.tmp``)
     that killed writers left under ``folder``; returns them, sorted.
@@ -84,6 +88,7 @@ def remove_dead_writers_temp_files(folder: str | Path, *, recursive: bool = True
     run, another run in the same folder) are left alone. Names without a pid go by age
     only. The pid is this host's: call it only while no process of another host writes
     to ``folder`` (the dump calls it on rank 0 before the ranks' first collective).
+    ``only``: a test of the target's ``<name>``; only matching files are considered.
     """
     removed: list[Path] = []
     folder = Path(folder)
@@ -94,7 +99,7 @@ def remove_dead_writers_temp_files(folder: str | Path, *, recursive: bool = True
     for parent, _, names in walk:
         for name in names:
             m = TEMP_NAME.match(name)
-            if m is None:
+            if m is None or (only is not None and not only(m['name'])):
                 continue
             p = Path(parent) / name
             try:
