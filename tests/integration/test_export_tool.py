@@ -4,9 +4,7 @@ from __future__ import annotations
 import re
 import warnings
 
-import pytest
 import torch
-from conftest import backward_outputs, grads_by_name, randomize_, rel_err
 
 from .conftest import CONFIG, run_tool
 
@@ -38,28 +36,6 @@ def test_export_tool_torchscript_and_errors(tmp_path):
         "--format: cannot tell it from '" + str(tmp_path / 'x.bin') + "'; allowed values: "
         'onnx, torchscript (or name the file .onnx / .pt)')
     assert not (tmp_path / 'x.bin').exists()
-
-
-@pytest.mark.slow
-def test_inductor_compile_eval_and_train():
-    from resnet_backbone import ResNetV1Custom
-    ref = randomize_(ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1))
-    model = ResNetV1Custom(depth=18, base_channels=8, frozen_stages=1)
-    model.load_state_dict(ref.state_dict())
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)  # Inductor: generates and builds C++
-    x = torch.rand(2, 3, 64, 64)
-    model.eval(), ref.eval()
-    with torch.no_grad():
-        for a, b in zip(compiled(x), ref(x)):
-            assert rel_err(a, b) <= 1e-5
-    model.train(), ref.train()
-    backward_outputs(compiled(x))
-    backward_outputs(ref(x))
-    gm, gr = grads_by_name(model), grads_by_name(ref)
-    for name, g in gr.items():
-        if g is not None:
-            assert rel_err(gm[name], g) <= 1e-4, name
 
 
 def test_export_checkpoint_that_does_not_fit_the_config(tmp_path):
