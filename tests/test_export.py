@@ -107,6 +107,7 @@ def test_plain_jit_trace_with_its_default_check():
     x = torch.rand(1, 3, 64, 64)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=DeprecationWarning)
+        warnings.filterwarnings('ignore', category=FutureWarning)  # torch >= 2.14's wording
         traced = torch.jit.trace(model, x)
     with torch.no_grad():
         for a, b in zip(traced(x), model(x)):

@@ -228,9 +228,10 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript by ``torch.jit.trace`` (eval mode, no grad)."""
     model = model.eval()
     with warnings.catch_warnings(), torch.no_grad():
-        # torch 2.13 deprecates torch.jit.* in favour of torch.export/compile; tracing
-        # still works and is what older deployment stacks load.
-        warnings.filterwarnings('ignore', message=r'`torch\.jit\.trace(_method)?` is deprecated',
-                                category=DeprecationWarning)
+        # torch 2.13 deprecates torch.jit.* in favour of torch.export/compile (2.14 says it
+        # as a FutureWarning); tracing still works and is what older deployment stacks load
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings('ignore', category=category,
+                                    message=r'`torch\.jit\.trace(_method)?` is deprecated')
         return torch.jit.trace(model, example, check_trace=False)
 
