@@ -13,7 +13,7 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 #: depth -> (block kind, blocks per stage). The one source of truth for the layouts;
@@ -84,6 +84,39 @@ def choice_error(problem: str, choices: Iterable | str, suffix: str = '', *,
         'format=png is not supported; allowed values: pt, npz'
     """
     return ValueError(f'{problem}; allowed values: {allowed(choices, quote=quote)}{suffix}')
+
+
+def resolve_levels(levels: Sequence[str] | str | None, num_stages: int,
+                   out_indices: Iterable[int]) -> tuple[list[str], list[str]]:
+    """The level names a ``forward_levels`` call asks for, and every name it can give.
+
+    ``c1`` is the stem (before the max-pool), ``c2``.. one per built stage.
+
+    Args:
+        levels: names as a sequence or a comma-separated string; ``None``: ``c1`` and the
+            ``out_indices`` levels.
+        num_stages: stages built.
+        out_indices: the backbone's returned stages.
+
+    Returns:
+        ``(levels, built)``.
+
+    Raises:
+        ValueError: an unknown name (one line listing the available ones).
+
+    Example:
+        >>> resolve_levels('c1, c5', 4, (0, 1, 2, 3))[0]
+        ['c1', 'c5']
+    """
+    built = ['c1'] + [f'c{i + 2}' for i in range(num_stages)]
+    if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
+        levels = [lv.strip() for lv in levels.split(',')]
+    if levels is None:
+        levels = ['c1'] + [f'c{i + 2}' for i in out_indices]
+    unknown = [lv for lv in levels if lv not in built]
+    if unknown:
+        raise choice_error(f'levels {unknown!r} are not available', built)
+    return list(levels), built
 
 
 def check_choice(name: str, value: object, choices: Iterable, hint: str = '', *,

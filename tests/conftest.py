@@ -86,6 +86,28 @@ def run_cli(capsys, monkeypatch, tool: str | Path, *args: str) -> tuple[int, str
     return code, out, err
 
 
+def hooks_of_test_tool(monkeypatch, *argv: str) -> list[tuple[object, str]]:
+    """The hooks ``rb-test ARGV`` registers on its Runner, as ``(hook, priority)``, with
+    the checkpoint check, the data preparation and the Runner faked (nothing is run)."""
+    import importlib
+    tool = importlib.import_module('resnet_backbone.tools.test')
+    hooks = []
+
+    class FakeRunner:
+        def register_hook(self, hook, priority):
+            hooks.append((hook, priority))
+
+        def test(self):
+            return {}
+    with monkeypatch.context() as m:
+        for name in ('check_checkpoint_fits', 'prepare_data'):
+            m.setattr(tool, name, lambda *a, **k: None)
+        m.setattr(tool, 'build_runner', lambda *a, **k: FakeRunner())
+        m.setattr(tool.Path, 'is_file', lambda self: True)
+        tool.main(list(argv))
+    return hooks
+
+
 def backward_outputs(outs, seed: int = 1) -> None:
     """Backprop a random linear functional of the outputs (not just their sum)."""
     g = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, rel_err
+from conftest import hooks_of_test_tool, randomize_, rel_err
 from torch import nn
 
 from resnet_backbone.models.bf16 import (
@@ -177,34 +177,19 @@ def test_test_tool_swaps_the_backbone_after_the_checkpoint_loads(monkeypatch):
     """tools/test.py --compute-dtype bf16 registers a hook whose ``before_test`` (run
     after the Runner loads the checkpoint) puts the detector's backbone in the bf16 tier;
     the detector's features stay within the tier's tolerance. fp32 registers nothing."""
-    import importlib
     from pathlib import Path
     from types import SimpleNamespace
 
     from mmengine.registry import DefaultScope
 
     from resnet_backbone.engine.training import load_config, setup_environment
-    tool = importlib.import_module('resnet_backbone.tools.test')
+    from resnet_backbone.tools.test import BackboneComputeDtypeHook
     root = Path(__file__).resolve().parents[1]
     config = str(root / 'configs/shapes/retinanet_r18_fpn_shapes.py')
-    hooks = []
-
-    class FakeRunner:
-        def register_hook(self, hook, priority):
-            hooks.append((hook, priority))
-
-        def test(self):
-            return {}
-    for name in ('check_checkpoint_fits', 'prepare_data'):
-        monkeypatch.setattr(tool, name, lambda *a, **k: None)
-    monkeypatch.setattr(tool, 'build_runner', lambda *a, **k: FakeRunner())
-    monkeypatch.setattr(tool.Path, 'is_file', lambda self: True)
-    tool.main([config, 'ckpt.pth', '--work-dir', '/nonexistent/w'])
-    assert hooks == []
-    tool.main([config, 'ckpt.pth', '--work-dir', '/nonexistent/w', '--compute-dtype', 'bf16'])
-    (hook, priority), = hooks
-    assert isinstance(hook, tool.BackboneComputeDtypeHook) and priority == 'LOWEST'
-    monkeypatch.undo()
+    args = [config, 'ckpt.pth', '--work-dir', '/nonexistent/w']
+    assert hooks_of_test_tool(monkeypatch, *args) == []
+    (hook, priority), = hooks_of_test_tool(monkeypatch, *args, '--compute-dtype', 'bf16')
+    assert isinstance(hook, BackboneComputeDtypeHook) and priority == 'LOWEST'
 
     setup_environment()
     cfg = load_config(config)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, rel_err
+from conftest import hooks_of_test_tool, randomize_, rel_err
 from PIL import Image
 
 from resnet_backbone import ResNetV1Custom
@@ -144,22 +144,8 @@ def test_test_tool_compile_wraps_the_backbone(monkeypatch):
     """rb-test --compile registers the hook; its before_test (after the checkpoint load)
     wraps the (tier of the) backbone in CompiledInference, and after_test logs the
     warm-up. No compile runs here (that is the slow test below)."""
-    tool = importlib.import_module('resnet_backbone.tools.test')
-    hooks = []
-
-    class FakeRunner:
-        def register_hook(self, hook, priority):
-            hooks.append(hook)
-
-        def test(self):
-            return {}
-    for name in ('check_checkpoint_fits', 'prepare_data'):
-        monkeypatch.setattr(tool, name, lambda *a, **k: None)
-    monkeypatch.setattr(tool, 'build_runner', lambda *a, **k: FakeRunner())
-    monkeypatch.setattr(tool.Path, 'is_file', lambda self: True)
-    tool.main([SHAPES, 'ckpt.pth', '--work-dir', '/nonexistent/w', '--compile'])
-    monkeypatch.undo()
-    hook, = hooks
+    (hook, _), = hooks_of_test_tool(monkeypatch, SHAPES, 'ckpt.pth', '--work-dir',
+                                    '/nonexistent/w', '--compile')
     det = SimpleNamespace(backbone=_net())
     hook.before_test(SimpleNamespace(model=det))
     assert isinstance(det.backbone, CompiledInference)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import choice_error
+from ..spec import resolve_levels
 from .fast import _capturing, foldable
 
 #: ``compute_dtype`` names -> torch dtypes (fp32: the model as it is)
@@ -335,14 +335,7 @@ class InferenceBackbone(nn.Module):
         Raises:
             ValueError: an unknown level (one line listing the available ones).
         """
-        built = ['c1'] + [f'c{i + 2}' for i in range(len(self.layers))]
-        if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
-            levels = [lv.strip() for lv in levels.split(',')]
-        if levels is None:
-            levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
-        unknown = [lv for lv in levels if lv not in built]
-        if unknown:
-            raise choice_error(f'levels {unknown!r} are not available', built)
+        levels, built = resolve_levels(levels, len(self.layers), self.out_indices)
         feats = self._levels(x, max(built.index(lv) for lv in levels))
         return {lv: feats[lv].to(x.dtype) for lv in levels}
 

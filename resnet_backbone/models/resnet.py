@@ -19,7 +19,15 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from ..io import weights
-from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES, ShapeSpec, check_choice, choice_error
+from ..spec import (
+    ARCH_LAYOUT,
+    STEM_TYPES,
+    STYLES,
+    ShapeSpec,
+    check_choice,
+    choice_error,
+    resolve_levels,
+)
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .contract import BackboneContract
 from .fast import conv_norm_relu, sequential_conv_norm
@@ -505,14 +513,7 @@ class ResNetV1Custom(BackboneContract, BaseModule):
             ...     torch.rand(1, 3, 64, 64), levels=['c1', 'c5']).items()}
             {'c1': (1, 8, 32, 32), 'c5': (1, 64, 2, 2)}
         """
-        built = ['c1'] + [f'c{i + 2}' for i in range(self.num_stages)]
-        if isinstance(levels, str):  # 'c5' or 'c2,c5': names, not characters
-            levels = [lv.strip() for lv in levels.split(',')]
-        if levels is None:
-            levels = ['c1'] + [f'c{i + 2}' for i in self.out_indices]
-        unknown = [lv for lv in levels if lv not in built]
-        if unknown:
-            raise choice_error(f'levels {unknown!r} are not available', built)
+        levels, built = resolve_levels(levels, self.num_stages, self.out_indices)
         self._check_input(x)
         feats = {}
         x = self.forward_stem(x)

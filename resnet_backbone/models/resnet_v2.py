@@ -33,7 +33,7 @@ from mmengine.model import BaseModule, Sequential
 from torch import nn
 
 from ..io import weights
-from ..spec import ShapeSpec, check_choice, choice_error
+from ..spec import ShapeSpec, check_choice, choice_error, resolve_levels
 from .blocks import PreActBottleneck
 from .contract import BackboneContract
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
@@ -377,14 +377,7 @@ class ResNetV2Custom(BackboneContract, BaseModule):
             levels: names among ``'c1'``..``'c5'``, a sequence or a comma-separated
                 string. Default: ``'c1'`` and the ``out_indices`` levels.
         """
-        built = ['c1', *LEVEL_NAMES]
-        if isinstance(levels, str):
-            levels = [lv.strip() for lv in levels.split(',')]
-        if levels is None:
-            levels = ['c1'] + [LEVEL_NAMES[i] for i in self.out_indices]
-        unknown = [lv for lv in levels if lv not in built]
-        if unknown:
-            raise choice_error(f'levels {unknown!r} are not available', built)
+        levels, _ = resolve_levels(levels, len(LEVEL_NAMES), self.out_indices)
         self._check_input(x)
         c1 = self.forward_stem(x)
         out = {'c1': c1}
