@@ -359,6 +359,43 @@ def _batches(items: Iterator[_Item], fx: FeatureExtractor,
     yield from (g for g in held.values() if g)
 
 
+def _received_whole(items: Iterator[_Item]) -> Iterator[_Item]:
+    """``items`` (a DataLoader's iterator) with a Ctrl-C that arrives while an item is
+    being received held back until it is in, then raised; a second Ctrl-C stops at once.
+
+    Why: a worker passes each tensor's file descriptor over a socket with a handshake.
+    Cut mid-way, the worker's resource-sharer thread printed a traceback under the
+    tool's one-line message. A worker that Ctrl-C (sent to the process group) ended
+    makes the receive fail; with a Ctrl-C held, that failure is the Ctrl-C.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield from items  # no Python Ctrl-C handling here to hold back
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    while True:
+        signal.signal(signal.SIGINT, hold)
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except Exception:
+            if held:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if held:
+            raise KeyboardInterrupt
+        yield item
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -714,7 +751,7 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
     clean = False
     try:
         last_poll = 0.0
-        for batch in _batches(iter(loader), fx, batch_size):
+        for batch in _batches(_received_whole(iter(loader)), fx, batch_size):
             pool.check()
             if batch[0].sample is None:
                 item = batch[0]

@@ -120,6 +120,40 @@ def test_sigint_during_dump_then_rerun_completes(checkpoints, tmp_path):
     assert not [p for p in files_under(out) if p.suffix == '.tmp']
 
 
+# A Ctrl-C that lands inside the handshake by which a DataLoader worker passes a
+# tensor's file descriptor (CI, stop 26: one run in hundreds). The wrapper below makes
+# it land there every time: the main process signals itself just before it sends its
+# half of the handshake, at its third received tensor.
+_MID_HANDSHAKE = """
+import multiprocessing.connection as mc, os, runpy, signal, sys
+main, real, calls = os.getpid(), mc.deliver_challenge, []
+def deliver_challenge(*a, **k):
+    if os.getpid() == main:
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(main, signal.SIGINT)
+    return real(*a, **k)
+mc.deliver_challenge = deliver_challenge
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def test_sigint_inside_a_worker_handshake_is_one_line(checkpoints, tmp_path):
+    """Ctrl-C while a batch is being received from a worker: the one line and exit 130,
+    no traceback from the worker. (Before the fix the worker's resource-sharer thread
+    printed ``answer_challenge`` ... ``EOFError`` under the line.)"""
+    make_images(tmp_path / 'images', 6, size=80)
+    cmd = [sys.executable, '-c', _MID_HANDSHAKE, str(DUMP), CONFIG, str(checkpoints[0]),
+           '--input', str(tmp_path / 'images'), '--out', str(tmp_path / 'out'),
+           '--levels', 'c2,c5']
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       preexec_fn=default_sigint)
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert one_error_line(r.stderr, 'dump_features.py:').startswith(
+        'dump_features.py: interrupted (Ctrl-C)')
+
+
 # ---------------------------------------------------------------- stale results
 def test_stale_results_other_checkpoint_or_levels_stop(checkpoints, tmp_path, capsys,
                                                        monkeypatch):
