@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from mmcv.transforms import Compose
 from mmdet.registry import MODELS as MMDET_MODELS
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from PIL import Image
 from torch import nn
 
-from ..engine.compat import quiet_init_logging
+from ..engine.compat import quiet_init_logging, register_mmdet_modules
 from ..io.weights import (
     _OPTIONAL,
     _URL_PREFIXES,
@@ -128,7 +127,7 @@ def _as_tuple(value) -> tuple | None:
 def build_pipeline(pipeline_cfg: Sequence[dict]) -> Compose:
     """The transforms of a test pipeline config, in mmdet's scope (also in a DataLoader
     worker process, which starts without mmdet's registrations)."""
-    register_all_modules(init_default_scope=False)
+    register_mmdet_modules()
     with DefaultScope.overwrite_default_scope('mmdet'):
         return Compose(copy.deepcopy(list(pipeline_cfg)))
 
@@ -185,7 +184,7 @@ class FeatureExtractor:
     def __init__(self, model: nn.Module, *, pipeline: Sequence[dict] | None = None,
                  levels: Sequence[str] | str | None = None, compute_dtype: str = 'fp32',
                  compile: bool = False) -> None:  # noqa: A002 - the issue's name for it
-        register_all_modules(init_default_scope=False)
+        register_mmdet_modules()
         self.model = model if hasattr(model, 'data_preprocessor') else \
             _BareBackboneDetector(model)
         self.model.eval()
@@ -249,7 +248,7 @@ class FeatureExtractor:
         Returns:
             The extractor; :attr:`weights` and :attr:`config_sha256` say what it holds.
         """
-        register_all_modules(init_default_scope=False)
+        register_mmdet_modules()
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
         digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):

@@ -4,11 +4,19 @@
   does ``importlib.reload(pkg_resources)``, and setuptools (pinned < 81 because mmcv
   2.1.0's build needs ``pkg_resources``) warns with a ``UserWarning`` on every such
   (re)load. We ignore exactly that message, nothing else.
+- onedl-mmdetection 3.5.1 (``STACK=onedl``) says two things on importing its registries
+  (``register_all_modules``) that concern only its optional extras:
+  ``faster_coco_eval is not installed`` (a ``UserWarning``; our configs evaluate with
+  ``CocoMetric``, not its ``FasterCocoMetric``) and ``Could not import OneDL. Skipping
+  OneDL datasets.``, logged at DEBUG through ``print_log`` without a logger, which
+  ``print()``s it (twice). :func:`register_mmdet_modules` drops exactly those two.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -19,6 +27,35 @@ def silence_dependency_warnings() -> None:
     """Ignore the known, harmless warnings our pinned dependencies emit on every run."""
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                             category=UserWarning)
+
+
+#: what onedl-mmdetection 3.5.1 prints (a DEBUG line, through print_log without a logger)
+#: and warns about its optional extras when its registries are imported
+ONEDL_OPTIONAL_PRINTED = 'Could not import OneDL. Skipping OneDL datasets.'
+ONEDL_OPTIONAL_WARNING = r'faster_coco_eval is not installed, metrics will not be computed'
+
+
+@contextlib.contextmanager
+def _without_printed_line(line: str) -> Iterator[None]:
+    """Print what the block prints, except lines equal to ``line``."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        kept = [ln for ln in buffer.getvalue().splitlines(keepends=True)
+                if ln.rstrip('\n') != line]
+        sys.stdout.write(''.join(kept))
+
+
+def register_mmdet_modules() -> None:
+    """mmdet's ``register_all_modules(init_default_scope=False)``, without the two notices
+    onedl-mmdetection gives there about its optional extras (module docstring);
+    everything else it prints or warns passes."""
+    from mmdet.utils import register_all_modules  # mmdet: only when a tool or extractor sets up
+    with warnings.catch_warnings(), _without_printed_line(ONEDL_OPTIONAL_PRINTED):
+        warnings.filterwarnings('ignore', message=ONEDL_OPTIONAL_WARNING, category=UserWarning)
+        register_all_modules(init_default_scope=False)
 
 
 @contextlib.contextmanager

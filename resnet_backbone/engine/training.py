@@ -51,7 +51,7 @@ from ..io.checkpoint_io import (
     use_safe_checkpoint_hook,
 )
 from ..registry import check_backbone_kwargs
-from .compat import silence_dependency_warnings, summarise_frozen_params
+from .compat import register_mmdet_modules, silence_dependency_warnings, summarise_frozen_params
 from .distributed import init_cpu_process_group
 
 
@@ -63,8 +63,7 @@ def setup_environment() -> None:
     silence_dependency_warnings()
     # mmdet is imported when a tool sets up, not when the package is: the backbone and
     # the registry work without mmdet
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+    register_mmdet_modules()
     allow_runner_checkpoint_globals()
     guard_empty_datasets()
 
