@@ -55,6 +55,9 @@ if args[:2] == ['-m', 'venv']:
 if args[:2] == ['-m', 'pip']:
     line = ' '.join(args[2:])
     log('pip ' + line)
+    if '--dry-run' in args and cfg.get('dry_run_output'):
+        print(cfg['dry_run_output'])
+        sys.exit(1)
     if cfg.get('pip_fail') and re.search(cfg['pip_fail'], line):
         print(cfg['pip_output'])
         sys.exit(1)
@@ -222,6 +225,37 @@ def test_constraint_conflict_is_named(tmp_path):
     assert ("pip's constraints conflict (torchvision<=0.29.1, torchvision==0.29.2)" in line
             and 'pip config list' in line), line
 
+
+
+# What pip 24 prints on Python 3.10 for the default stack (numpy 2.4.6 needs >= 3.11; a
+# 3.10 row of the matrix, 2026-11-30), and what it says about the pin alone.
+PIN_TOO_NEW = """\
+ERROR: Cannot install h5py==3.16.0 because these package versions have conflicting \
+dependencies.
+
+The conflict is caused by:
+    h5py 3.16.0 depends on numpy>=1.21.2
+    The user requested (constraint) numpy==2.4.6
+
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/#dealing-with-dependency-conflicts
+"""
+PIN_ALONE = """\
+ERROR: Ignored the following versions that require a different python version: 2.3.0 \
+Requires-Python >=3.11; 2.4.6 Requires-Python >=3.11; 2.5.0 Requires-Python >=3.12
+ERROR: Could not find a version that satisfies the requirement numpy==2.4.6
+ERROR: No matching distribution found for numpy==2.4.6
+"""
+
+
+def test_pin_without_a_release_for_this_python_is_named(tmp_path):
+    """Before: 'a pip configuration outside this repo adds its own constraints' (the
+    wrong cause: numpy 2.4.6 has no release for Python 3.10)."""
+    r = _setup(tmp_path, _fake_python(tmp_path), version=[3, 10, 13],
+               pip_fail=r'--upgrade pip', pip_output=PIN_TOO_NEW, dry_run_output=PIN_ALONE)
+    line = _one_error_line(r)
+    assert line.startswith('setup: ERROR in step "pip and build tools": '), line
+    assert ('numpy==2.4.6 (constraints.txt) has no release for Python 3.10.13: it requires '
+            'Python >=3.11' in line and 'pip config' not in line), line
 
 def test_onedl_stack_installs_the_forks_by_their_names(tmp_path):
     """STACK=onedl: onedl-mmengine, onedl-mmcv (built from its sdist, cached under its own

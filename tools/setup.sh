@@ -74,9 +74,20 @@ run_step() {
         why="pip's metadata generation failed (${last:-no Python error in the log}): the package's setup.py crashed on Python ${PY_VERSION:-?} before anything was compiled; use a Python it supports (PYTHON=/path/to/python3.11) or a patch in tools/patches/, then re-run 'bash tools/setup.sh'"
     elif grep -q 'The user requested (constraint)' "$log" && grep -qE 'conflicting dependencies|ResolutionImpossible' "$log"; then
         # e.g. constraints-latest.txt's torchvision==0.29.2 against a pip.conf cap <=0.29.1
-        local specs
+        local specs spec needs=''
         specs=$(grep -o 'The user requested (constraint) [^ ]*' "$log" | sed 's/.* //' | sort -u | paste -sd, - | sed 's/,/, /g')
-        why="pip's constraints conflict ($specs): a pip configuration outside this repo adds its own constraints (see 'pip config list'; on the build machines /etc/xdg/pip/pip.conf caps torch/torchvision); lift it or use the default stack, then re-run 'bash tools/setup.sh'"
+        # or a pin with no release for this Python (numpy==2.4.6 on 3.10): the resolver
+        # names only the pin, so ask pip about each pin alone, which names Requires-Python
+        for spec in $(grep -o 'The user requested (constraint) [^ ]*==[^ ]*' "$log" | sed 's/.* //' | sort -u); do
+            needs=$("$PY" -m pip install --dry-run --no-deps --ignore-installed "$spec" 2>&1 \
+                | grep -oE "(^|[ ,:;])${spec#*==} Requires-Python [^;,]+" | head -n1 | sed 's/.* Requires-Python //')
+            [ -n "$needs" ] && break
+        done
+        if [ -n "$needs" ]; then
+            why="$spec ($(basename "$CONSTRAINTS")) has no release for Python $PY_VERSION: it requires Python $needs; use such a Python (PYTHON=/path/to/python3.11), then re-run 'bash tools/setup.sh'"
+        else
+            why="pip's constraints conflict ($specs): a pip configuration outside this repo adds its own constraints (see 'pip config list'; on the build machines /etc/xdg/pip/pip.conf caps torch/torchvision); lift it or use the default stack, then re-run 'bash tools/setup.sh'"
+        fi
     elif grep -qiE 'No matching distribution|Could not find a version|Failed to establish|Connection(Error| refused)|Max retries exceeded|HTTP error|403 Forbidden|Temporary failure in name resolution|ReadTimeout' "$log"; then
         why="a download was refused or failed (no access to the package registry?); check the network/proxy and re-run 'bash tools/setup.sh'"
     elif grep -qiE 'No space left on device' "$log"; then
