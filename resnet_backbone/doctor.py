@@ -129,6 +129,47 @@ def _installed_versions() -> dict[str, str]:
     return installed
 
 
+_MARKER = re.compile(r'^python_version\s*(<=|>=|==|!=|<|>)\s*["\']([0-9.]+)["\']$')
+
+
+def read_pins(path: str, python: tuple[int, int] | None = None) -> dict[str, str]:
+    r"""``NAME==VERSION`` pins of a constraints file that apply on ``python`` (default: this one).
+
+    A pin may carry a ``; python_version OP "X.Y"`` marker, as pip reads it (constraints.txt
+    pins numpy and onnxruntime per Python, since their pinned releases need >= 3.11). Only that
+    marker is understood here: the doctor imports nothing outside the standard library, so it
+    cannot lean on ``packaging``. Any other marker is a ``LookupError`` naming the line.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as f:
+        ...     _ = f.write('numpy==2.4.6; python_version >= "3.11"\n'
+        ...                 'numpy==2.2.6; python_version < "3.11"  # the newest for 3.10\n')
+        >>> read_pins(f.name, (3, 10)), read_pins(f.name, (3, 13))
+        ({'numpy': '2.2.6'}, {'numpy': '2.4.6'})
+    """
+    python = python or sys.version_info[:2]
+    ops = {'<': tuple.__lt__, '<=': tuple.__le__, '>': tuple.__gt__, '>=': tuple.__ge__,
+           '==': tuple.__eq__, '!=': tuple.__ne__}
+    pins: dict[str, str] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            spec, _, marker = line.split('#')[0].partition(';')
+            if '==' not in spec:
+                continue
+            if marker.strip():
+                m = _MARKER.match(marker.strip())
+                if not m:
+                    raise LookupError(f'{os.path.basename(path)} line {number}: the doctor '
+                                      f'understands only python_version markers, not '
+                                      f'{marker.strip()!r}')
+                if not ops[m[1]](python, tuple(int(x) for x in m[2].split('.'))):
+                    continue
+            name, version = (x.strip() for x in spec.split('==', 1))
+            pins[name] = version
+    return pins
+
+
 def _matrix_row(root: str | None = None) -> str:
     """The README matrix row: Python X.Y + the stack whose pins match what is installed."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,9 +180,7 @@ def _matrix_row(root: str | None = None) -> str:
     py = f'Python {sys.version_info[0]}.{sys.version_info[1]}'
     first_diffs = None
     for path in sorted(files, key=lambda f: os.path.basename(f) != 'constraints.txt'):
-        with open(path) as f:
-            pins = dict(line.split('#')[0].strip().split('==', 1) for line in f
-                        if '==' in line.split('#')[0])
+        pins = read_pins(path)
         dists = [FORKS[n] if FORKS.get(n) in pins else n for n in STACK_PINS]
         diffs = [f'{n} {installed[n]} (pinned {pins[n]})' for n in dists
                  if n in pins and installed[n] != pins[n]]

@@ -187,3 +187,31 @@ def test_doctor_names_the_onedl_row(tmp_path, monkeypatch):
     (tmp_path / 'constraints.txt').unlink()
     with pytest.raises(LookupError, match=r'onedl-mmcv 2\.3\.6 \(pinned 2\.3\.5\)'):
         doctor._matrix_row(str(tmp_path))
+
+
+def test_constraints_pin_each_piece_once_on_every_supported_python():
+    """numpy, onnxruntime and keras are pinned per Python (their pinned releases need >= 3.11):
+    on each of 3.10-3.13 every constraints file pins each name exactly once, as pip reads it,
+    and 3.10 gets the releases that exist for it."""
+    for path in sorted(ROOT.glob('constraints*.txt')):
+        names = {line.split('#')[0].split('==')[0].strip() for line in path.read_text().splitlines()
+                 if '==' in line.split('#')[0]}
+        for minor in (10, 11, 12, 13):
+            pins = doctor.read_pins(str(path), (3, minor))
+            assert set(pins) == names, (path.name, minor, names - set(pins))
+    default = doctor.read_pins(str(ROOT / 'constraints.txt'), (3, 10))
+    assert (default['numpy'], default['onnxruntime'], default['keras']) == (
+        '2.2.6', '1.23.2', '3.12.4')
+    assert doctor.read_pins(str(ROOT / 'constraints.txt'), (3, 11))['numpy'] == '2.4.6'
+
+
+def test_doctor_reads_marked_pins_and_names_a_marker_it_cannot(tmp_path):
+    f = tmp_path / 'constraints.txt'
+    f.write_text('numpy==2.4.6 ; python_version>="3.11"\nnumpy==2.2.6; python_version < "3.11"\n'
+                 'torch==2.13.0\n')
+    assert doctor.read_pins(str(f), (3, 10)) == {'numpy': '2.2.6', 'torch': '2.13.0'}
+    assert doctor.read_pins(str(f), (3, 12)) == {'numpy': '2.4.6', 'torch': '2.13.0'}
+    f.write_text('numpy==2.4.6; sys_platform == "linux"\n')
+    with pytest.raises(LookupError, match=r"constraints.txt line 1: the doctor understands only "
+                                          r"python_version markers, not 'sys_platform"):
+        doctor.read_pins(str(f))

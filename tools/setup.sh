@@ -49,7 +49,8 @@ dist() {
 
 pin() {  # pin NAME -> version from constraints.txt
     local v
-    v=$(grep -E "^$1==" "$CONSTRAINTS" | head -n1 | cut -d= -f3)
+    # (only unmarked pins are read here; a '; python_version ...' marker is pip's business)
+    v=$(grep -E "^$1==[^;]*$" "$CONSTRAINTS" | head -n1 | cut -d= -f3 | tr -d ' ')
     [ -n "$v" ] || die "$(basename "$CONSTRAINTS") has no pin for $1; add a line '$1==VERSION'."
     printf '%s' "$v"
 }
