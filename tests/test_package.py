@@ -18,7 +18,10 @@ COMMANDS = {'rb-train': 'train.py', 'rb-test': 'test.py', 'rb-dump': 'dump_featu
 
 
 def _pyproject() -> dict:
-    tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest's own dependency tomli is the same parser
+        import tomli as tomllib
     return tomllib.loads((ROOT / 'pyproject.toml').read_text())
 
 
