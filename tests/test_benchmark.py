@@ -49,6 +49,27 @@ def small_limit(monkeypatch):
     monkeypatch.setattr(api, 'LIMIT_CONVS', ((16, 16, 3, 16),))
 
 
+def test_width_makes_a_rectangular_input(small_limit, monkeypatch):
+    """--size 800 --width 1344 style inputs: the models see H x W, and the FLOPs are of it."""
+    seen = []
+    square = run(depth=18, batch=1, size=64, repeats=1, warmup=0, modes=('eval',),
+                 include=('ours-fast',), log=lambda s: None)
+    from resnet_backbone.apis import benchmark as api
+    real = api.build_models
+
+    def spy(*args, **kwargs):
+        models = real(*args, **kwargs)
+        for m in models.values():
+            m.register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape)))
+        return models
+    monkeypatch.setattr(api, 'build_models', spy)
+    wide = run(depth=18, batch=1, size=64, width=96, repeats=1, warmup=0, modes=('eval',),
+                   include=('ours-fast',), log=lambda s: None)
+    assert seen and set(seen) == {(1, 3, 64, 96)}
+    assert wide['settings']['width'] == 96 and square['settings']['width'] == 64
+    assert wide['gflop']['eval'] == pytest.approx(square['gflop']['eval'] * 1.5, rel=0.05)
+
+
 def test_report_figures(tmp_path, small_limit):
     report = run(depth=18, batch=1, size=64, repeats=2, warmup=0, log=lambda s: None)
     rows = {(r['name'], r['mode']): r for r in report['results']}
@@ -159,6 +180,7 @@ BAD_ARGS = [
     (['--batch', '0'], '--batch must be >= 1; got 0'),
     (['--size', '0'], '--size must be >= 32 (C5 is the input / 32); got 0'),
     (['--size', '31'], '--size must be >= 32 (C5 is the input / 32); got 31'),
+    (['--width', '16'], '--width must be >= 32 (C5 is the input / 32); got 16'),
     (['--device', 'gpu'], "--device 'gpu' is not a device; allowed values: cpu, cuda, cuda:N"),
     (['--device', 'meta'], "--device 'meta': the benchmark runs on cpu or cuda"),
     (['--device', 'cuda'], '--device cuda: no CUDA GPU is available here'),

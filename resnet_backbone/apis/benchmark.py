@@ -401,13 +401,13 @@ def _forward(m: nn.Module, x: torch.Tensor, autocast) -> None:
 
 
 def count_gflop(depth: int, batch: int, size: int, frozen_stages: int, norm_eval: bool,
-                modes: tuple[str, ...]) -> dict[str, float]:
+                modes: tuple[str, ...], width: int | None = None) -> dict[str, float]:
     """The model's FLOPs per mode (conv + matmul, ``torch.utils.flop_counter``): one
     eval forward, one train step (forward + backward of what is trained), counted on
     ours in reference mode (mmdet's ops) in float32. The useful work of every peer."""
     m = ResNetV1Custom(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
                        norm_eval=norm_eval, fast=False)
-    x = torch.rand(batch, 3, size, size)
+    x = torch.rand(batch, 3, size, width or size)
     out = {}
     for mode in modes:
         m.train(mode == 'train')
@@ -418,14 +418,17 @@ def count_gflop(depth: int, batch: int, size: int, frozen_stages: int, norm_eval
     return out
 
 
-def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, ...] = (
-        'eval', 'train'), with_cp: bool = False, channels_last: bool = False,
+def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None = None,
+        modes: tuple[str, ...] = ('eval', 'train'), with_cp: bool = False,
+        channels_last: bool = False,
         amp_dtype: str | None = None, device: str = 'cpu', repeats: int = 5, warmup: int = 2,
         frozen_stages: int = 1, norm_eval: bool = True,
         include: tuple[str, ...] = EAGER_MODELS, compute_dtype: str = 'fp32',
         malloc_tuned: bool = False, profile: bool = False,
         log: Callable[[str], None] = print) -> dict:
-    """Benchmark and return a JSON-ready report (see the module docstring)."""
+    """Benchmark and return a JSON-ready report (see the module docstring). The input is
+    ``batch x 3 x size x width`` (``width`` defaults to ``size``)."""
+    width = width or size
     if malloc_tuned:
         tune_malloc()
     dtype = check_compute_dtype(compute_dtype)
@@ -440,8 +443,8 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
         log('note: this CPU has no native bf16 convolution (oneDNN needs avx512bw/vl/dq or '
             'avx_ne_convert): bf16 runs emulated here, slower than fp32')
     autocast = _autocast_factory(device, amp_dtype)
-    x32 = torch.rand(batch, 3, size, size, device=device)
-    gflop = count_gflop(depth, batch, size, frozen_stages, norm_eval, modes)
+    x32 = torch.rand(batch, 3, size, width, device=device)
+    gflop = count_gflop(depth, batch, size, frozen_stages, norm_eval, modes, width)
     lim = {'fp32': conv_limit(device, torch.float32), 'bf16': conv_limit(device, torch.bfloat16)}
     log(f"conv limit: fp32 {lim['fp32']['gflops_per_s']:.1f}, bf16 "
         f"{lim['bf16']['gflops_per_s']:.1f} GFLOP/s")
@@ -502,8 +505,8 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, modes: tuple[str, .
     for v, *_ in variants:
         base = _baseline(v, [b for b, *_ in variants])
         rows.append(v.row(base, limits[v.dtype]))
-    settings = dict(depth=depth, batch=batch, size=size, modes=list(modes), with_cp=with_cp,
-                    channels_last=channels_last, amp_dtype=amp_dtype,
+    settings = dict(depth=depth, batch=batch, size=size, width=width, modes=list(modes),
+                    with_cp=with_cp, channels_last=channels_last, amp_dtype=amp_dtype,
                     compute_dtype=compute_dtype, device=device, repeats=repeats,
                     warmup=warmup, frozen_stages=frozen_stages, norm_eval=norm_eval,
                     malloc_tuned=malloc_tuned, torch=torch.__version__,
@@ -779,7 +782,8 @@ def plot(report: dict, path: str | Path) -> Path:
                       fontsize=6, rotation=45, ha='right')
         ax.set_ylabel(label)
     s = report['settings']
-    fig.suptitle(f"R{s['depth']} {s['batch']}x3x{s['size']}x{s['size']} on {s['device']}"
+    hw = f"{s['size']}x{s.get('width', s['size'])}"  # reports before --width: square
+    fig.suptitle(f"R{s['depth']} {s['batch']}x3x{hw} on {s['device']}"
                  f"{' channels_last (all)' if s.get('channels_last') else ''}"
                  f"{' with_cp' if s['with_cp'] else ''} {s.get('compute_dtype', 'fp32')}; "
                  f"medians of {s['repeats']} interleaved repeats", fontsize=10)

@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='mmdet and torchvision have 18-152; at 200 they are skipped (a note '
                         'says so) and ours run alone')
     p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--size', type=int, default=512, help=f'input height = width, >= {MIN_SIZE}')
+    p.add_argument('--size', type=int, default=512,
+                   help=f'input height (and width, unless --width), >= {MIN_SIZE}')
+    p.add_argument('--width', type=int, help=f'input width (default: --size), >= {MIN_SIZE}; '
+                   'e.g. --size 800 --width 1344, a COCO-sized detection input')
     p.add_argument('--modes', default='eval,train', help='eval, train or both')
     p.add_argument('--with-cp', action='store_true', help='gradient checkpointing on')
     p.add_argument('--channels-last', action='store_true', help='every model and input in '
@@ -90,9 +93,10 @@ def check_args(a: argparse.Namespace) -> None:
     """Every check that needs no model: each failure is one line (a :class:`ToolError`),
     raised before anything is built or measured."""
     for name, value, low in (('--batch', a.batch, 1), ('--size', a.size, MIN_SIZE),
+                             ('--width', a.size if a.width is None else a.width, MIN_SIZE),
                              ('--repeats', a.repeats, 1), ('--warmup', a.warmup, 0)):
         if value < low:
-            why = ' (C5 is the input / 32)' if name == '--size' else ''
+            why = ' (C5 is the input / 32)' if name in ('--size', '--width') else ''
             raise ToolError(f'{name} must be >= {low}{why}; got {value}')
     num_stages = len(ARCH_LAYOUT[a.depth][1])
     if not -1 <= a.frozen_stages <= num_stages:
@@ -159,7 +163,8 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     check_args(a)
     report = run_benchmark(
-        depth=a.depth, batch=a.batch, size=a.size, modes=a.modes, with_cp=a.with_cp,
+        depth=a.depth, batch=a.batch, size=a.size, width=a.width, modes=a.modes,
+        with_cp=a.with_cp,
         channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
         repeats=a.repeats, warmup=a.warmup, frozen_stages=a.frozen_stages,
         include=a.models, compute_dtype=a.compute_dtype, malloc_tuned=a.malloc_tuned,
