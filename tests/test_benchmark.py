@@ -20,6 +20,7 @@ from resnet_backbone.apis.benchmark import (
     run,
     saved_bytes_of,
     split_by_depth,
+    table,
 )
 from resnet_backbone.cli import ToolError, run_tool
 
@@ -103,7 +104,7 @@ def test_tool_writes_json_and_plot(tmp_path, small_limit, capsys):
                '--plot', str(tmp_path / 'b.png')])
     out = capsys.readouterr().out
     assert 'ours-fast' in out and 'vs base: median time / mmdet (eval)' in out
-    assert 'conv limit (best oneDNN channels_last conv, this run): fp32' in out
+    assert 'conv limit (best channels_last conv, this run): fp32' in out
     assert json.loads((tmp_path / 'b.json').read_text())['settings']['depth'] == 18
     assert (tmp_path / 'b.png').stat().st_size > 1000
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
@@ -153,12 +154,31 @@ def test_depth_200_report(capsys, small_limit):
     assert "skipped mmdet: mmdet's ResNet has no depth 200" in out
 
 
+def test_fold_variant_folds_where_the_default_does_not(small_limit):
+    """ours-fast-fold folds every BN (the CPU behaviour, for GPU comparisons): at 64 px
+    ResNet-18's layer4 does not fold by default, so the fold variant saves less."""
+    report = run(depth=18, batch=1, size=64, repeats=1, warmup=0, modes=('train',),
+                 include=('ours-fast', 'ours-fast-fold'), log=lambda s: None)
+    saved = {r['name']: r['saved_bytes'] for r in report['results']}
+    assert saved['ours-fast-fold'] < saved['ours-fast']
+
+
+def test_table_shows_peak_cuda_memory_only_for_gpu_runs(small_limit):
+    report = run(depth=18, batch=1, size=64, repeats=1, warmup=0, modes=('eval',),
+                 include=('ours-fast',), log=lambda s: None)
+    assert 'peak MiB' not in table(report)
+    report['results'][0]['peak_cuda_bytes'] = 300 * 2**20
+    line = table(report).splitlines()
+    assert line[0].endswith('peak MiB') and line[2].endswith(' 300')
+
+
 def test_model_names():
     assert parse_model('ours-compiled') == parse_model('ours-fast-compiled').__class__(
         'ours-compiled', 'ours-fast', compiled=True)
     spec = parse_model('ours-fast-nofuse-cp')
     assert spec.base == 'ours-fast' and spec.nofuse and spec.cp and not spec.compiled
-    for bad in ('mmdet-nofuse', 'ours-bf16-cp', 'resnet', 'ours-fast-cp-cp'):
+    assert parse_model('ours-fast-fold-cp').fold
+    for bad in ('mmdet-nofuse', 'ours-bf16-cp', 'resnet', 'ours-fast-cp-cp', 'mmdet-fold'):
         with pytest.raises(ValueError, match=f'unknown model {bad!r}'):
             parse_model(bad)
 

@@ -252,6 +252,25 @@ def test_small_inputs_fold_only_where_it_pays():
                 assert rel_err(f, r) <= REL
 
 
+def test_eager_gpu_runs_take_the_reference_ops():
+    """On a GPU an eager step is launch-bound and folding made R50 1.6-1.9x slower
+    (docs/benchmark.md): off a CPU no BN folds in eager mode, unless ``fold_always``.
+    The meta device stands in for CUDA here (anything but 'cpu' counts)."""
+    from resnet_backbone.models.fast import worth_folding
+    ref, fast = pair(depth=18)
+    fast.eval()
+    big = torch.rand(2, 3, 256, 256)
+    with options.using(fold_always=False):  # undo the autouse fixture
+        assert bn_calls(fast, big) == 0  # CPU: every conv folds at this size
+        fast.to('meta')
+        n_bn = sum(isinstance(m, _BatchNorm) for m in fast.modules())
+        assert bn_calls(fast, big.to('meta')) == n_bn
+        conv = fast.layer1[0].conv1
+        assert worth_folding(conv, 10 ** 6, 'cpu') and not worth_folding(conv, 10 ** 6, 'cuda')
+    assert worth_folding(conv, 10 ** 6, 'cuda')  # fold_always (the fixture): tests, export
+    assert bn_calls(fast, big.to('meta')) == 0
+
+
 # ---- the private oneDNN ops are probed once; without them the plain folded ops run ----
 
 class _Raising:

@@ -22,7 +22,9 @@ Model names: a base (``mmdet``, ``ours-ref``, ``ours-fast``, ``torchvision``,
 ``ours-bf16`` = the bf16 inference tier, eval only) and modifiers: ``-compiled``
 (``torch.compile``, Inductor, ``freezing=True`` for eval), ``-cp`` (gradient
 checkpointing), ``-nchw`` (this model in NCHW although ``channels_last``), ``-nofuse``
-(ours-fast with the oneDNN fused kernels off). ``ours-compiled`` is ``ours-fast-compiled``.
+(ours-fast with the oneDNN fused kernels off), ``-fold`` (ours-fast folding every BN on any
+device, as it does on a CPU; eager GPU runs do not fold by default).
+``ours-compiled`` is ``ours-fast-compiled``.
 """
 from __future__ import annotations
 
@@ -51,12 +53,12 @@ except ImportError:
 from ..engine.compat import quiet_init_logging
 from ..models.bf16 import InferenceBackbone, check_compute_dtype, inference_model
 from ..models.compiled import inductor_freezing
-from ..models.fast import mkldnn_fusion
+from ..models.fast import always_fold, mkldnn_fusion
 from ..models.resnet import ResNetV1Custom
 from ..spec import allowed
 
 BASES = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'ours-bf16')
-MODIFIERS = ('compiled', 'cp', 'nchw', 'nofuse')
+MODIFIERS = ('compiled', 'cp', 'nchw', 'nofuse', 'fold')
 ALIASES = {'ours-compiled': 'ours-fast-compiled'}
 #: the like-for-like set (the compiled ones cost minutes of compile time: ``--models``)
 DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'mmdet-compiled',
@@ -84,6 +86,7 @@ class ModelSpec:
     cp: bool = False
     nchw: bool = False
     nofuse: bool = False
+    fold: bool = False
 
     @property
     def eval_only(self) -> bool:
@@ -115,6 +118,8 @@ def parse_model(name: str) -> ModelSpec:
         bad = 'torchvision has no checkpointing'
     elif 'nofuse' in mods and rest != 'ours-fast':
         bad = '-nofuse is for ours-fast only'
+    elif 'fold' in mods and rest != 'ours-fast':
+        bad = '-fold is for ours-fast only'
     elif rest == 'ours-bf16' and ('cp' in mods or 'compiled' in mods):
         bad = 'ours-bf16 is an eager inference tier'
     if bad:
@@ -467,12 +472,16 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             step = partial(_eval_step if mode == 'eval' else _train_step, runner, x, autocast)
             if spec.nofuse:
                 step = _under(lambda: mkldnn_fusion(False), step)
+            if spec.fold:
+                step = _under(always_fold, step)
             if spec.compiled and mode == 'eval':
                 step = _under(inductor_freezing, step)
             v = Variant(name, mode, v_dtype, gflop=gflop.get(mode))
             if mode == 'train' and not spec.compiled:
                 m.train(True)
-                v.saved_bytes = saved_bytes_of(partial(_forward, m, x, autocast))
+                forward = partial(_forward, m, x, autocast)
+                v.saved_bytes = saved_bytes_of(_under(always_fold, forward) if spec.fold
+                                               else forward)
             variants.append((v, step, m, mode == 'train'))
 
     log(f'warm-up: {max(1, warmup)} steps x {len(variants)} variants (the first timed alone)')
@@ -488,6 +497,7 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             m.train(training)
             if str(device).startswith('cuda'):
                 torch.cuda.reset_peak_memory_stats()
+                resident = torch.cuda.memory_allocated()  # every model's weights
             _sync(device)
             f0 = _minor_faults()
             t0 = time.perf_counter()
@@ -496,7 +506,8 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             v.times.append(time.perf_counter() - t0)
             v.faults.append(_minor_faults() - f0)
             if str(device).startswith('cuda'):
-                v.peak_cuda_bytes = max(v.peak_cuda_bytes or 0, torch.cuda.max_memory_allocated())
+                v.peak_cuda_bytes = max(v.peak_cuda_bytes or 0,
+                                        torch.cuda.max_memory_allocated() - resident)
         log(f'repeat {r + 1}/{repeats} done')
     # the limit again after the models: the better of before and after is the limit
     after = {'fp32': conv_limit(device, torch.float32), 'bf16': conv_limit(device, torch.bfloat16)}
@@ -711,9 +722,12 @@ def table(report: dict) -> str:
     head = (f"{'model':<18} {'mode':<5} {'dtype':<5} {'median s':>8} {'±sd':>7} "
             f"{'vs base':>7} {'1st call':>8} {'saved MiB':>9} {'saved vs':>8} "
             f"{'GFLOP/s':>8} {'of limit':>8} {'faults':>7}")
+    cuda = any(r.get('peak_cuda_bytes') is not None for r in report['results'])
+    head += f" {'peak MiB':>8}" if cuda else ''  # above the resident weights, GPU only
     lines = [head, '-' * len(head)]
     for r in report['results']:
         saved = r['saved_bytes'] / 2**20 if r.get('saved_bytes') else None
+        peak = r['peak_cuda_bytes'] / 2**20 if r.get('peak_cuda_bytes') is not None else None
         lines.append(
             f"{r['name']:<18} {r['mode']:<5} {r.get('dtype', 'fp32'):<5} "
             f"{r['median_s']:>8.3f} {r['sd_s']:>7.3f} {_cell(r.get('time_vs_base'), '.3f', 7)} "
@@ -721,13 +735,14 @@ def table(report: dict) -> str:
             f"{_cell(r.get('saved_vs_base'), '.3f', 8)} "
             f"{_cell(r.get('gflops_per_s') or None, '.1f', 8)} "
             f"{_cell(r.get('fraction_of_limit'), '.3f', 8)} "
-            f"{_cell(r.get('page_faults'), 'd', 7)}")
+            f"{_cell(r.get('page_faults'), 'd', 7)}"
+            + (f" {_cell(peak, '.0f', 8)}" if cuda else ''))
     bases = sorted({(r['mode'], r['baseline']) for r in report['results'] if 'baseline' in r})
     if bases:
         lines.append('vs base: median time / ' + ', '.join(f'{b} ({m})' for m, b in bases))
     lim = report.get('conv_limit_gflops_per_s')
     if lim:
-        lines.append(f"conv limit (best oneDNN channels_last conv, this run): fp32 "
+        lines.append(f"conv limit (best channels_last conv, this run): fp32 "
                      f"{lim['fp32']:.1f}, bf16 {lim['bf16']:.1f} GFLOP/s; secondary, not the "
                      f"limit: MKL fp32 matmul {report['matmul_gflops_per_s']:.1f} GFLOP/s")
     for name, why in (report.get('skipped') or {}).items():

@@ -376,7 +376,7 @@ class ResBlock(BaseModule):
             return False
         # every conv's output is at least as large as the block's (strided) output
         positions = x.shape[0] * -(-x.shape[2] // self.stride) * -(-x.shape[3] // self.stride)
-        return all(foldable(c, n) and worth_folding(c, positions)
+        return all(foldable(c, n) and worth_folding(c, positions, x.device.type)
                    for c, n in ((getattr(self, s.conv), getattr(self, s.norm))
                                 for s in desc.steps))
 

@@ -185,11 +185,20 @@ def _probe_fused_ops() -> str | None:
 FOLD_MIN_RATIO = 16.0
 
 
-def worth_folding(conv: nn.Conv2d, positions: int) -> bool:
+def worth_folding(conv: nn.Conv2d, positions: int, device_type: str = 'cpu') -> bool:
     """Is folding ``conv`` cheaper than running its BN, for ``positions`` output
-    positions (N x H_out x W_out)? Always yes while tracing, compiling or exporting."""
+    positions (N x H_out x W_out) on ``device_type``? Always yes while tracing, compiling
+    or exporting, and under ``fold_always``; never in eager mode on a GPU.
+
+    On a GPU an eager ResNet step is bound by launching kernels, not by memory traffic,
+    and folding adds several small ops per conv (the scale, the shift, the weight
+    multiply) to save one BN pass: it made R50 steps 1.6-1.9x slower there
+    (``docs/benchmark.md``, GPU section), so eager GPU runs take the reference ops.
+    """
     if _capturing() or options.current().fold_always:  # capture first: dynamo cannot
         return True                                     # read a ContextVar
+    if device_type != 'cpu':
+        return False
     per_channel = conv.weight[0].numel()
     return positions * FOLD_MIN_RATIO >= per_channel
 
@@ -308,7 +317,8 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     Returns:
         ``norm(conv(x))`` (or, with ``output_unused``, possibly an uninitialised map).
     """
-    if not (fast and foldable(conv, norm) and worth_folding(conv, out_positions(conv, x))):
+    if not (fast and foldable(conv, norm)
+            and worth_folding(conv, out_positions(conv, x), x.device.type)):
         return norm(conv(x))
     # jit.trace records a custom autograd Function as an opaque node whose value names
     # change between invocations, so its default check_trace fails: trace plain ops
@@ -335,7 +345,7 @@ def conv_norm_relu(conv: nn.Module, norm: nn.Module, relu: nn.Module, x: torch.T
     """
     if fast and foldable(conv, norm) and isinstance(relu, nn.ReLU) \
             and fusion_ok(x, (*conv.parameters(), *norm.parameters())) \
-            and worth_folding(conv, out_positions(conv, x)):
+            and worth_folding(conv, out_positions(conv, x), x.device.type):
         return conv_norm_relu_fused(conv, norm, x)
     return relu(conv_norm(conv, norm, x, fast))
 
