@@ -163,6 +163,14 @@ def test_fold_variant_folds_where_the_default_does_not(small_limit):
     assert saved['ours-fast-fold'] < saved['ours-fast']
 
 
+def test_bf16_autocast_is_measured_against_the_bf16_limit(small_limit):
+    report = run(depth=18, batch=1, size=32, repeats=1, warmup=0, modes=('eval',),
+                 include=('ours-fast',), amp_dtype='bfloat16', log=lambda s: None)
+    row = report['results'][0]
+    assert row['fraction_of_limit'] == pytest.approx(
+        row['gflops_per_s'] / report['conv_limit_gflops_per_s']['bf16'])
+
+
 def test_table_shows_peak_cuda_memory_only_for_gpu_runs(small_limit):
     report = run(depth=18, batch=1, size=64, repeats=1, warmup=0, modes=('eval',),
                  include=('ours-fast',), log=lambda s: None)

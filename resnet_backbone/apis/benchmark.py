@@ -515,7 +515,8 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
     rows = []
     for v, *_ in variants:
         base = _baseline(v, [b for b, *_ in variants])
-        rows.append(v.row(base, limits[v.dtype]))
+        # under bf16 autocast the convs run in bf16: their limit is the bf16 one
+        rows.append(v.row(base, limits['bf16' if amp_dtype == 'bfloat16' else v.dtype]))
     settings = dict(depth=depth, batch=batch, size=size, width=width, modes=list(modes),
                     with_cp=with_cp, channels_last=channels_last, amp_dtype=amp_dtype,
                     compute_dtype=compute_dtype, device=device, repeats=repeats,
@@ -800,7 +801,8 @@ def plot(report: dict, path: str | Path) -> Path:
     hw = f"{s['size']}x{s.get('width', s['size'])}"  # reports before --width: square
     fig.suptitle(f"R{s['depth']} {s['batch']}x3x{hw} on {s['device']}"
                  f"{' channels_last (all)' if s.get('channels_last') else ''}"
-                 f"{' with_cp' if s['with_cp'] else ''} {s.get('compute_dtype', 'fp32')}; "
+                 f"{' with_cp' if s['with_cp'] else ''} {s.get('compute_dtype', 'fp32')}"
+                 f"{' + ' + s['amp_dtype'] + ' autocast' if s.get('amp_dtype') else ''}; "
                  f"medians of {s['repeats']} interleaved repeats", fontsize=10)
     fig.tight_layout()
     path = Path(path)

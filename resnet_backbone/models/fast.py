@@ -3,7 +3,9 @@
 A BatchNorm in eval mode (frozen stages, ``norm_eval=True``, ``model.eval()``) is an
 affine map per channel, so ``bn(conv(x, W))`` equals ``conv(x, W * s) + (b - m * s)``
 with ``s = gamma / sqrt(var + eps)``. Folding saves one full pass over the activation
-in the forward pass, and the BN's input no longer has to be kept for backward.
+in the forward pass, and the BN's input no longer has to be kept for backward. It runs
+on the CPU and in captured graphs; eager GPU runs keep the reference ops (see
+:func:`worth_folding`).
 
 The folded weight is recomputed from the live parameters and buffers at every call, so
 it never goes stale after an optimizer step or a ``load_state_dict``, and autograd
@@ -190,10 +192,10 @@ def worth_folding(conv: nn.Conv2d, positions: int, device_type: str = 'cpu') -> 
     positions (N x H_out x W_out) on ``device_type``? Always yes while tracing, compiling
     or exporting, and under ``fold_always``; never in eager mode on a GPU.
 
-    On a GPU an eager ResNet step is bound by launching kernels, not by memory traffic,
-    and folding adds several small ops per conv (the scale, the shift, the weight
-    multiply) to save one BN pass: it made R50 steps 1.6-1.9x slower there
-    (``docs/benchmark.md``, GPU section), so eager GPU runs take the reference ops.
+    On a GPU folding adds several small kernels per conv (the scale, the shift, the
+    weight multiply) to save one BN pass; measured, that lost in eval at every batch and
+    in training at detection's usual 2 images per GPU (``docs/benchmark.md``, GPU
+    section), so eager GPU runs take the reference ops.
     """
     if _capturing() or options.current().fold_always:  # capture first: dynamo cannot
         return True                                     # read a ContextVar

@@ -99,7 +99,9 @@ class ResNetV1Custom(BackboneContract, BaseModule):
         pretrained: Deprecated, use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config.
         fast: Fold every eval-mode BatchNorm into its conv on the fly (frozen stages,
-            ``norm_eval``, ``model.eval()``); within ~1e-6 relative of the reference.
+            ``norm_eval``, ``model.eval()``) on the CPU and in compiled or exported
+            graphs, where it pays (``fast.worth_folding``; eager GPU runs keep the
+            reference ops); within ~1e-6 relative of the reference.
             ``fast=False`` is the reference mode: mmdet's op order, bitwise its outputs.
         drop_path_rate: Stochastic depth: the drop rate of the last block; block ``i`` of
             ``n`` (over all stages) gets ``drop_path_rate * i / (n - 1)``, timm's linear
