@@ -138,8 +138,11 @@ def _one_error_line(r: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize('stub,says', [
     # a pyenv shim whose version is not active: the command exists but exits 127
-    ('echo "pyenv: python3.12: command not found" >&2; exit 127',
-     'exit 127: pyenv: python3.12: command not found'),
+    # (pyenv's whole message: its first line is the cause, its last a footnote)
+    ('printf "pyenv: python3.12: command not found\\n\\nThe \\`python3.12\' command exists in '
+     'these Python versions:\\n  3.12.1\\n\\nNote: See \'pyenv help global\' for tips on allowing '
+     'both\\n      python2 and python3 to be found at the same time.\\n" >&2; exit 127',
+     'exit 127: pyenv: python3.12: command not found)'),
     # an interpreter that crashes at start (a broken install)
     ('echo "Fatal Python error: init_fs_encoding: failed to get the Python codec" >&2; exit 1',
      'exit 1: Fatal Python error: init_fs_encoding'),

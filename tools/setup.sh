@@ -105,9 +105,10 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH; install Pytho
 # is not active exits 127, a broken install crashes) is named as such, not as "too old".
 py_out=$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>&1)
 py_rc=$?
+py_first=$(printf '%s\n' "$py_out" | grep -m1 '[^[:space:]]' | sed -e 's/^[[:space:]]*//')  # the cause, where it failed
 py_out=$(printf '%s\n' "$py_out" | tail -n1)
 if [ "$py_rc" -ne 0 ] || ! [[ "$py_out" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
-    die "PYTHON='$PYTHON' ($(command -v "$PYTHON")) does not run (exit $py_rc: ${py_out:-no output}); set PYTHON to a working interpreter, e.g. PYTHON=\$(pyenv root)/versions/3.11.7/bin/python3.11 (a pyenv shim runs only for an active version)."
+    die "PYTHON='$PYTHON' ($(command -v "$PYTHON")) does not run (exit $py_rc: ${py_first:-no output}); set PYTHON to a working interpreter, e.g. PYTHON=\$(pyenv root)/versions/3.11.7/bin/python3.11 (a pyenv shim runs only for an active version)."
 fi
 PY_VERSION="$py_out"
 IFS=. read -r py_major py_minor _ <<<"$PY_VERSION"
