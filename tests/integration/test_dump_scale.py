@@ -89,7 +89,9 @@ def _dist(out, inputs, nproc, env=None):
         ['bash', str(ROOT / 'tools' / 'dist_dump.sh'), CONFIG, str(nproc), '--input',
          str(inputs), '--out', str(out), '--levels', ','.join(LEVELS), '--workers', '1'],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, 'PORT': str(_free_port()), 'OMP_NUM_THREADS': '1', **(env or {})})
+        env={**os.environ, 'PORT': str(_free_port()), 'OMP_NUM_THREADS': '1',
+             'PYTHON': sys.executable,  # this interpreter's stack, not whatever .venv holds
+             **(env or {})})
 
 
 def test_torchrun_two_ranks_then_a_killed_rank_and_a_rerun(tmp_path):
