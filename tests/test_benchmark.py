@@ -65,7 +65,7 @@ def test_width_makes_a_rectangular_input(small_limit, monkeypatch):
         return models
     monkeypatch.setattr(api, 'build_models', spy)
     wide = run(depth=18, batch=1, size=64, width=96, repeats=1, warmup=0, modes=('eval',),
-                   include=('ours-fast',), log=lambda s: None)
+               include=('ours-fast',), log=lambda s: None)
     assert seen and set(seen) == {(1, 3, 64, 96)}
     assert wide['settings']['width'] == 96 and square['settings']['width'] == 64
     assert wide['gflop']['eval'] == pytest.approx(square['gflop']['eval'] * 1.5, rel=0.05)

@@ -229,7 +229,6 @@ def test_constraint_conflict_is_named(tmp_path):
             and 'pip config list' in line), line
 
 
-
 # What pip 24 prints on Python 3.10 for the default stack (numpy 2.4.6 needs >= 3.11; a
 # 3.10 row of the matrix, 2026-11-30), and what it says about the pin alone.
 PIN_TOO_NEW = """\
@@ -259,6 +258,7 @@ def test_pin_without_a_release_for_this_python_is_named(tmp_path):
     assert line.startswith('setup: ERROR in step "pip and build tools": '), line
     assert ('numpy==2.4.6 (constraints.txt) has no release for Python 3.10.13: it requires '
             'Python >=3.11' in line and 'pip config' not in line), line
+
 
 def test_onedl_stack_installs_the_forks_by_their_names(tmp_path):
     """STACK=onedl: onedl-mmengine, onedl-mmcv (built from its sdist, cached under its own

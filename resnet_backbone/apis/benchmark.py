@@ -469,19 +469,14 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             if mode == 'train' and (spec.eval_only or dtype != torch.float32):
                 log(f'{name} train: not run (the bf16 tier is for inference)')
                 continue
-            step = partial(_eval_step if mode == 'eval' else _train_step, runner, x, autocast)
-            if spec.nofuse:
-                step = _under(lambda: mkldnn_fusion(False), step)
-            if spec.fold:
-                step = _under(always_fold, step)
+            step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
+                                           runner, x, autocast))
             if spec.compiled and mode == 'eval':
                 step = _under(inductor_freezing, step)
             v = Variant(name, mode, v_dtype, gflop=gflop.get(mode))
             if mode == 'train' and not spec.compiled:
                 m.train(True)
-                forward = partial(_forward, m, x, autocast)
-                v.saved_bytes = saved_bytes_of(_under(always_fold, forward) if spec.fold
-                                               else forward)
+                v.saved_bytes = saved_bytes_of(_as_named(spec, partial(_forward, m, x, autocast)))
             variants.append((v, step, m, mode == 'train'))
 
     log(f'warm-up: {max(1, warmup)} steps x {len(variants)} variants (the first timed alone)')
@@ -535,6 +530,16 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             {n: eager_of[n] for n in models if n in PROFILED}, x32, modes, channels_last,
             limits, device, repeats=max(3, min(repeats, 5)), log=log)
     return report
+
+
+def _as_named(spec: ModelSpec, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` under the options its model name's modifiers set (``-nofuse``, ``-fold``),
+    for the timed steps and the saved-bytes count alike."""
+    if spec.nofuse:
+        fn = _under(lambda: mkldnn_fusion(False), fn)
+    if spec.fold:
+        fn = _under(always_fold, fn)
+    return fn
 
 
 def _under(make_context: Callable, fn: Callable[[], None]) -> Callable[[], None]:

@@ -164,8 +164,7 @@ def main(argv=None) -> dict:
     check_args(a)
     report = run_benchmark(
         depth=a.depth, batch=a.batch, size=a.size, width=a.width, modes=a.modes,
-        with_cp=a.with_cp,
-        channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
+        with_cp=a.with_cp, channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
         repeats=a.repeats, warmup=a.warmup, frozen_stages=a.frozen_stages,
         include=a.models, compute_dtype=a.compute_dtype, malloc_tuned=a.malloc_tuned,
         profile=a.profile, log=lambda s: print(f'[bench] {s}', file=sys.stderr))
