@@ -14,6 +14,7 @@ from resnet_backbone.io.checkpoint_io import (
     AtomicLocalBackend,
     find_resumable_checkpoint,
     is_complete_checkpoint,
+    resumable_checkpoints,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +65,31 @@ def test_find_resumable_skips_truncated_and_bad_pointer(tmp_path):
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_24.pth'))
     assert not is_complete_checkpoint(tmp_path / 'iter_24.pth')
     assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_16.pth'
+    # a pointer left behind by a kill between the newer save and the pointer's update
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_8.pth'))
-    assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_8.pth'
+    assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_16.pth'
     assert find_resumable_checkpoint(tmp_path / 'empty') is None
+
+
+def test_issue29_resume_resolves_inside_the_work_dir_and_names_what_it_skipped(tmp_path):
+    """Finding 5: a copied work dir's last_checkpoint holds the original's absolute path;
+    the copy's own file of that name is the one to resume from, and a damaged newest one is
+    returned as skipped (the tool says so). Before, the original's file was loaded."""
+    original, copy = tmp_path / 'original', tmp_path / 'copy'
+    for folder in (original, copy):
+        folder.mkdir()
+        for i in (2, 4):
+            torch.save({'meta': {'iter': i, 'where': folder.name}}, folder / f'iter_{i}.pth')
+        (folder / 'last_checkpoint').write_text(str(original / 'iter_4.pth'))
+    found, damaged = resumable_checkpoints(copy)
+    assert (found, damaged) == (copy / 'iter_4.pth', [])
+    data = (copy / 'iter_4.pth').read_bytes()
+    (copy / 'iter_4.pth').write_bytes(data[:len(data) // 3])
+    assert resumable_checkpoints(copy) == (copy / 'iter_2.pth', [copy / 'iter_4.pth'])
+    (copy / 'iter_2.pth').write_bytes(b'')
+    assert resumable_checkpoints(copy) == (None, [copy / 'iter_4.pth', copy / 'iter_2.pth'])
+    (copy / 'last_checkpoint').write_text('/nowhere/iter_9.pth')  # names no file here
+    assert resumable_checkpoints(original) == (original / 'iter_4.pth', [])
 
 
 class _SneakyGetattr:

@@ -145,3 +145,68 @@ def test_finding4_set_max_iters_shorter_than_the_warmup_keeps_a_valid_schedule()
     for s in cfg.param_scheduler:
         assert 0 <= s.begin < s.end <= 20, dict(s)
     assert _lrs(cfg, 20)[19] < 0.05  # annealed, not stuck in warm-up
+
+
+# -- issue 29 ------------------------------------------------------------------------------
+
+@_NO_OPT_STEP
+@pytest.mark.parametrize('iters, warm', [(40, 10), (60, 15), (200, 50), (1200, 50), (8, 2)])
+def test_issue29_warmup_keeps_its_iterations_capped_at_a_quarter_of_the_run(iters, warm):
+    """Finding 12: --max-iters 40 squeezed the 50-iteration warm-up to 2 iterations (the
+    rate jumped to full at iteration 2 and the loss to 9-11); it keeps 10 now."""
+    cfg = load_config(SHAPES, max_iters=iters)
+    warmup, cosine = cfg.param_scheduler
+    assert (warmup.begin, warmup.end) == (0, warm) and cosine.begin == warm
+    assert cosine.end == iters and cosine.T_max == iters - warm
+    lrs = _lrs(cfg, iters)
+    assert lrs[warm - 2] < 1.0 and lrs[warm - 1] == pytest.approx(1.0)  # full rate at its end
+
+
+@pytest.mark.parametrize('classes, fine', [
+    (['face', 'cup', 'helmet'], True), (['face', 'helmet'], True), (['cup'], True),
+    (['cup', 'face', 'helmet'], False), (['helmet', 'face'], False),
+    (['face', 'cup', 'helmett'], False), (['dog'], False)])
+def test_issue29_class_names_must_be_categories_in_the_files_order(classes, fine):
+    """Findings 1 and 2: mmdet numbers labels in the file's category order, so another
+    order names every box wrongly; a misspelt name drops its boxes silently."""
+    names = ['face', 'cup', 'helmet']  # ids 7, 3, 12 in the probe's file
+    if fine:
+        training.check_class_names(classes, names, 'a.json')
+        return
+    with pytest.raises(training.ClassesMismatchError) as info:
+        training.check_class_names(classes, names, 'a.json')
+    msg = str(info.value)
+    assert msg.startswith('a.json: ') and '\n' not in msg
+    if classes == ['cup', 'face', 'helmet']:
+        assert msg.endswith('give --classes face,cup,helmet')
+    if classes == ['face', 'cup', 'helmett']:
+        assert "class 'helmett' is not a category of this file (its categories, in " \
+               'order: face, cup, helmet)' in msg
+
+
+def test_issue29_coco_dataset_refuses_a_class_order_other_than_the_files(tmp_path):
+    """Findings 1-2 at the dataset (train, val, test and the dump all build one): mmdet's
+    CocoDataset took cup,face,helmet and numbered labels face=0, cup=1, helmet=2."""
+    import json
+
+    from mmdet.datasets import CocoDataset
+    training.guard_empty_datasets()
+    cats = [dict(id=7, name='face'), dict(id=3, name='cup'), dict(id=12, name='helmet')]
+    ann = tmp_path / 'a.json'
+    ann.write_text(json.dumps(dict(
+        images=[dict(id=1, file_name='x.png', width=64, height=64)],
+        annotations=[dict(id=k + 1, image_id=1, category_id=c['id'], bbox=[1, 1, 9, 9],
+                          area=81, iscrowd=0) for k, c in enumerate(cats)],
+        categories=cats)))
+
+    def build(classes):
+        return CocoDataset(ann_file=str(ann), metainfo=dict(classes=classes),
+                           data_prefix=dict(img=str(tmp_path)), pipeline=[])
+
+    ds = build(('face', 'helmet'))
+    assert ds.cat2label == {7: 0, 12: 1}
+    assert [i['bbox_label'] for i in ds[0]['instances']] == [0, 1]
+    for bad in (('cup', 'face', 'helmet'), ('face', 'cup', 'helmett')):
+        with pytest.raises(training.ClassesMismatchError, match=f'^{ann}: '):
+            build(bad)
+    assert 'COCOAPI' not in vars(ds)  # the dataset's own API class is put back

@@ -47,7 +47,8 @@ from ..data.shapes import generate
 from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
     check_checkpoint_file,
-    find_resumable_checkpoint,
+    resumable_checkpoints,
+    runner_checkpoint_globals,
     use_safe_checkpoint_hook,
 )
 from ..registry import check_backbone_kwargs
@@ -420,15 +421,22 @@ def _iter_schedulers(cfg: Config) -> list:
     return [s for s in scheds if isinstance(s, dict) and not s.get('by_epoch', True)]
 
 
+#: The most of a run a warm-up may take after --max-iters: a 50-iteration warm-up in a
+#: 40-iteration run keeps 10 iterations (a warm-up scaled with the run to 2 iterations
+#: jumped to the full rate, and the loss to 9-11).
+WARMUP_FRACTION = 0.25
+
+
 def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
     """Change an iteration-based schedule's length, scaling the LR schedule with it.
 
     Schedulers that ended at the old length (``old``, default the config's
     ``train_cfg.max_iters``) end at the new one (a cosine's ``T_max`` follows), so a
-    shorter or longer run still anneals to the end. Earlier boundaries (a warm-up's end,
-    milestones) keep their iteration while they lie in the first half of the new run;
-    otherwise every boundary scales by ``max_iters / old`` (a warm-up keeps at least two
-    iterations, so that it reaches the full rate).
+    shorter or longer run still anneals to the end. A warm-up (a scheduler from 0 that
+    ends inside the run) keeps its length in iterations, capped at
+    :data:`WARMUP_FRACTION` of the new run. Other boundaries (milestones) keep their
+    iteration while they lie in the first half of the new run; otherwise every one scales
+    by ``max_iters / old``.
     """
     if max_iters < 1:
         raise ValueError(f'max_iters must be >= 1; got {max_iters}')
@@ -442,18 +450,24 @@ def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
     if cfg.train_cfg.get('val_interval', old) >= old:
         cfg.train_cfg.val_interval = max_iters
     scheds = _iter_schedulers(cfg)
+    warm_ends = {s.get('end', _INF) for s in scheds
+                 if s.get('begin', 0) == 0 and 0 < s.get('end', _INF) < old}
+    warm_cap = max(1, round(WARMUP_FRACTION * max_iters))
     inner = [b for s in scheds
              for b in (s.get('begin', 0), s.get('end', _INF), *s.get('milestones', ()))
-             if b < old]
+             if b < old and b not in warm_ends]
 
     def new(b):
         if b >= old:
             return max_iters if b < _INF else b
+        last = max(1, max_iters - 1)  # the last boundary inside the run
+        if b in warm_ends:  # a warm-up's end (and the begin of what follows it); a
+            # warm-up needs 2 iterations to reach the full rate (mmengine's LinearLR)
+            return max(min(2, last), min(b, warm_cap, last))
         if 2 * max(inner, default=0) <= max_iters:  # the early phases fit: keep them
             return b
         if b == 0:
             return 0
-        last = max(1, max_iters - 1)  # the last boundary inside the run
         return max(min(2, last), min(last, round(b * max_iters / old)))
 
     for s in scheds:
@@ -618,14 +632,81 @@ def _explain_empty(ds, why: str, names: list[str]) -> NoImagesError:
                          f'{",".join(names) or "a,b"} (train.py and test.py)')
 
 
+class ClassesMismatchError(NoImagesError):
+    """The configured classes do not match the annotation file's categories (a name that
+    is not there, or an order other than the file's); the message is one line."""
+
+
+def check_class_names(classes, file_names: list[str], where: str) -> None:
+    """One line unless ``classes`` are categories of the file, in the file's order.
+
+    mmdet's ``CocoDataset`` (and ``CocoMetric``) number the labels in the *file's*
+    category order, whatever order the names are given in, while every class name shown
+    (predictions, pictures, dumps) follows the given order: another order would silently
+    put the wrong name on every box. A name missing from the file would silently drop
+    all its boxes. A subset, in the file's order, is fine.
+
+    Args:
+        classes: The configured class names (``--classes``, ``metainfo.classes``).
+        file_names: The file's category names, in the file's order.
+        where: The annotation file, for the message.
+
+    Raises:
+        ClassesMismatchError: A name not in the file, or names out of the file's order.
+
+    Example:
+        >>> check_class_names(['face', 'helmet'], ['face', 'cup', 'helmet'], 'a.json')
+    """
+    classes = [str(c) for c in classes]
+    cats = ', '.join(file_names)
+    missing = [c for c in classes if c not in file_names]
+    if len(missing) == len(classes):
+        raise ClassesMismatchError(
+            f'{where}: none of the classes ({", ".join(classes)}) is a category of this '
+            f'file; the file\'s categories are: {cats}; give those with --classes '
+            f'{",".join(file_names)} (train.py and test.py)')
+    if missing:
+        raise ClassesMismatchError(
+            f'{where}: class {", ".join(repr(c) for c in missing)} is not a category of this '
+            f'file (its categories, in order: {cats}); fix the spelling in --classes '
+            '(or metainfo.classes)')
+    in_file_order = [n for n in file_names if n in classes]
+    if classes != in_file_order:
+        raise ClassesMismatchError(
+            f'{where}: the classes {",".join(classes)} are not in the file\'s category '
+            f'order ({cats}); labels are numbered in the file\'s order (as mmdet does), so '
+            f'every name would be wrong: give --classes {",".join(in_file_order)}')
+
+
 def guard_empty_datasets() -> None:
     """mmdet's ``CocoDataset``: one line listing the annotation file's category names when
-    none of the configured classes is in the file, or no image survives the filter (mmdet
-    itself ends in ``ValueError: need at least one array to concatenate``). Idempotent."""
+    a configured class is not in the file or the classes are not in the file's order
+    (:func:`check_class_names`), or no image survives the filter (mmdet itself ends in
+    ``ValueError: need at least one array to concatenate``). Idempotent."""
     from mmdet.datasets import CocoDataset  # mmdet.datasets is heavy: only when set up
     if getattr(CocoDataset.filter_data, '_resnet_backbone_guard', False):
         return
     original = CocoDataset.filter_data
+    original_load = CocoDataset.load_data_list
+
+    def load_data_list(self):
+        # checked on the COCO object mmdet builds anyway (it deletes it after loading): a
+        # second parse of a large annotation file would cost seconds
+        dataset = self
+
+        class CheckedCOCO(type(self).COCOAPI):
+            def get_cat_ids(self, *args, **kwargs):
+                names = [str(c.get('name')) for c in self.dataset.get('categories', [])]
+                classes = dataset.metainfo.get('classes')
+                if names and classes:  # (a file without categories: predict only)
+                    check_class_names(classes, names, dataset.ann_file)
+                return super().get_cat_ids(*args, **kwargs)
+
+        self.COCOAPI = CheckedCOCO  # this dataset only
+        try:
+            return original_load(self)
+        finally:
+            del self.COCOAPI
 
     def filter_data(self):
         kept = original(self)
@@ -642,6 +723,7 @@ def guard_empty_datasets() -> None:
 
     filter_data._resnet_backbone_guard = True
     CocoDataset.filter_data = filter_data
+    CocoDataset.load_data_list = load_data_list
 
 
 def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,
@@ -659,7 +741,12 @@ def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool =
                              'base_batch_size=N)` in the config; it has none')
         cfg.auto_scale_lr.enable = True
     if resume == 'auto':
-        found = find_resumable_checkpoint(cfg.work_dir)
+        found, damaged = resumable_checkpoints(cfg.work_dir)
+        if damaged:
+            print_log(f'--resume: skipped {", ".join(p.name for p in damaged)} in '
+                      f'{cfg.work_dir}: damaged (truncated or empty); resuming from '
+                      f'{found.name if found else "nothing"} instead, and the damaged '
+                      'file will be overwritten', logger='current', level=logging.WARNING)
         if found is None:
             print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; starting fresh',
                       logger='current')
@@ -673,6 +760,54 @@ def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool =
         check_checkpoint_file(resume, '--resume', _RESUME_FIX)
         cfg.resume = True
         cfg.load_from = resume
+
+
+def _saved_progress(checkpoint: str) -> tuple[int | None, int | None]:
+    """(iteration reached, where its iteration-based LR schedule ends) of a Runner
+    checkpoint; ``None`` for what it does not hold. Read memory-mapped: no tensor data is
+    loaded."""
+    with runner_checkpoint_globals():
+        saved = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+    meta = saved.get('meta') or {}
+    scheds = saved.get('param_schedulers') or []
+    scheds = scheds if isinstance(scheds, list) else [scheds]
+    ends = [s['end'] for s in scheds if isinstance(s, dict) and not s.get('by_epoch', True)
+            and isinstance(s.get('end'), int) and s['end'] < _INF]
+    it = meta.get('iter')
+    return (it if isinstance(it, int) else None), (max(ends) if ends else None)
+
+
+def check_resume_schedule(cfg: Config, tool: str = '') -> bool:
+    """Before a resumed iteration-based run: one line on what it will do, when that is
+    not simply "finish the saved run". False when nothing is left to train.
+
+    mmengine restores the LR schedulers as saved (their ``end`` and ``T_max``), so a
+    resume with another ``--max-iters`` does not rescale the schedule: past the saved
+    schedule's end the rate stays where it ended. That is said in one WARNING line; a
+    run that already reached ``max_iters`` is one line and trains nothing.
+    """
+    checkpoint = cfg.get('load_from')
+    max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
+    if not cfg.get('resume') or not isinstance(checkpoint, str) or '://' in checkpoint \
+            or not isinstance(max_iters, int):
+        return True
+    it, end = _saved_progress(checkpoint)
+    prefix = f'{tool}: ' if tool else ''
+    name = Path(checkpoint).name
+    if it is not None and it >= max_iters:
+        print(f'{prefix}--resume: nothing to train: {name} is at iteration {it} and '
+              f'max_iters is {max_iters} (the run is already finished); give a larger '
+              '--max-iters to train on, or a new --work-dir to start over',
+              file=sys.stderr, flush=True)
+        return False
+    if end is not None and end != max_iters:
+        after = (f'iterations {end + 1}-{max_iters} run at the rate where it ends'
+                 if end < max_iters else f'the run stops at {max_iters}, before it anneals')
+        print(f'{prefix}WARNING: --resume restores the LR schedule saved in {name}, which '
+              f'ends at iteration {end}, not max_iters={max_iters}: it is not rescaled, so '
+              f'{after}; for a full {max_iters}-iteration schedule train in a new '
+              '--work-dir', file=sys.stderr, flush=True)
+    return True
 
 
 _RESUME_FIX = ('name a complete one, or give --resume without a path to pick the newest '
@@ -712,6 +847,23 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
+class _DemoteMessages(logging.Filter):
+    """Logs records whose message starts with one of ``prefixes`` at INFO, not WARNING."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(self.prefixes):
+            record.levelno, record.levelname = logging.INFO, 'INFO'
+        return True
+
+
+# mmengine's IterBasedTrainLoop logs every resume's skipping of the data already trained
+# on as a WARNING; it is what a resume is meant to do, so it is INFO here.
+_MMENGINE_NOTICES = ('Advance dataloader',)
+
 # mmengine 0.10.7's own CheckpointHook builds a deprecated FileClient on every run and
 # then warns about it (twice). Nothing a user can change; these exact lines are dropped.
 _MMENGINE_SELF_WARNINGS = ('"FileClient" will be deprecated in future',
@@ -727,5 +879,6 @@ def build_runner(cfg: Config, checkpoint_arg: str = 'load_from'):
     check_load_from(cfg, checkpoint_arg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.logger.addFilter(_DropMessages(_MMENGINE_SELF_WARNINGS))
+    runner.logger.addFilter(_DemoteMessages(_MMENGINE_NOTICES))
     summarise_frozen_params(runner)
     return runner

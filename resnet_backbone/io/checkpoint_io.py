@@ -207,27 +207,45 @@ def is_complete_checkpoint(path: str | Path) -> bool:
 _CKPT_NUM = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
 
 
-def find_resumable_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from in ``work_dir``, or ``None``.
+def _checkpoint_number(path: Path) -> int:
+    m = _CKPT_NUM.match(path.name)
+    return int(m.group(1)) if m else -1
 
-    ``last_checkpoint`` wins when it names a complete file; otherwise the newest
-    complete ``iter_N.pth`` / ``epoch_N.pth`` does.
+
+def resumable_checkpoints(work_dir: str | Path) -> tuple[Path | None, list[Path]]:
+    """The checkpoint to resume from in ``work_dir`` and the newer ones that are damaged.
+
+    Everything is resolved inside ``work_dir``: ``last_checkpoint`` is read for the file
+    *name* it holds (a work dir copied elsewhere keeps an absolute path to the original
+    folder, which must not be loaded). The newest complete ``iter_N.pth`` /
+    ``epoch_N.pth``, or the file ``last_checkpoint`` names, wins; a newer file that is
+    truncated or empty (a kill, a full disk) is skipped and returned, so that the caller
+    says so.
+
+    Returns:
+        ``(checkpoint or None, damaged newer checkpoints, newest first)``.
     """
     work_dir = Path(work_dir)
+    files = {p for p in work_dir.glob('*.pth') if _CKPT_NUM.match(p.name)}
     pointer = work_dir / 'last_checkpoint'
     if pointer.is_file():
-        named = Path(pointer.read_text().strip())
-        if not named.is_absolute():
-            named = work_dir / named.name
-        if is_complete_checkpoint(named):
-            return named
-    candidates = sorted(
-        (int(m.group(1)), p) for p in work_dir.glob('*.pth')
-        if (m := _CKPT_NUM.match(p.name)))
-    for _, path in reversed(candidates):
+        name = Path(pointer.read_text().strip()).name
+        if name and (work_dir / name).is_file():
+            files.add(work_dir / name)
+    # newest first; at equal numbers (a non-standard name) the pointer's file first
+    order = sorted(files, key=lambda p: (_checkpoint_number(p), p.name), reverse=True)
+    damaged = []
+    for path in order:
         if is_complete_checkpoint(path):
-            return path
-    return None
+            return path, damaged
+        damaged.append(path)
+    return None, damaged
+
+
+def find_resumable_checkpoint(work_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``work_dir``, or ``None``
+    (:func:`resumable_checkpoints`)."""
+    return resumable_checkpoints(work_dir)[0]
 
 
 class CheckpointFileError(ToolError, ValueError):
