@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..io.fileio import atomic_write_bytes
-from .visualize import blend, channel_grid, feature_sheet, save_png
+from .visualize import blend, channel_grid, display_rgb, feature_sheet, save_png
 
 OVERLAY_MODES = ('mean', 'topk')
 DEFAULT_MAX_SIDE = 1024
@@ -44,12 +44,13 @@ def overlay_size(ori_shape, max_side: int) -> tuple[int, int]:
 
 
 def open_bounded(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """The image at ``path`` as RGB (H, W, 3) of ``size`` (H, W), decoded reduced where
-    the format allows (JPEG draft), EXIF orientation applied as OpenCV's decoder does."""
+    """The image at ``path`` as 8-bit RGB (H, W, 3) of ``size`` (H, W), decoded reduced
+    where the format allows (JPEG draft), EXIF orientation applied as OpenCV's decoder
+    does, 16-bit values scaled to 8 bits (:func:`~.visualize.display_rgb`), not clipped."""
     with Image.open(path) as im:
         h, w = size
         im.draft('RGB', (w, h))  # JPEG: decode at the smallest 1/2^k scale >= the size
-        im = ImageOps.exif_transpose(im).convert('RGB')
+        im = display_rgb(ImageOps.exif_transpose(im))
         if im.size != (w, h):
             im = im.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
         return np.asarray(im)

@@ -118,6 +118,40 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
     return pil
 
 
+#: PIL modes of more than 8 bits per value; ``convert('RGB')`` clips them at 255, so a
+#: 16-bit grayscale PNG (mode ``I;16``) would be drawn almost white
+_WIDE_MODES = ('I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F')
+
+
+def display_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB for drawing on: only for display, never for the model.
+
+    PIL's ``convert('RGB')`` clips values above 255, so a 16-bit grayscale PNG comes
+    out white. Wider values are scaled down instead: integers by the bits they need
+    (16-bit: the high byte, which is what OpenCV's decoder, and so the model's
+    ``LoadImageFromFile``, makes of the same file; 32-bit likewise), floats by
+    their maximum when it exceeds 255. 8-bit modes convert as before.
+
+    Example:
+        >>> im = Image.fromarray(np.full((2, 2), 40000, dtype=np.uint16))
+        >>> im.mode, display_rgb(im).getpixel((0, 0))
+        ('I;16', (156, 156, 156))
+    """
+    if image.mode not in _WIDE_MODES:
+        return image.convert('RGB')
+    values = np.asarray(image)
+    if values.dtype.kind == 'f':
+        finite = values[np.isfinite(values)]
+        hi = float(finite.max()) if finite.size else 0.0
+        scaled = np.nan_to_num(values) * (255.0 / hi if hi > 255 else 1.0)
+    else:
+        hi = int(values.max()) if values.size else 0
+        bits = 16 if image.mode.startswith('I;16') or hi < 1 << 16 else 32
+        scaled = values.astype(np.int64) >> (bits - 8)
+    gray = np.asarray(scaled).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(gray, 'L').convert('RGB')
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Save ``image`` as a PNG atomically: the file is complete or absent, never cut
     short by Ctrl-C or a kill. zlib level 1: a dump writes thousands of these, and level
@@ -159,7 +193,8 @@ def prediction_sheet(config, checkpoint: str, image_paths: Sequence[str | Path],
     palette = meta.get('palette') or [(220, 20, 60)]
     tiles = []
     for path in image_paths:
-        image = np.asarray(Image.open(path).convert('RGB'))
+        with Image.open(path) as im:
+            image = np.asarray(display_rgb(im))  # 16-bit: scaled, not clipped white
         pred = inference_detector(model, str(path)).pred_instances
         tiles.append(draw_detections(image, pred.bboxes.numpy(), pred.labels.tolist(),
                                      pred.scores.tolist(), classes, palette,
