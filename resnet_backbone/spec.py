@@ -1,5 +1,6 @@
 """The vocabulary every layer shares: the architecture table, stem types, styles,
-output shapes and the one choice check (:func:`check_choice`, :func:`choice_error`).
+output shapes, the one choice check (:func:`check_choice`, :func:`choice_error`) and
+the one "not a tensor" message (:func:`not_a_tensor_error`).
 
 A leaf: it imports only the standard library, so the weight converters
 (:mod:`resnet_backbone.io`) and the network (:mod:`resnet_backbone.models`) can both use
@@ -145,3 +146,31 @@ def check_choice(name: str, value: object, choices: Iterable, hint: str = '', *,
             or value not in choices:
         raise choice_error(f'{name}={value!r} is not supported', choices,
                            f'; {hint}' if hint else '', quote=quote)
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    module = cls.__module__.split('.')[0]
+    return cls.__qualname__ if module == 'builtins' else f'{module}.{cls.__qualname__}'
+
+
+def not_a_tensor_error(name: str, value: object, shape: str = '(N, C, H, W)') -> TypeError:
+    """The one-line ``TypeError`` for an input that is no ``torch.Tensor``, with the
+    conversion for what it is (no torch import: this module is a leaf).
+
+    Example:
+        >>> import numpy as np
+        >>> str(not_a_tensor_error('x', np.zeros(3)))  # doctest: +ELLIPSIS
+        'x must be a torch.Tensor (N, C, H, W), got numpy.ndarray; convert it with torch...'
+    """
+    got = _type_name(value)
+    if got == 'numpy.ndarray':
+        fix = (f'torch.from_numpy({name}).float() (an (H, W, C) image: '
+               f'torch.from_numpy({name}).permute(2, 0, 1)[None].float())')
+    elif got.startswith('PIL.'):
+        fix = f'torchvision.transforms.functional.pil_to_tensor({name})[None].float()'
+    elif isinstance(value, (list, tuple)):
+        fix = f'torch.tensor({name}) (several tensors: torch.stack({name}))'
+    else:
+        fix = f'torch.as_tensor({name})'
+    return TypeError(f'{name} must be a torch.Tensor {shape}, got {got}; convert it with {fix}')

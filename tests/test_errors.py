@@ -254,3 +254,26 @@ def test_dump_index_only_without_a_folder_is_one_line(monkeypatch, capsys, flag)
     assert code == 2, err
     assert err.strip().splitlines()[-1] == (
         f'dump_features.py: error: {flag} needs the dump folder: {flag} DIR (or --out DIR)')
+
+
+@pytest.mark.parametrize('cls', ['v1', 'v2'])
+@pytest.mark.parametrize('method', ['forward', 'forward_levels'])
+def test_forward_non_tensor_input_is_one_line(cls, method):
+    """Before: a numpy array gave AttributeError: 'numpy.ndarray' object has no attribute
+    'dim' from deep inside the input check."""
+    import numpy as np
+
+    from resnet_backbone import ResNetV2Custom
+    model = (ResNetV1Custom(depth=18, base_channels=4) if cls == 'v1'
+             else ResNetV2Custom(depth=50, base_channels=4)).eval()
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(TypeError, match=r'^x must be a torch\.Tensor \(N, C, H, W\), got '
+                                        r'numpy\.ndarray; convert it with '
+                                        r'torch\.from_numpy\(x\)\.float\(\)') as info:
+        getattr(model, method)(x)
+    assert '\n' not in str(info.value)
+    with pytest.raises(TypeError, match=r'^x must be a torch\.Tensor \(N, C, H, W\), got '
+                                        r'list; convert it with torch\.tensor\(x\)'):
+        getattr(model, method)(x.tolist())
+    with torch.no_grad():  # the conversion it names works
+        getattr(model, method)(torch.from_numpy(x).float())

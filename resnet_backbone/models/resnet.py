@@ -26,6 +26,7 @@ from ..spec import (
     ShapeSpec,
     check_choice,
     choice_error,
+    not_a_tensor_error,
     resolve_levels,
 )
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
@@ -448,6 +449,8 @@ class ResNetV1Custom(BackboneContract, BaseModule):
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):  # else "... has no attribute 'dim'"
+            raise not_a_tensor_error('x', x)
         if torch.jit.is_tracing():  # shapes are traced values there; the trace is fixed
             return
         if x.dim() != 4:

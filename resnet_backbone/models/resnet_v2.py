@@ -33,7 +33,7 @@ from mmengine.model import BaseModule, Sequential
 from torch import nn
 
 from ..io import weights
-from ..spec import ShapeSpec, check_choice, choice_error, resolve_levels
+from ..spec import ShapeSpec, check_choice, choice_error, not_a_tensor_error, resolve_levels
 from .blocks import PreActBottleneck
 from .contract import BackboneContract
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
@@ -322,6 +322,8 @@ class ResNetV2Custom(BackboneContract, BaseModule):
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):  # else "... has no attribute 'dim'"
+            raise not_a_tensor_error('x', x)
         if torch.jit.is_tracing():
             return
         if x.dim() != 4:
