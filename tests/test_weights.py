@@ -302,3 +302,27 @@ def test_no_strict_keeps_no_step_counter_of_a_layer_it_lacked():
     out = loaded_state_dict(full, report)
     assert set(out) == set(full.state_dict())
     load_state_dict(ResNetV1Custom(depth=18), out, strict=True, log=False)
+
+
+def test_load_report_prints_a_short_summary():
+    """Before: print(m.load_report) listed every key (318 for an R50), the dataclass's
+    repr. Now the counts, the first few names of each kind and how to see them all."""
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    full = load_pretrained(ResNetV1Custom(depth=18), tv)
+    assert repr(full) == str(full)
+    assert str(full) == ('<LoadReport torchvision: 120 loaded, 0 missing, '
+                         '0 unexpected, 0 mismatched; coverage 100.00%; every key: '
+                         '.summary() or .loaded/.missing/.unexpected/.mismatched>')
+    part = dict(tv)
+    for k in [k for k in part if k.startswith('layer4.')]:
+        del part[k]
+    part['extra.weight'] = torch.zeros(1)
+    report = load_pretrained(ResNetV1Custom(depth=18), part, strict=False)
+    text = str(report)
+    assert '\n' not in text and len(text) < 400, text
+    assert (f'{len(report.loaded)} loaded, {len(report.missing)} missing, 1 unexpected, '
+            '0 mismatched') in text
+    assert f"missing ['{report.missing[0]}', " in text
+    assert f'... {len(report.missing) - 3} more]' in text
+    assert "unexpected ['extra.weight']" in text and '.summary()' in text
+    assert report.missing[-1] not in text and report.missing[-1] in report.summary()

@@ -678,9 +678,14 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source: str) -> dict:
 
 
 # ---------------------------------------------------------------- loading + report
-@dataclass
+@dataclass(repr=False)
 class LoadReport:
-    """What a load did: keys loaded, missing, unexpected, mismatched, and coverage."""
+    """What a load did: keys loaded, missing, unexpected, mismatched, and coverage.
+
+    ``str``/``repr`` give a short summary (the counts and the first few missing,
+    unexpected and mismatched names), not every key; :meth:`summary` and the lists
+    (``report.loaded``, ``.missing``, ...) hold them all.
+    """
 
     source: str
     loaded: list[str]
@@ -695,6 +700,18 @@ class LoadReport:
     @property
     def complete(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def __repr__(self) -> str:
+        shown = ''.join(f'; {what} {_some(keys)}' for what, keys in (
+            ('missing', self.missing), ('unexpected', self.unexpected),
+            ('mismatched', [k for k, _, _ in self.mismatched]),
+            ('left as initialised', self.fresh)) if keys)
+        return (f'<LoadReport {self.source}: {len(self.loaded)} loaded, '
+                f'{len(self.missing)} missing, {len(self.unexpected)} unexpected, '
+                f'{len(self.mismatched)} mismatched; coverage {self.coverage:.2f}%{shown}; '
+                'every key: .summary() or .loaded/.missing/.unexpected/.mismatched>')
+
+    __str__ = __repr__
 
     def summary(self) -> str:
         lines = [f'load report ({self.source}): {len(self.loaded)} tensors loaded, '
