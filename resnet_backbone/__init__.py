@@ -47,11 +47,22 @@ def _started_as_doctor(argv: list[str] | None = None) -> bool:
     return False
 
 
+#: how a broken install fails an import: a module missing or half installed
+#: (ImportError, ModuleNotFoundError), a shared library that does not load (OSError:
+#: torch's libtorch_cpu.so), a file cut short (SyntaxError). Anything else raised on
+#: import (a warning that ``-W error`` turned into an exception, a dependency's own
+#: RuntimeError) is no install fault: it is raised as it is, never blamed on the install.
+_INSTALL_FAILURES = (ImportError, OSError, SyntaxError)
+
+
 def _culprit(exc: BaseException) -> str:
     """The top-level package whose import failed (``mmcv`` for ``mmcv.cnn``).
 
-    '' when the failure is in this package's own code: that is a bug, not a broken stack.
+    '' when the failure is in this package's own code (a bug, not a broken stack), or
+    is not the kind a broken install gives (:data:`_INSTALL_FAILURES`).
     """
+    if not isinstance(exc, _INSTALL_FAILURES):
+        return ''
     name = getattr(exc, 'name', None)
     if isinstance(exc, ImportError) and name and name.split('.')[0] != __name__:
         return name.split('.')[0]
@@ -86,7 +97,21 @@ def _import_error(exc: BaseException) -> ImportError:
     return err
 
 
+def _warning_note(exc: Warning) -> str:
+    """What a warning raised as an exception on import is: not a broken install."""
+    return (f'resnet_backbone: this {type(exc).__name__} was raised as an exception by a '
+            'warnings filter (-W error, PYTHONWARNINGS or warnings.filterwarnings); the '
+            'install is fine: ignore this warning in that filter, or do not turn it into '
+            'an error')
+
+
 try:
+    from .engine.compat import torchscript_deprecations_ignored
+    with torchscript_deprecations_ignored():
+        # mmengine.model -> mmengine.optim -> torch.distributed.optim, which scripts its
+        # optimizers on import: 67 DeprecationWarnings from torch >= 2.13 (TorchScript is
+        # deprecated) that no user can act on; ignored here only, for this one import
+        import mmengine.model  # noqa: F401
     from . import registry  # noqa: F401  (registers the backbones)
     from .models.blocks import BasicBlock, Bottleneck, BottleneckX, DropPath, PreActBottleneck
     from .models.norm import FrozenBatchNorm2d
@@ -103,7 +128,9 @@ try:
 except Exception as _exc:  # noqa: BLE001 - a broken stack fails in many ways (OSError, ...)
     if not _started_as_doctor():
         if not _culprit(_exc):
-            raise  # a bug in this package itself: its own traceback says where
+            if isinstance(_exc, Warning) and hasattr(_exc, 'add_note'):  # Python >= 3.11
+                _exc.add_note(_warning_note(_exc))
+            raise  # not an install fault: its own traceback says where
         if os.environ.get('RESNET_BACKBONE_DEBUG', '') not in ('', '0'):  # cli.debug_enabled
             raise _import_error(_exc) from _exc  # with the cause's traceback
         raise _import_error(_exc) from None  # one line: the cause is named in it

@@ -314,3 +314,104 @@ assert registry_utils.backends['local'].__name__ == 'LocalBackend'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- bad boxes (API)
+TINY_OPTIONS = {'model.backbone.base_channels': 8, 'model.neck.in_channels': [8, 16, 32, 64],
+                'model.neck.out_channels': 16, 'model.bbox_head.in_channels': 16,
+                'model.bbox_head.feat_channels': 16}
+
+
+@pytest.fixture(scope='module')
+def tiny_fx():
+    from mmengine.config import Config
+    cfg = Config.fromfile(SHAPES)
+    cfg.merge_from_dict(TINY_OPTIONS)
+    return FeatureExtractor.from_config(cfg, levels=['c5'], seed=0)
+
+
+def _image():
+    return (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('box,what', [([40, 5, 10, 30], 'x2 < x1'),
+                                      ([5, 30, 40, 10], 'y2 < y1'),
+                                      ([40, 30, 10, 5], 'x2 < x1 and y2 < y1')])
+def test_inverted_box_is_one_line_naming_the_argument(tiny_fx, box, what):
+    """Before: mmcv's C++ 'roi_width >= 0 && roi_height >= 0 INTERNAL ASSERT FAILED ...
+    please report a bug to PyTorch' leaked from the Python API (the CLI's box-file
+    parser already refused such rows)."""
+    good = [1.0, 2.0, 20.0, 30.0]
+    row = [float(v) for v in box]
+    with pytest.raises(ValueError) as info:
+        tiny_fx.roi_features(_image(), [good, box])
+    msg = str(info.value)
+    assert msg.startswith(f'boxes[1] = {row} has {what}; boxes are x1, y1, x2, y2 corners'), msg
+    assert 'not x, y, w, h' in msg and '\n' not in msg and 'INTERNAL ASSERT' not in msg
+    # the same through run_batch, where the argument is rois (one Boxes per sample)
+    from resnet_backbone.apis.rois import Boxes
+    boxes = Boxes(torch.tensor([good, box]), torch.tensor([-1, -1]))
+    with pytest.raises(ValueError, match=r'^rois\[0\]\.boxes\[1\] = '):
+        tiny_fx.run_batch([tiny_fx.load(_image())], [boxes])
+    # fixed as the message says, it works
+    fixed = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]),
+             max(box[1], box[3])]
+    rec = tiny_fx.roi_features(_image(), [good, fixed])
+    assert rec.rois.rois.shape == (2, 16, 7, 7)
+
+
+def test_non_finite_box_is_one_line(tiny_fx):
+    with pytest.raises(ValueError, match=r'^boxes\[0\] = \[nan, 0\.0, 4\.0, 4\.0\] is not '
+                                         r'finite'):
+        tiny_fx.roi_features(_image(), [[float('nan'), 0, 4, 4]])
+
+
+def test_zero_area_and_empty_boxes_still_pass(tiny_fx):
+    rec = tiny_fx.roi_features(_image(), [[5, 5, 5, 20]])
+    assert rec.rois.records[0]['zero_area'] is True
+    assert tiny_fx.roi_features(_image(), []).rois.rois.shape[0] == 0
+
+
+def test_16bit_png_features_are_computed_as_before(tmp_path):
+    """Display-only scaling: the maps of a 16-bit PNG file are those of the 8-bit image
+    OpenCV's decoder makes of it (what the test pipeline always read)."""
+    import cv2
+    values = np.random.default_rng(0).integers(0, 65536, (40, 56), dtype=np.uint16)
+    path = tmp_path / 'g16.png'
+    Image.fromarray(values).save(path)
+    fx = FeatureExtractor(ResNetV1Custom(depth=18, base_channels=4).eval(), levels='c1,c3')
+    by_file = fx(path)
+    by_array = fx(cv2.imread(str(path), cv2.IMREAD_COLOR))
+    for lv in ('c1', 'c3'):
+        assert torch.equal(by_file.levels[lv], by_array.levels[lv])
+
+
+def test_16bit_pil_image_error_says_it_once():
+    """Before: 'the PIL image image has values up to ...'."""
+    fx = FeatureExtractor(ResNetV1Custom(depth=18, base_channels=4).eval(), levels='c3')
+    im = Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16))
+    with pytest.raises(ValueError) as info:
+        fx(im)
+    msg = str(info.value)
+    assert msg.startswith('the PIL image has values up to 40000, beyond 0-255'), msg
+    assert 'image image' not in msg and '>> 8' in msg
+
+
+def test_from_config_warns_nothing(tmp_path):
+    """Before: each from_config of a config with mmdet:: bases printed setuptools'
+    'pkg_resources is deprecated' twice (mmengine reloads pkg_resources per base)."""
+    import warnings
+    tiny = tmp_path / 'tiny.py'
+    tiny.write_text(f'_base_ = [{SHAPES!r}]\n'
+                    'model = dict(backbone=dict(base_channels=8), neck=dict('
+                    'in_channels=[8, 16, 32, 64], out_channels=16), bbox_head=dict('
+                    'in_channels=16, feat_channels=16))\n')
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        for _ in range(2):
+            fx = FeatureExtractor.from_config(tiny, levels=['c5'])
+            fx(_image())
+    said = [f'{w.category.__name__}: {w.message}' for w in seen]
+    assert not [s for s in said if 'pkg_resources' in s or 'Deprecation' in s], said
+    assert warnings.filters == before

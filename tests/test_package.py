@@ -116,3 +116,49 @@ def test_ruff_clean():
     r = subprocess.run([sys.executable, '-m', 'ruff', 'check', 'resnet_backbone', 'tools',
                         'tests'], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def _run_with(options: list[str], code: str, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *options, '-c', code], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_import_emits_no_deprecation_warning_and_installs_no_filter():
+    """Before: 67 DeprecationWarnings under -W always (torch's, as mmengine.model imports
+    torch.distributed.optim), and under -W error::DeprecationWarning the import failed
+    with 'mmengine is broken ... run setup', a wrong diagnosis."""
+    r = _run_with(['-W', 'error::DeprecationWarning'], 'import resnet_backbone')
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run_with(['-W', 'always'], 'import warnings\n'
+                  'import resnet_backbone\n'
+                  'left = [f for f in warnings.filters if f[1] is not None\n'
+                  '        and ("jit" in f[1].pattern or "pkg_resources" in f[1].pattern)]\n'
+                  'assert not left, left')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'DeprecationWarning' not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_warning_raised_as_an_error_on_import_is_not_called_a_broken_install(tmp_path):
+    """Only an install fault (ImportError, OSError, SyntaxError) is blamed on the install;
+    a dependency's warning that -W error turned into an exception is raised as it is,
+    with a note saying what it is."""
+    import os
+    fake = tmp_path / 'mmengine'
+    fake.mkdir()
+    (fake / '__init__.py').write_text("import warnings\n"
+                                      "warnings.warn('old api', DeprecationWarning)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    env.pop('RESNET_BACKBONE_DEBUG', None)
+    r = _run_with(['-W', 'error::DeprecationWarning'], 'import resnet_backbone', env)
+    assert r.returncode == 1, r.stderr
+    assert 'is broken' not in r.stderr and 'tools/setup.sh' not in r.stderr, r.stderr
+    assert '\nDeprecationWarning: old api\n' in r.stderr, r.stderr
+    if sys.version_info >= (3, 11):
+        assert 'raised as an exception by a warnings filter' in r.stderr, r.stderr
+    # a real install fault still gets the one-line diagnosis
+    (fake / '__init__.py').write_text("raise ImportError('mmengine is broken here')\n")
+    r = _run_with([], 'import resnet_backbone', env)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('ImportError: resnet_backbone cannot be imported: mmengine is '
+                           'broken (ImportError: mmengine is broken here)'), r.stderr

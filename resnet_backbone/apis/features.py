@@ -40,7 +40,11 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 from torch import nn
 
-from ..engine.compat import quiet_init_logging, register_mmdet_modules
+from ..engine.compat import (
+    pkg_resources_reloads_quiet,
+    quiet_init_logging,
+    register_mmdet_modules,
+)
 from ..io.weights import (
     _OPTIONAL,
     _URL_PREFIXES,
@@ -249,7 +253,11 @@ class FeatureExtractor:
             The extractor; :attr:`weights` and :attr:`config_sha256` say what it holds.
         """
         register_mmdet_modules()
-        cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+        if isinstance(config, Config):
+            cfg = config
+        else:
+            with pkg_resources_reloads_quiet():  # mmengine reloads it per mmdet:: base
+                cfg = Config.fromfile(str(config))
         digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
             torch.manual_seed(seed)
@@ -468,6 +476,8 @@ class FeatureExtractor:
                                 input_boxes=[p.boxes for p in preds])
         if len(rois) != len(metas):
             raise ValueError(f'rois: {len(rois)} box lists for {len(metas)} images')
+        for i, b in enumerate(rois):
+            check_boxes(b.boxes, f'rois[{i}].boxes')
         return roi_features(extractor, p_outs, metas, list(rois))
 
     def roi_features(self, image: ImageInput,
@@ -500,12 +510,44 @@ class FeatureExtractor:
                                  f'pixels, one row per box (one box: [[x1, y1, x2, y2]]); '
                                  f'got shape {tuple(array.shape)}')
             boxes = Boxes(array, torch.full((len(array),), -1, dtype=torch.long))
+        if isinstance(boxes, Boxes):
+            check_boxes(boxes.boxes, 'boxes')
         request = boxes if isinstance(boxes, PredictedBoxes) else [boxes]
         return self.run_batch([self.load(image)], request)[0]
 
     def __call__(self, image: ImageInput) -> FeatureRecord:
         """The maps of one image (see :meth:`load` for what ``image`` may be)."""
         return self.run_batch([self.load(image)])[0]
+
+
+def check_boxes(boxes: torch.Tensor, arg: str) -> None:
+    """Raise one line naming ``arg`` and the first bad box unless every row of the (N, 4)
+    ``boxes`` is finite with x2 >= x1 and y2 >= y1 (else mmcv's RoIAlign stops on a C++
+    ``roi_width >= 0 && roi_height >= 0 INTERNAL ASSERT FAILED``, or pools NaN).
+
+    Example:
+        >>> check_boxes(torch.tensor([[30., 10, 20, 40]]), 'boxes')  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: boxes[0] = [30.0, 10.0, 20.0, 40.0] has x2 < x1; boxes are x1, y1, ...
+    """
+    if len(boxes) == 0:
+        return
+    b = boxes.detach().float().cpu()
+    finite = torch.isfinite(b).all(dim=1)
+    bad_x, bad_y = b[:, 2] < b[:, 0], b[:, 3] < b[:, 1]
+    bad = ~finite | bad_x | bad_y
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0])
+    row = [round(float(v), 3) for v in b[i]]
+    if not bool(finite[i]):
+        raise ValueError(f'{arg}[{i}] = {row} is not finite; pass finite x1, y1, x2, y2 '
+                         'in original-image pixels')
+    what = ' and '.join(w for w, f in (('x2 < x1', bad_x[i]), ('y2 < y1', bad_y[i])) if f)
+    raise ValueError(f'{arg}[{i}] = {row} has {what}; boxes are x1, y1, x2, y2 corners in '
+                     'original-image pixels (not x, y, w, h): pass the top-left corner '
+                     'first, e.g. [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]')
 
 
 #: what :meth:`FeatureExtractor.preprocess` accepts (see :func:`as_image_array`)
@@ -598,7 +640,7 @@ def as_image_array(image) -> np.ndarray:
             t = t.float()
         array = t.numpy()
     elif _is_pil(image):
-        what, order = 'PIL image', 'RGB'
+        what, order = 'PIL', 'RGB'  # 'a PIL image', not 'a PIL image image'
         if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
             array = np.asarray(image)  # 16/32-bit values: checked below, not clipped
         else:
@@ -653,8 +695,11 @@ def _check_pixel_values(array: np.ndarray, what: str) -> np.ndarray:
                          'already normalised; pass the raw pixel values 0-255 (the model '
                          'normalises them with its own mean and std)')
     if hi > 255:
+        sixteen = (' (16-bit: keep the high byte, (np.asarray(img) >> 8).astype(np.uint8), '
+                   'as cv2.imread does with a 16-bit file)'
+                   if np.issubdtype(array.dtype, np.integer) and hi < 1 << 16 else '')
         raise ValueError(f'the {what} image has values up to {hi:.6g}, beyond 0-255 (e.g. '
-                         '16-bit): scale it to 8-bit pixel values 0-255 first')
+                         f'16-bit): scale it to 8-bit pixel values 0-255 first{sixteen}')
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.uint8)
     if 0 < hi <= 1:

@@ -1,9 +1,18 @@
-"""Narrow fixes for dependencies of the pinned stack, applied by our tools (not on import).
+"""Narrow fixes for dependencies of the pinned stack: process-wide ones applied by our
+tools (not on import), and blocks that hold a filter only while our own call runs.
 
 - mmengine 0.10.7's ``is_installed`` (used whenever a config names an ``mmdet::`` base)
   does ``importlib.reload(pkg_resources)``, and setuptools (pinned < 81 because mmcv
   2.1.0's build needs ``pkg_resources``) warns with a ``UserWarning`` on every such
-  (re)load. We ignore exactly that message, nothing else.
+  (re)load: twice per ``Config.fromfile`` of a shapes config. The tools ignore exactly
+  that message (:func:`silence_dependency_warnings`); the library's own
+  ``Config.fromfile`` runs in :func:`pkg_resources_reloads_quiet`.
+- torch 2.13 deprecates TorchScript, and ``torch.distributed.optim`` (imported by
+  ``mmengine.optim``, which ``mmengine.model`` imports) scripts its functional optimizers
+  on import: 66 ``torch.jit.script`` and one ``torch.jit.interface``
+  ``DeprecationWarning``, torch's own calls, on every ``import resnet_backbone``
+  (and, under ``-W error::DeprecationWarning``, a failed import). The package imports
+  ``mmengine.model`` first in :func:`torchscript_deprecations_ignored`.
 - onedl-mmdetection 3.5.1 (``STACK=onedl``) says two things on importing its registries
   (``register_all_modules``) that concern only its optional extras:
   ``faster_coco_eval is not installed`` (a ``UserWarning``; our configs evaluate with
@@ -22,11 +31,39 @@ from collections.abc import Iterator
 
 from mmengine.logging import MMLogger
 
+#: setuptools < 81's warning on every (re)import of pkg_resources
+PKG_RESOURCES_DEPRECATED = 'pkg_resources is deprecated as an API'
+#: torch >= 2.13's warnings for TorchScript calls (torch.distributed.optim's, on import)
+TORCHSCRIPT_DEPRECATED = r'`torch\.jit\.(script|interface)` is deprecated'
+
 
 def silence_dependency_warnings() -> None:
-    """Ignore the known, harmless warnings our pinned dependencies emit on every run."""
-    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
-                            category=UserWarning)
+    """Ignore the known, harmless warnings our pinned dependencies emit on every run
+    (for the whole process: the tools' set-up only, never the library's)."""
+    warnings.filterwarnings('ignore', message=PKG_RESOURCES_DEPRECATED, category=UserWarning)
+
+
+@contextlib.contextmanager
+def pkg_resources_reloads_quiet() -> Iterator[None]:
+    """The block without setuptools' ``pkg_resources is deprecated`` ``UserWarning``
+    (mmengine's ``Config.fromfile`` reloads ``pkg_resources`` for each ``mmdet::``
+    base: module docstring); the filters are as before afterwards, without the ones
+    each reload of ``pkg_resources`` appends."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=PKG_RESOURCES_DEPRECATED,
+                                category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def torchscript_deprecations_ignored() -> Iterator[None]:
+    """The block without torch's ``torch.jit.script``/``torch.jit.interface is
+    deprecated`` ``DeprecationWarning`` (module docstring); the filters are as before
+    afterwards. Not our calls: torch's, while a dependency imports it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=TORCHSCRIPT_DEPRECATED,
+                                category=DeprecationWarning)
+        yield
 
 
 #: what onedl-mmdetection 3.5.1 prints (a DEBUG line, through print_log without a logger)
