@@ -72,6 +72,9 @@ def backbone_class(type_name: object) -> type | None:
     return next((cls for cls in BACKBONES if cls.__name__ == name), None)
 
 
+_RESNEXT_KEYS = ('groups', 'base_width')
+
+
 def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
                           prefix: str = 'model.backbone') -> None:
     """One-line ``ValueError`` for an unknown or missing key of one of our backbones.
@@ -108,6 +111,8 @@ def check_backbone_kwargs(type_name: str | type, kwargs: Mapping,
         for key in unknown:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f'; did you mean {close[0]!r}?' if close else ''
+            if key in _RESNEXT_KEYS and key in _allowed_keys(ResNeXtCustom):
+                hint = f"; {key} is ResNeXt's: use type='ResNeXtCustom'"
             parts.append(f'{prefix}.{key}: unknown key for {cls.__name__}{hint}')
         raise ValueError(f"{'; '.join(parts)} (allowed keys: {', '.join(allowed)})")
     if 'depth' not in kwargs:

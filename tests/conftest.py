@@ -135,6 +135,7 @@ def tiny_shapes(tmp_path_factory):
 LONGEST_FIRST = (
     'integration/test_readme.py',
     'test_resnext.py',
+    'integration/test_demo.py',
     'integration/test_faults_train.py',
     'integration/test_own_data.py',
     'integration/test_train_eval.py',

@@ -7,7 +7,10 @@ _base_ = [
 ]
 # Registers ResNetV1Custom for any tool that reads this file, mmdet's own tools/train.py
 # included (this project's tools import the package anyway).
-custom_imports = dict(imports=['resnet_backbone'], allow_failed_imports=False)
+# resnet_backbone.engine.mmdet_tools lets mmdet's tools (test.py, train.py --resume) read
+# our Runner checkpoints under torch's weights_only default.
+custom_imports = dict(imports=['resnet_backbone', 'resnet_backbone.engine.mmdet_tools'],
+                      allow_failed_imports=False)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     backbone=dict(

@@ -45,6 +45,7 @@ from ..engine.compat import (
     quiet_init_logging,
     register_mmdet_modules,
 )
+from ..io.checkpoint_io import safe_globals_kept
 from ..io.weights import (
     _OPTIONAL,
     _URL_PREFIXES,
@@ -256,7 +257,10 @@ class FeatureExtractor:
         if isinstance(config, Config):
             cfg = config
         else:
-            with pkg_resources_reloads_quiet():  # mmengine reloads it per mmdet:: base
+            # mmengine reloads pkg_resources per mmdet:: base; the config's custom_imports
+            # (resnet_backbone.engine.mmdet_tools, for mmdet's own tools) allow-lists the
+            # Runner checkpoint classes process-wide, which a library call must not do
+            with pkg_resources_reloads_quiet(), safe_globals_kept():
                 cfg = Config.fromfile(str(config))
         digest = config_digest(cfg)  # before the build: mmdet's builders edit cfg.model
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):

@@ -801,7 +801,9 @@ def check_resume_schedule(cfg: Config, tool: str = '') -> bool:
               file=sys.stderr, flush=True)
         return False
     if end is not None and end != max_iters:
-        after = (f'iterations {end + 1}-{max_iters} run at the rate where it ends'
+        span = f'iteration {end + 1}' if end + 1 == max_iters else \
+            f'iterations {end + 1}-{max_iters}'
+        after = (f'{span} run at the rate where it ends'
                  if end < max_iters else f'the run stops at {max_iters}, before it anneals')
         print(f'{prefix}WARNING: --resume restores the LR schedule saved in {name}, which '
               f'ends at iteration {end}, not max_iters={max_iters}: it is not rescaled, so '

@@ -169,6 +169,20 @@ def runner_checkpoint_globals() -> Iterator[None]:
             torch.serialization.add_safe_globals(kept)
 
 
+@contextlib.contextmanager
+def safe_globals_kept() -> Iterator[None]:
+    """torch's ``weights_only`` allow-list is as it was before the block afterwards,
+    whatever the block added (e.g. a config's ``custom_imports`` of
+    :mod:`resnet_backbone.engine.mmdet_tools`, read by a library call)."""
+    before = list(torch.serialization.get_safe_globals())
+    try:
+        yield
+    finally:
+        if list(torch.serialization.get_safe_globals()) != before:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(before)
+
+
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend, with atomic ``put``/``put_text``."""
 

@@ -36,6 +36,7 @@ from ..engine.training import (
     apply_train_options,
     build_runner,
     check_data_arguments,
+    check_resume_schedule,
     check_schedule,
     load_config,
     prepare_data,
@@ -67,10 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--auto-scale-lr', action='store_true',
                    help='scale the LR by total batch size / auto_scale_lr.base_batch_size')
     p.add_argument('--max-iters', type=positive_int, metavar='N',
-                   help='train for N iterations, the LR schedule scaled to match (warm-up '
-                        'kept while it fits; else every phase scaled by N / the config\'s '
+                   help='train for N iterations, the LR schedule scaled to match (the '
+                        'warm-up kept in iterations, at most a quarter of the run; later '
+                        'phases kept while they fit, else scaled by N / the config\'s '
                         'max_iters); setting train_cfg.max_iters in --cfg-options does not '
-                        'scale it, and a WARNING says so')
+                        'scale it, and a WARNING says so. With --resume the saved schedule '
+                        'is restored, not rescaled (a WARNING line says so)')
     add_data_arguments(p)
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config keys, e.g. optim_wrapper.optimizer.lr=5e-4; '
@@ -101,6 +104,8 @@ def main(argv=None) -> None:
         sys.exit(f'train.py: error: {exc}')
     prepare_data(cfg, ('train', 'val'), tool='train.py')  # makes data/shapes/ if missing
     check_schedule(cfg, tool='train.py')
+    if not check_resume_schedule(cfg, tool='train.py'):
+        return  # the run is already finished: said in one line
     with process_group_closed():
         build_runner(cfg).train()
 

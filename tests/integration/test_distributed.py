@@ -51,6 +51,7 @@ def test_torchrun_two_processes(tiny_shapes, tmp_path):
     env = dict(os.environ, PORT=str(_free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
                                                         os.environ.get('PYTHONPATH')])))
+    env.pop('MKL_NUM_THREADS', None)  # as a user's shell has it
     opts = [f'{k}={v}' for k, v in tiny_cfg(3).items()]
     r = subprocess.run(['bash', str(ROOT / 'tools/dist_train.sh'), str(config), '2',
                         '--work-dir', str(work), '--data-root', str(tiny_shapes),
@@ -60,6 +61,9 @@ def test_torchrun_two_processes(tiny_shapes, tmp_path):
     assert r.returncode == 0, log[-4000:]
     assert 'Distributed training: True' in log
     assert 'Iter(train) [3/3]' in log
+    # issue 29, finding 12: mmengine warned once per rank that it set MKL_NUM_THREADS
+    assert 'NUM_THREADS' not in log and 'Warning' not in log, \
+        [ln for ln in log.splitlines() if 'NUM_THREADS' in ln or 'Warning' in ln]
     ckpt = torch.load(work / 'iter_3.pth', weights_only=True)
     assert ckpt['meta']['iter'] == 3
     assert any(k.startswith('backbone.layer1.0.conv1') for k in ckpt['state_dict'])

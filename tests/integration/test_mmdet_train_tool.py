@@ -14,6 +14,7 @@ import torch
 from .conftest import CONFIG, tiny_cfg
 
 MMDET_TRAIN = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
+MMDET_TEST = MMDET_TRAIN.with_name('test.py')
 
 
 @pytest.mark.integration
@@ -34,3 +35,19 @@ def test_mmdet_own_train_tool_trains_our_config(tiny_shapes, tmp_path):
     ckpt = torch.load(work / 'iter_2.pth', weights_only=True)
     assert ckpt['meta']['iter'] == 2
     assert any(k.startswith('backbone.layer1.0.conv1') for k in ckpt['state_dict'])
+
+    # issue 29, finding 9: mmdet's own test.py and train.py --resume read our checkpoint
+    # (the config's custom_imports installs the Runner-checkpoint allow-list); without it
+    # both died with 'Unsupported global: mmengine.logging.history_buffer.HistoryBuffer'
+    def mmdet_tool(tool, *args):
+        r = subprocess.run([sys.executable, str(tool), CONFIG, *args, '--cfg-options',
+                            *(f'{k}={v}' for k, v in tiny_cfg(3).items())],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        return r, r.stdout + r.stderr
+
+    r, log = mmdet_tool(MMDET_TEST, str(work / 'iter_2.pth'), '--work-dir', str(work / 't'))
+    assert r.returncode == 0 and 'Unsupported global' not in log, log[-4000:]
+    assert 'coco/bbox_mAP' in log, log[-4000:]
+    r, log = mmdet_tool(MMDET_TRAIN, '--work-dir', str(work), '--resume')
+    assert r.returncode == 0 and 'Unsupported global' not in log, log[-4000:]
+    assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log, log[-4000:]

@@ -79,6 +79,11 @@ def test_own_data_layout_and_class_names_end_to_end(tmp_path):
     assert 'WARNING' not in log, [ln for ln in log.splitlines() if 'WARNING' in ln]
     line = next(ln for ln in log.splitlines() if 'coco/bbox_mAP:' in ln)
     assert 0.0 <= float(line.split('coco/bbox_mAP:')[1].split()[0]) <= 1.0
+    # issue 29, finding 1: the swapped order scored the same mAP under the wrong names
+    r = _run('test.py', CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(tmp_path / 't'),
+             '--val-ann', 'labels/val.json', '--img-dir', 'pics', '--classes', 'bar,blob',
+             '--cfg-options', 'test_dataloader.num_workers=0', cwd=data)
+    assert _one_line_error(r, 'test.py').endswith('give --classes blob,bar')
 
     # the wrong class names: one line listing the file's categories, before any training
     r = _run('train.py', CONFIG, '--work-dir', str(tmp_path / 'w2'), *own[:-1],
@@ -88,3 +93,37 @@ def test_own_data_layout_and_class_names_end_to_end(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith('train.py: error: ') and 'Traceback' not in r.stderr
     assert "the file's categories are: blob, bar; give those with --classes blob,bar" in last
+
+
+# -- issue 29, findings 1 and 2: a class order other than the file's, or a name the file
+# does not have, is one line from every tool (before: trained / scored with wrong names)
+
+def _one_line_error(r, tool: str) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith(f'{tool}: error: '), r.stderr[-3000:]
+    return lines[0]
+
+
+def test_class_order_and_misspelt_class_are_refused_end_to_end(tmp_path):
+    data = tmp_path / 'mydata'
+    make_own_data(data, num_train=2, num_val=1)  # the file's order: blob (id 3), bar (7)
+    opts = ['--cfg-options', *(f'{k}={v}' for k, v in tiny_cfg(2).items())]
+    work = str(tmp_path / 'work')
+    own = ['--train-ann', 'labels/train.json', '--val-ann', 'labels/val.json',
+           '--img-dir', 'pics']
+    # mmdet numbers labels in the file's order: bar,blob would train 'blob' boxes as label
+    # 0 and call them 'bar' everywhere
+    line = _one_line_error(_run('train.py', CONFIG, '--work-dir', work, *own,
+                                '--classes', 'bar,blob', *opts, cwd=data), 'train.py')
+    assert 'labels/train.json: the classes bar,blob are not in the file\'s category order ' \
+           '(blob, bar)' in line and line.endswith('give --classes blob,bar')
+    line = _one_line_error(_run('train.py', CONFIG, '--work-dir', work, *own,
+                                '--classes', 'blob,barr', *opts, cwd=data), 'train.py')
+    assert "class 'barr' is not a category of this file (its categories, in order: " \
+           'blob, bar)' in line
+    # the same through metainfo.classes (test.py: test_own_data_layout_and_class_names...)
+    line = _one_line_error(_run('train.py', CONFIG, '--work-dir', work, *own, *opts,
+                                'metainfo.classes=[bar,blob]', cwd=data), 'train.py')
+    assert 'give --classes blob,bar' in line
+    assert not list((tmp_path / 'work').glob('*.pth'))  # nothing was trained

@@ -3,6 +3,7 @@ iteration counter, optimizer state and LR schedule continuing from the checkpoin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,3 +121,54 @@ def test_load_from_mmdet_zoo_style_checkpoint(tiny_shapes, tmp_path):
     assert runner.iter == 0  # load_from initialises, it does not resume
     for (name, p), q in zip(runner.model.state_dict().items(), donor.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def _train(work, tiny_shapes, iters: int, *extra: str):
+    opts = {k: v for k, v in tiny_cfg(iters, 2).items()
+            if k not in ('train_cfg.max_iters', 'train_cfg.val_interval')}
+    r = run_tool('train.py', CONFIG, '--work-dir', str(work), '--data-root', str(tiny_shapes),
+                 '--max-iters', str(iters), *extra, '--cfg-options',
+                 *(f'{k}={v}' for k, v in opts.items()))
+    return r, r.stdout + r.stderr
+
+
+@pytest.mark.timeout(900)
+def test_issue29_resume_stays_in_its_work_dir_and_says_what_it_does(tiny_shapes, tmp_path):
+    """Findings 3 and 5: a finished run is one line, a longer --max-iters says the schedule
+    is not rescaled, a copied work dir resumes from its own files, and a damaged newest
+    checkpoint is skipped with one line."""
+    work = tmp_path / 'work'
+    r, log = _train(work, tiny_shapes, 4)
+    assert r.returncode == 0, log[-3000:]
+    assert {p.name for p in work.glob('iter_*.pth')} == {'iter_2.pth', 'iter_4.pth'}
+    assert (work / 'last_checkpoint').read_text().strip() == str(work / 'iter_4.pth')
+
+    # the README's resume command on a finished run: one line, nothing trained (before:
+    # exit 0 with only mmengine's 'Advance dataloader 4 steps' WARNING)
+    r, log = _train(work, tiny_shapes, 4, '--resume')
+    assert r.returncode == 0, log[-3000:]
+    assert 'Iter(train)' not in log
+    assert 'train.py: --resume: nothing to train: iter_4.pth is at iteration 4 and ' \
+           'max_iters is 4 (the run is already finished)' in r.stderr
+
+    # a copy of the work dir: last_checkpoint still names the original's iter_4.pth
+    copy = tmp_path / 'copy'
+    shutil.copytree(work, copy)
+    data = (copy / 'iter_4.pth').read_bytes()
+    (copy / 'iter_4.pth').write_bytes(data[:len(data) // 2])  # truncated in the copy only
+    before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
+    r, log = _train(copy, tiny_shapes, 6, '--resume')
+    assert r.returncode == 0, log[-3000:]
+    # the copy's iter_2, not the original's iter_4
+    assert 'resumed epoch: 0, iter: 2' in log, log[-3000:]
+    assert '--resume: skipped iter_4.pth in ' in log and 'damaged (truncated or empty); ' \
+           'resuming from iter_2.pth instead' in log
+    # the schedule saved in iter_2.pth ends at 4: one WARNING line says it is not rescaled
+    assert 'train.py: WARNING: --resume restores the LR schedule saved in iter_2.pth, which ' \
+           'ends at iteration 4, not max_iters=6: it is not rescaled, so iterations 5-6 run ' \
+           'at the rate where it ends' in r.stderr
+    assert 'Iter(train) [6/6]' in log and 'Iter(train) [2/6]' not in log
+    assert 'Advance dataloader 2 steps' in log  # still logged, at INFO (finding 12)
+    assert not [ln for ln in log.splitlines() if 'WARNING' in ln and 'Advance' in ln]
+    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == before  # untouched
+    assert torch.load(copy / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4
