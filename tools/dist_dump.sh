@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-process feature dump with torchrun, like tools/dist_train.sh: each rank dumps its
-# own shard of the images; rank 0 shows one progress bar and writes one index.
+# own shard of the images; rank 0 shows one progress bar, names every rank's skipped
+# images (with its rank) and writes one index.
 #   bash tools/dist_dump.sh CONFIG NPROC [CHECKPOINT] --input PATH --out DIR [dump args...]
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT. Without a GPU the ranks run
 # on the CPU with the gloo backend.

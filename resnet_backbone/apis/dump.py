@@ -517,6 +517,11 @@ def _broadcast(obj):
     return box[0]
 
 
+def skipped_prefix(rank: int, world: int) -> str:
+    """``'[rank 1] '`` before a line about that rank's image, in a run of several."""
+    return f'[rank {rank}] ' if world > 1 else ''
+
+
 def _gather(obj) -> list:
     if _dist_info()[1] == 1:
         return [obj]
@@ -615,12 +620,17 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         finally:
             manifest.close()
         mine_stats['already'] = len(mine) - len(todo)
+        shown = mine_stats.pop('shown', set())
         summary.seconds = time.time() - t0
-        for s in _gather(mine_stats):
+        for who, s in enumerate(_gather(mine_stats)):
             summary.dumped += s['dumped']
             summary.bytes += s['bytes']
             summary.already_there += s['already']
             summary.skipped += [tuple(x) for x in s['skipped']]
+            for image, reason in s['skipped']:  # those rank 0 did not see come in
+                if rank == 0 and image not in shown:
+                    print(f'{skipped_prefix(who, world)}WARNING: skipped {image}: {reason}',
+                          file=sys.stderr, flush=True)
         _barrier()
         if rank == 0:
             summary.index = build_index(out_dir, [str(i) for i in images])[0]
@@ -697,6 +707,16 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
     def say(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
+    # Skipped images are named by rank 0 alone, every rank's with its rank (the others'
+    # from their manifests as they come in): another rank's stderr may be another node's
+    # console (torchrun shows its own node's ranks) or filtered by the launcher, and on
+    # rank 0's console its lines broke into the progress bar, with no rank named.
+    shown: set[str] = set()
+
+    def skipped(image: str, reason: str | None, who: int) -> None:
+        shown.add(image)
+        say(f'{skipped_prefix(who, world)}WARNING: skipped {image}: {reason}')
+
     def write(job: tuple[_Item, FeatureRecord]) -> None:
         item, rec = job
         target = output_path(item.image, root, out_dir, fmt)
@@ -743,6 +763,9 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
                    and not r.get('adopted')]
             if new:
                 tick(len(new), sum(r.get('bytes', 0) for r in new))
+            for r in new:
+                if r.get('status') == 'skipped':
+                    skipped(r.get('image'), r.get('reason'), r.get('rank'))
 
     forward = _Forward(fx, say, rois)
     loader = DataLoader(_Images(fx.pipeline_cfg, todo), batch_size=None, shuffle=False,
@@ -756,7 +779,8 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
             if batch[0].sample is None:
                 item = batch[0]
                 stats['skipped'].append((str(item.image), item.reason))
-                say(f'WARNING: skipped {item.image}: {item.reason}')
+                if rank == 0:
+                    skipped(str(item.image), item.reason, rank)
                 rel = str(output_path(item.image, root, out_dir, fmt).relative_to(out_dir))
                 manifest.append(record('skipped', str(item.image), rel, rank=rank,
                                        run=run_id, reason=item.reason))
@@ -788,4 +812,5 @@ def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
             last_n, last_change = bar.n, time.time()
     bar.close()
     stats['forward_seconds'] = forward.seconds
+    stats['shown'] = shown  # not gathered: rank 0's own account
     return stats

@@ -14,6 +14,9 @@ Everything numeric is mmdet's own:
   neck outputs (its RPN and RoI head, or its bbox head), ``rescale=False``, then are
   mapped back to the original image for the record.
 - **Level** per box: the extractor's own ``map_roi_levels``.
+- **Labels** of ``gt`` boxes: mmdet's ``CocoDataset`` numbering (:func:`class_labels`):
+  label i is the i-th configured class; the classes must be categories of the file, in
+  its order (anything else is one line, before any box is labelled).
 
 Per image the result is ``rois`` (N, C, 7, 7), ``roi_pooled`` (N, C: the mean over the
 7x7 cells) and a record per box: ``box`` (x1, y1, x2, y2, original pixels), ``label``,
@@ -56,6 +59,7 @@ class Boxes:
     scores: torch.Tensor | None = None  # (N,) for predictions
     note: str | None = None  # e.g. 'not in the annotation file'
     image_id: int | str | None = None  # the COCO image id (gt boxes); None otherwise
+    rows: list[int] | None = None  # a box file's row numbers (for messages); None otherwise
 
     @classmethod
     def empty(cls, note: str | None = None) -> Boxes:
@@ -193,14 +197,20 @@ def roi_features(extractor: nn.Module, p_outs: tuple, metas: list[dict],
 
 
 # ---------------------------------------------------------------- box sources
+def _match_name(table: dict[str, Boxes], image: str) -> str | None:
+    """The table's name that is the longest path suffix of ``image``."""
+    parts = Path(image).as_posix()
+    best = None
+    for name in table.get('__by_base__', {}).get(Path(image).name, []):
+        if (parts == name or parts.endswith('/' + name)) and len(name) > len(best or ''):
+            best = name
+    return best
+
+
 def _match(table: dict[str, Boxes], image: str) -> Boxes | None:
     """The entry whose name is the longest path suffix of ``image``."""
-    parts = Path(image).as_posix()
-    best, best_len = None, -1
-    for name in table.get('__by_base__', {}).get(Path(image).name, []):
-        if (parts == name or parts.endswith('/' + name)) and len(name) > best_len:
-            best, best_len = table[name], len(name)
-    return best
+    name = _match_name(table, image)
+    return None if name is None else table[name]
 
 
 def _index(table: dict[str, Boxes]) -> dict:
@@ -218,29 +228,104 @@ def lookup(table: dict, image: str, what: str) -> Boxes:
     return found if found is not None else Boxes.empty(f'not in {what}')
 
 
-def coco_boxes(ann_file: str | Path, classes: list[str] | None) -> dict:
-    """``{file_name: Boxes}`` from a COCO annotation file; labels index ``classes`` (the
-    config's class names) by category name, -1 for a category not among them; each
-    ``Boxes`` keeps its COCO ``image_id``. Crowd annotations are left out, as mmdet's
-    CocoDataset does."""
+def unmatched_images(table: dict, images: list) -> dict[str, list[int] | None]:
+    """The table's image names that no image of ``images`` looks up (see :func:`lookup`),
+    with their rows (None where the table keeps none): rows the dump would not use."""
+    used = {_match_name(table, str(image)) for image in images}
+    return {name: b.rows for name, b in table.items()
+            if name != '__by_base__' and name not in used}
+
+
+def unmatched_line(table: dict, images: list, source: str, shown: int = 5) -> str | None:
+    """One line naming the rows of box file ``source`` that match no input image (a
+    misspelt name vanished silently before), or None if every row is used."""
+    missing = unmatched_images(table, images)
+    if not missing:
+        return None
+    rows = sum(len(r) if r else 1 for r in missing.values())
+    named = [f'{name} (row{"s" * (len(r) > 1)} {", ".join(map(str, r))})' if r else name
+             for name, r in list(missing.items())[:shown]]
+    more = f' and {len(missing) - shown} more' if len(missing) > shown else ''
+    verb = 'row names an image that is' if rows == 1 else 'rows name images that are'
+    return (f'{source}: {rows} {verb} not among the inputs: {"; ".join(named)}{more}; '
+            'fix the name or drop the row (its boxes are not dumped)')
+
+
+@dataclass
+class CocoFile:
+    """A COCO annotation file, read (:func:`read_coco`): ``categories`` (id, name) in the
+    file's order, ``files`` image id -> file_name, and the annotations."""
+
+    path: Path
+    categories: list[tuple[int, str]]
+    files: dict
+    annotations: list
+
+    @property
+    def names(self) -> list[str]:
+        return [name for _, name in self.categories]
+
+
+def read_coco(ann_file: str | Path) -> CocoFile:
+    """Read a COCO annotation file (one line naming it if it cannot be)."""
     path = Path(ann_file)
     try:
         coco = json.loads(path.read_text())
-        names = {c['id']: c['name'] for c in coco['categories']}
+        cats = [(c['id'], str(c['name'])) for c in coco['categories']]
         files = {im['id']: im['file_name'] for im in coco['images']}
         anns = coco['annotations']
+        for a in anns:  # a bad box fails here, before the model is built, not mid-dump
+            if len([float(v) for v in a['bbox']]) != 4:
+                raise ValueError(f'annotation {a.get("id")}: bbox {a["bbox"]!r} is not x,y,w,h')
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ToolError(f'--ann-file {path}: not a readable COCO annotation file ({exc}); '
                         'pass the instances_*.json of the images') from None
+    return CocoFile(path, cats, files, anns)
+
+
+def class_labels(coco: CocoFile, classes: list[str], whose: str = "the config's") -> dict:
+    """``{category_id: label}`` by mmdet's ``CocoDataset`` rule: label i is the i-th of
+    ``classes``, which must all be categories of the file and in the file's order (mmdet
+    numbers the configured classes in the file's order, so another order would give
+    every box the wrong class name). Categories not among ``classes`` get -1. Anything
+    else is one line naming the file, ``classes`` and the file's names in its order."""
+    names = coco.names
+    missing = [c for c in classes if c not in names]
+    in_file_order = list(dict.fromkeys(n for n in names if n in classes))
+    if missing or in_file_order != list(classes):
+        why = (f'{", ".join(missing)} {"is" if len(missing) == 1 else "are"} not among '
+               'its categories' if missing else
+               "they are in another order than the file's (mmdet numbers them in the "
+               "file's order)")
+        fix = ('pass the annotation file of the data the checkpoint was trained on'
+               if 'checkpoint' in whose else
+               "pass the annotation file of the model's data, or a config whose "
+               "test_dataloader.dataset.metainfo.classes are the file's, in its order")
+        raise ToolError(
+            f'--ann-file {coco.path}: {whose} classes ({", ".join(classes)}) do not fit it: '
+            f'{why}; its categories, in file order, are: {", ".join(names) or "(none)"}; '
+            f'{fix}')
+    return {cid: classes.index(name) if name in classes else -1
+            for cid, name in coco.categories}
+
+
+def coco_boxes(ann_file: str | Path | CocoFile, classes: list[str] | None,
+               whose: str = "the config's") -> dict:
+    """``{file_name: Boxes}`` from a COCO annotation file; labels follow ``classes`` (the
+    model's class names) by :func:`class_labels`, -1 for a category not among them (all
+    -1 without ``classes``); each ``Boxes`` keeps its COCO ``image_id``. Crowd
+    annotations are left out, as mmdet's CocoDataset does."""
+    coco = ann_file if isinstance(ann_file, CocoFile) else read_coco(ann_file)
+    labels = class_labels(coco, list(classes), whose) if classes else {}
+    files = coco.files
     rows: dict[str, list] = {name: [] for name in files.values()}
     ids = {name: image_id for image_id, name in files.items()}
-    for a in anns:
+    for a in coco.annotations:
         if a.get('iscrowd', 0) or a.get('image_id') not in files:
             continue
         x, y, w, h = (float(v) for v in a['bbox'])
-        name = names.get(a['category_id'])
-        label = classes.index(name) if classes and name in classes else -1
-        rows[files[a['image_id']]].append(([x, y, x + w, y + h], label))
+        rows[files[a['image_id']]].append(([x, y, x + w, y + h],
+                                           labels.get(a.get('category_id'), -1)))
     table = {f: Boxes(torch.tensor([r[0] for r in v], dtype=torch.float32).reshape(-1, 4),
                       torch.tensor([r[1] for r in v], dtype=torch.long), image_id=ids[f])
              for f, v in rows.items()}
@@ -270,14 +355,15 @@ def parse_box_rows(rows: list, source: str) -> dict:
         if box[2] < box[0] or box[3] < box[1]:
             raise ToolError(f'{where}: x2 < x1 or y2 < y1 in {box}; boxes are x1,y1,x2,y2 '
                             '(corners, original-image pixels), not x,y,w,h')
-        per.setdefault(str(row['image']), []).append((box, label, score))
+        per.setdefault(str(row['image']), []).append((box, label, score, n))
     table = {}
     for image, items in per.items():
-        scores = [s for _, _, s in items]
-        table[image] = Boxes(torch.tensor([b for b, _, _ in items], dtype=torch.float32),
-                             torch.tensor([lb for _, lb, _ in items], dtype=torch.long),
+        scores = [it[2] for it in items]
+        table[image] = Boxes(torch.tensor([it[0] for it in items], dtype=torch.float32),
+                             torch.tensor([it[1] for it in items], dtype=torch.long),
                              None if all(s is None for s in scores) else
-                             torch.tensor([float('nan') if s is None else s for s in scores]))
+                             torch.tensor([float('nan') if s is None else s for s in scores]),
+                             rows=[it[3] for it in items])
     return _index(table)
 
 

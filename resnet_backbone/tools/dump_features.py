@@ -28,6 +28,13 @@ heads are then random, and the metadata records what loaded and its coverage).
 Anything else stops with one line; --no-strict loads only what fits. The tool exits 1
 when no image could be dumped (unreadable, or no such file).
 
+--rois FILE and --rois gt are read and checked before the model is built: a bad row, or
+annotation categories that do not fit the model's classes (mmdet numbers labels by the
+configured classes, which must be categories of the file, in its order), stop with one
+line; rows of a box file that name no input image are one WARNING line (--input may well
+choose a subset of the file's images). With --launcher every rank's skipped images are
+named by rank 0, with their rank.
+
 Each record stores a fingerprint of what produced it (config, weights file sha256,
 levels, dtype, format, package version). Files already in DIR are reused only if their
 fingerprint matches; if one differs, the tool stops before writing anything, with one
@@ -58,7 +65,7 @@ from ..apis.dump_overlay import DEFAULT_MAX_SIDE
 from ..apis.dump_report import report_only, write_report
 from ..apis.dump_store import build_index, check_format_dtype
 from ..apis.features import FeatureExtractor, file_digest
-from ..apis.rois import coco_boxes, load_box_file
+from ..apis.rois import CocoFile, coco_boxes, load_box_file, read_coco, unmatched_line
 from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import check_launcher, load_config, setup_environment
@@ -195,28 +202,65 @@ def check_dump_launcher(launcher: str) -> None:
         raise ToolError(f'{what}; {_HOW_TO_LAUNCH[launcher]}') from None
 
 
-def roi_source(args, cfg, fx: FeatureExtractor) -> RoISource | None:
-    """``--rois``: where the boxes come from (tables are read once, here)."""
+def read_rois(args, cfg, images: list[Path], *, rank: int = 0
+              ) -> tuple[RoISource | None, CocoFile | None]:
+    """``--rois``, before the model is built: the box file or annotation file read and
+    checked (a bad row stopped the run only after the model was built), and one WARNING
+    line (rank 0) naming the box-file rows that match no input image. Returns the source
+    and, for ``gt``, the annotation file (labelled again by :func:`finish_rois` when the
+    checkpoint names its own classes)."""
     if args.rois is None:
         if args.ann_file:
             raise ToolError('--ann-file is for --rois gt; add --rois gt')
+        return None, None
+    if args.rois == 'pred':
+        if not 0 <= args.score_thr <= 1 or args.max_per_image < 1:
+            raise ToolError('--score-thr must lie in [0, 1] and --max-per-image be 1 or '
+                            f'more; got {args.score_thr} and {args.max_per_image}')
+        return RoISource('pred', score_thr=args.score_thr,
+                         max_per_image=args.max_per_image), None
+    if args.rois == 'gt':
+        ann = args.ann_file or _config_ann_file(cfg)
+        coco = read_coco(ann)
+        # with a checkpoint its own classes (dataset_meta) decide: labelled after the load
+        table = coco_boxes(coco, config_classes(cfg)) if args.checkpoint is None else None
+        return RoISource('gt', table, str(ann), file_digest(ann)), coco
+    table = load_box_file(args.rois)
+    # a warning, not an error: --input chooses which images to dump, and a box file may
+    # well cover more of them (one image, or a .txt subset, of a data set's boxes)
+    line = unmatched_line(table, images, args.rois)
+    if line and rank == 0:
+        print(f'WARNING: {line}', file=sys.stderr, flush=True)
+    return RoISource('file', table, args.rois, file_digest(args.rois)), None
+
+
+def finish_rois(rois: RoISource | None, coco: CocoFile | None, cfg,
+                fx: FeatureExtractor) -> RoISource | None:
+    """``--rois`` after the model is built: whether it can pool RoIs, and the ``gt``
+    labels by the checkpoint's classes (else the config's)."""
+    if rois is None:
         return None
     try:
         fx.roi_extractor()
     except ValueError as exc:
         raise ToolError(f'--rois: {exc}') from None
-    if args.rois == 'pred':
-        if not 0 <= args.score_thr <= 1 or args.max_per_image < 1:
-            raise ToolError('--score-thr must lie in [0, 1] and --max-per-image be 1 or '
-                            f'more; got {args.score_thr} and {args.max_per_image}')
-        return RoISource('pred', score_thr=args.score_thr, max_per_image=args.max_per_image)
-    if args.rois == 'gt':
-        ann = args.ann_file or _config_ann_file(cfg)
-        classes = list((getattr(fx.model, 'dataset_meta', None) or {}).get('classes') or
-                       cfg.get('test_dataloader', {}).get('dataset', {}).get(
-                           'metainfo', {}).get('classes', []) or [])
-        return RoISource('gt', coco_boxes(ann, classes), str(ann), file_digest(ann))
-    return RoISource('file', load_box_file(args.rois), args.rois, file_digest(args.rois))
+    if coco is not None and rois.table is None:
+        own = list((getattr(fx.model, 'dataset_meta', None) or {}).get('classes') or [])
+        rois.table = (coco_boxes(coco, own, "the checkpoint's") if own
+                      else coco_boxes(coco, config_classes(cfg)))
+    return rois
+
+
+def config_classes(cfg) -> list[str]:
+    """The class names the config's test set numbers labels by: its ``metainfo.classes``,
+    else its dataset type's own (mmdet's ``CocoDataset``: COCO's 80), as mmdet would."""
+    ds = cfg.get('test_dataloader', {}).get('dataset', {})
+    classes = (ds.get('metainfo') or {}).get('classes')
+    if classes:
+        return [str(c) for c in classes]
+    from mmdet.registry import DATASETS  # registered by setup_environment
+    kind = DATASETS.get(ds.get('type')) if isinstance(ds.get('type'), str) else ds.get('type')
+    return [str(c) for c in (getattr(kind, 'METAINFO', None) or {}).get('classes', ())]
 
 
 def _config_ann_file(cfg) -> str:
@@ -249,6 +293,10 @@ def _dump(args):
     rank = dist.get_rank() if dist.is_initialized() else 0
     cfg = load_config(args.config, cfg_options=args.cfg_options)
     levels = [lv.strip() for lv in args.levels.split(',')] if args.levels else None
+    images, root = collect_images(args.input)
+    if not images:
+        raise ToolError(f'no images found in {args.input}')
+    rois, coco = read_rois(args, cfg, images, rank=rank)  # before the (slow) model build
     try:
         fx = FeatureExtractor.from_config(cfg, args.checkpoint, device=device,
                                           levels=levels, strict=not args.no_strict,
@@ -256,9 +304,6 @@ def _dump(args):
                                           compile=args.compile)
     except ValueError as exc:  # e.g. an unknown level: one line, not a traceback
         raise ToolError(str(exc)) from exc
-    images, root = collect_images(args.input)
-    if not images:
-        raise ToolError(f'no images found in {args.input}')
     if rank == 0:
         note = f" ({fx.weights['note']})" if fx.weights.get('note') else ''
         ranks = f' on {dist.get_world_size()} ranks' if dist.is_initialized() else ''
@@ -270,7 +315,7 @@ def _dump(args):
         print(f'[dump] {len(images)} images{ranks}, levels {", ".join(fx.levels)}, '
               f'batch {args.batch_size}{mode}{compute}, weights: {fx.weights["source"]}'
               f'{note}', file=sys.stderr)
-    rois = roi_source(args, cfg, fx)
+    rois = finish_rois(rois, coco, cfg, fx)
     summary = dump_features(fx, images, root, Path(args.out), fmt=args.format,
                             dtype=args.dtype, overlay=args.overlay,
                             overlay_mode=args.overlay_mode,

@@ -138,8 +138,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path, checkpoint):
                  str(tmp_path / 'o'))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].endswith('no such file or folder')
-    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty').mkdir()  # no images: said before the model is built
     r = run_tool('dump_features.py', CONFIG, '--input', str(tmp_path / 'empty'), '--out',
+                 str(tmp_path / 'o'), '--levels', 'c2,q9')
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"dump_features.py: error: no images found in {tmp_path / 'empty'}")
+    (tmp_path / 'one').mkdir()
+    (tmp_path / 'one' / 'x.png').write_bytes(b'never read: the levels stop the run first')
+    r = run_tool('dump_features.py', CONFIG, '--input', str(tmp_path / 'one'), '--out',
                  str(tmp_path / 'o'), '--levels', 'c2,q9')
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith(
