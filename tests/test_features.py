@@ -297,7 +297,7 @@ def state():
     return (dict(registry_utils.backends), dict(FileClient._backends),
             [f for f in warnings.filters  # (mmengine re-imports pkg_resources per config)
              if getattr(f[2], '__module__', '') != 'pkg_resources'],
-            list(torch.serialization.get_safe_globals()),
+            set(torch.serialization.get_safe_globals()),  # a set: its listing order is not kept
             CocoDataset.filter_data)
 
 register_all_modules(init_default_scope=False)  # dependencies' import-time filters first

@@ -51,3 +51,19 @@ def test_config_dict_roundtrip():
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
     assert model.stem_type == 'deep' and model.avg_down
+
+
+def test_resnext_keys_on_resnet_name_resnext():
+    """Issue 29, finding 12: ``groups=32, base_width=4`` on ResNetV1Custom said only
+    'unknown key' (the README's variants table listed them as its keywords)."""
+    import pytest
+
+    from resnet_backbone.registry import check_backbone_kwargs
+    with pytest.raises(ValueError) as info:
+        check_backbone_kwargs('ResNetV1Custom', dict(depth=50, groups=32, base_width=4))
+    msg = str(info.value)
+    assert msg.startswith("model.backbone.groups: unknown key for ResNetV1Custom; groups is "
+                          "ResNeXt's: use type='ResNeXtCustom'; model.backbone.base_width: "
+                          "unknown key for ResNetV1Custom; base_width is ResNeXt's: use "
+                          "type='ResNeXtCustom'")
+    check_backbone_kwargs('ResNeXtCustom', dict(depth=50, groups=32, base_width=4))

@@ -114,7 +114,9 @@ def allow_runner_checkpoint_globals() -> None:
     It is kept on that stack for what else reads Runner checkpoints in the process with
     ``torch.load(weights_only=True)`` (the tests, a user's script), which
     :func:`_keep_allow_list_across_mmengine_loads` makes survive that loader."""
-    torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([g for g in RUNNER_CHECKPOINT_GLOBALS
+                                          if g not in allowed])
     _keep_allow_list_across_mmengine_loads()
 
 
@@ -178,9 +180,10 @@ def safe_globals_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if list(torch.serialization.get_safe_globals()) != before:
+        now = list(torch.serialization.get_safe_globals())
+        if any(g not in before for g in now):
             torch.serialization.clear_safe_globals()
-            torch.serialization.add_safe_globals(before)
+            torch.serialization.add_safe_globals([g for g in now if g in before])
 
 
 class AtomicLocalBackend(LocalBackend):
