@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..cli import ToolError
+from ..data.coco_classes import class_order
 
 ROI_SIZE = 7
 FINEST_SCALE = 56
@@ -290,8 +291,7 @@ def class_labels(coco: CocoFile, classes: list[str], whose: str = "the config's"
     every box the wrong class name). Categories not among ``classes`` get -1. Anything
     else is one line naming the file, ``classes`` and the file's names in its order."""
     names = coco.names
-    missing = [c for c in classes if c not in names]
-    in_file_order = list(dict.fromkeys(n for n in names if n in classes))
+    missing, in_file_order = class_order(classes, names)
     if missing or in_file_order != list(classes):
         why = (f'{", ".join(missing)} {"is" if len(missing) == 1 else "are"} not among '
                'its categories' if missing else

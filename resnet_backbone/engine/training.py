@@ -43,6 +43,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..cli import ToolError
+from ..data.coco_classes import class_order
 from ..data.shapes import generate
 from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
@@ -640,11 +641,10 @@ class ClassesMismatchError(NoImagesError):
 def check_class_names(classes, file_names: list[str], where: str) -> None:
     """One line unless ``classes`` are categories of the file, in the file's order.
 
-    mmdet's ``CocoDataset`` (and ``CocoMetric``) number the labels in the *file's*
-    category order, whatever order the names are given in, while every class name shown
-    (predictions, pictures, dumps) follows the given order: another order would silently
-    put the wrong name on every box. A name missing from the file would silently drop
-    all its boxes. A subset, in the file's order, is fine.
+    mmdet numbers the labels in the file's category order
+    (:mod:`resnet_backbone.data.coco_classes`): another order would silently put the
+    wrong name on every box. A name missing from the file would silently drop all its
+    boxes. A subset, in the file's order, is fine.
 
     Args:
         classes: The configured class names (``--classes``, ``metainfo.classes``).
@@ -659,7 +659,7 @@ def check_class_names(classes, file_names: list[str], where: str) -> None:
     """
     classes = [str(c) for c in classes]
     cats = ', '.join(file_names)
-    missing = [c for c in classes if c not in file_names]
+    missing, in_file_order = class_order(classes, file_names)
     if len(missing) == len(classes):
         raise ClassesMismatchError(
             f'{where}: none of the classes ({", ".join(classes)}) is a category of this '
@@ -670,7 +670,6 @@ def check_class_names(classes, file_names: list[str], where: str) -> None:
             f'{where}: class {", ".join(repr(c) for c in missing)} is not a category of this '
             f'file (its categories, in order: {cats}); fix the spelling in --classes '
             '(or metainfo.classes)')
-    in_file_order = [n for n in file_names if n in classes]
     if classes != in_file_order:
         raise ClassesMismatchError(
             f'{where}: the classes {",".join(classes)} are not in the file\'s category '
