@@ -121,6 +121,21 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _mmengine_log_streams():
+    """After each test, point mmengine's logger handlers that wrote to that test's captured
+    (now closed) stdout back at the current one. mmengine makes a logger once per process
+    and binds it to the ``sys.stdout`` of that moment: made inside a ``capsys`` test, every
+    later test of the worker that logged through it printed ``--- Logging error ---``
+    tracebacks (test_dump_rois before test_data_options)."""
+    yield
+    from mmengine.logging import MMLogger
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in logger.handlers:
+            if getattr(getattr(handler, 'stream', None), 'closed', False):
+                handler.stream = sys.stdout  # (setStream flushes the closed one first)
+
+
 @pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
     """A tiny embedded data set (8 train / 4 val images of 64 px), made once per run."""
