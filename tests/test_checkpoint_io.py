@@ -65,9 +65,8 @@ def test_find_resumable_skips_truncated_and_bad_pointer(tmp_path):
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_24.pth'))
     assert not is_complete_checkpoint(tmp_path / 'iter_24.pth')
     assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_16.pth'
-    # a pointer left behind by a kill between the newer save and the pointer's update
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_8.pth'))
-    assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_16.pth'
+    assert find_resumable_checkpoint(tmp_path) == tmp_path / 'iter_8.pth'
     assert find_resumable_checkpoint(tmp_path / 'empty') is None
 
 
@@ -89,7 +88,15 @@ def test_issue29_resume_resolves_inside_the_work_dir_and_names_what_it_skipped(t
     (copy / 'iter_2.pth').write_bytes(b'')
     assert resumable_checkpoints(copy) == (None, [copy / 'iter_4.pth', copy / 'iter_2.pth'])
     (copy / 'last_checkpoint').write_text('/nowhere/iter_9.pth')  # names no file here
+    assert resumable_checkpoints(copy) == (None, [copy / 'iter_4.pth', copy / 'iter_2.pth'])
     assert resumable_checkpoints(original) == (original / 'iter_4.pth', [])
+    # a higher-numbered file of an earlier, longer run is not this run's: the pointer wins
+    torch.save({'meta': {'iter': 100}}, original / 'iter_100.pth')
+    (original / 'last_checkpoint').write_text('iter_2.pth')  # (a relative name, too)
+    assert resumable_checkpoints(original) == (original / 'iter_2.pth', [])
+    torch.save({'meta': {'epoch': 12}}, original / 'epoch_12.pth')  # another kind
+    (original / 'iter_2.pth').write_bytes(b'')
+    assert resumable_checkpoints(original) == (None, [original / 'iter_2.pth'])
 
 
 class _SneakyGetattr:

@@ -234,23 +234,32 @@ def resumable_checkpoints(work_dir: str | Path) -> tuple[Path | None, list[Path]
 
     Everything is resolved inside ``work_dir``: ``last_checkpoint`` is read for the file
     *name* it holds (a work dir copied elsewhere keeps an absolute path to the original
-    folder, which must not be loaded). The newest complete ``iter_N.pth`` /
-    ``epoch_N.pth``, or the file ``last_checkpoint`` names, wins; a newer file that is
-    truncated or empty (a kill, a full disk) is skipped and returned, so that the caller
-    says so.
+    folder, which must not be loaded). The file it names wins; when that file is
+    truncated or empty (a kill, a full disk) the next older ``iter_N.pth`` /
+    ``epoch_N.pth`` of the same kind does, and the damaged ones are returned so that the
+    caller says so. Higher-numbered files of an earlier, longer run in the same work dir
+    are not this run's. Without a usable ``last_checkpoint``, the highest-numbered
+    complete checkpoint wins.
 
     Returns:
         ``(checkpoint or None, damaged newer checkpoints, newest first)``.
     """
     work_dir = Path(work_dir)
-    files = {p for p in work_dir.glob('*.pth') if _CKPT_NUM.match(p.name)}
+    numbered = [p for p in work_dir.glob('*.pth') if _CKPT_NUM.match(p.name)]
     pointer = work_dir / 'last_checkpoint'
+    named = None
     if pointer.is_file():
         name = Path(pointer.read_text().strip()).name
         if name and (work_dir / name).is_file():
-            files.add(work_dir / name)
-    # newest first; at equal numbers (a non-standard name) the pointer's file first
-    order = sorted(files, key=lambda p: (_checkpoint_number(p), p.name), reverse=True)
+            named = work_dir / name
+    if named is not None:
+        kind = named.name.split('_')[0]
+        order = [named] + sorted(
+            (p for p in numbered if p.name.split('_')[0] == kind
+             and _checkpoint_number(p) < _checkpoint_number(named)),
+            key=_checkpoint_number, reverse=True)
+    else:
+        order = sorted(numbered, key=_checkpoint_number, reverse=True)
     damaged = []
     for path in order:
         if is_complete_checkpoint(path):
