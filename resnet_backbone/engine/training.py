@@ -428,14 +428,28 @@ def _iter_schedulers(cfg: Config) -> list:
 WARMUP_FRACTION = 0.25
 
 
+_WARMUP_TYPES = ('LinearLR', 'ConstantLR', 'LinearParamScheduler', 'ConstantParamScheduler',
+                 'LinearMomentum', 'ConstantMomentum')
+
+
+def _is_warmup(s, old: int) -> bool:
+    """A warm-up: a linear or constant scheduler from 0 that starts below the full rate
+    and ends in the first :data:`WARMUP_FRACTION` of the run (not a flat or decaying
+    first phase of a longer schedule, which scales with the run)."""
+    factor = s.get('start_factor', s.get('factor', 1 / 3))  # mmengine's defaults
+    return (str(s.get('type')).split('.')[-1] in _WARMUP_TYPES and s.get('begin', 0) == 0
+            and 0 < s.get('end', _INF) <= WARMUP_FRACTION * old
+            and isinstance(factor, (int, float)) and factor < 1)
+
+
 def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
     """Change an iteration-based schedule's length, scaling the LR schedule with it.
 
     Schedulers that ended at the old length (``old``, default the config's
     ``train_cfg.max_iters``) end at the new one (a cosine's ``T_max`` follows), so a
-    shorter or longer run still anneals to the end. A warm-up (a scheduler from 0 that
-    ends inside the run) keeps its length in iterations, capped at
-    :data:`WARMUP_FRACTION` of the new run. Other boundaries (milestones) keep their
+    shorter or longer run still anneals to the end. A warm-up (:func:`_is_warmup`) keeps
+    its length in iterations, capped at :data:`WARMUP_FRACTION` of the new run. Other
+    boundaries (milestones, other phases) keep their
     iteration while they lie in the first half of the new run; otherwise every one scales
     by ``max_iters / old``.
     """
@@ -451,18 +465,17 @@ def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
     if cfg.train_cfg.get('val_interval', old) >= old:
         cfg.train_cfg.val_interval = max_iters
     scheds = _iter_schedulers(cfg)
-    warm_ends = {s.get('end', _INF) for s in scheds
-                 if s.get('begin', 0) == 0 and 0 < s.get('end', _INF) < old}
+    warm_ends = {s.end for s in scheds if _is_warmup(s, old)}
     warm_cap = max(1, round(WARMUP_FRACTION * max_iters))
     inner = [b for s in scheds
              for b in (s.get('begin', 0), s.get('end', _INF), *s.get('milestones', ()))
              if b < old and b not in warm_ends]
 
-    def new(b):
+    def new(b, boundary=True):
         if b >= old:
             return max_iters if b < _INF else b
         last = max(1, max_iters - 1)  # the last boundary inside the run
-        if b in warm_ends:  # a warm-up's end (and the begin of what follows it); a
+        if boundary and b in warm_ends:  # a warm-up's end (and the begin after it); a
             # warm-up needs 2 iterations to reach the full rate (mmengine's LinearLR)
             return max(min(2, last), min(b, warm_cap, last))
         if 2 * max(inner, default=0) <= max_iters:  # the early phases fit: keep them
@@ -482,7 +495,7 @@ def set_max_iters(cfg: Config, max_iters: int, old: int | None = None) -> None:
         if 'end' in s:
             s.end = ne
         if 'milestones' in s:
-            s.milestones = [new(m) for m in s.milestones]
+            s.milestones = [new(m, boundary=False) for m in s.milestones]
         if 'T_max' in s:
             s.T_max = ne - nb if t_max_follows else max(1, new(s.T_max))
 
@@ -657,8 +670,14 @@ def check_class_names(classes, file_names: list[str], where: str) -> None:
     Example:
         >>> check_class_names(['face', 'helmet'], ['face', 'cup', 'helmet'], 'a.json')
     """
-    classes = [str(c) for c in classes]
+    # one name, as mmdet (pycocotools) takes it: classes=('square') is a string
+    classes = [classes] if isinstance(classes, str) else [str(c) for c in classes]
     cats = ', '.join(file_names)
+    twice = sorted({n for n in file_names if n in classes and file_names.count(n) > 1})
+    if twice:  # mmdet gives both ids labels, the second one past the last class
+        raise ClassesMismatchError(
+            f'{where}: the category name {", ".join(map(repr, twice))} appears more than '
+            'once in the file\'s categories; give each category its own name in the file')
     missing, in_file_order = class_order(classes, file_names)
     if len(missing) == len(classes):
         raise ClassesMismatchError(
@@ -669,12 +688,14 @@ def check_class_names(classes, file_names: list[str], where: str) -> None:
         raise ClassesMismatchError(
             f'{where}: class {", ".join(repr(c) for c in missing)} is not a category of this '
             f'file (its categories, in order: {cats}); fix the spelling in --classes '
-            '(or metainfo.classes)')
+            '(or metainfo.classes), or add the category to this file (labels and the '
+            'COCO metric number the file\'s categories)')
     if classes != in_file_order:
         raise ClassesMismatchError(
             f'{where}: the classes {",".join(classes)} are not in the file\'s category '
             f'order ({cats}); labels are numbered in the file\'s order (as mmdet does), so '
-            f'every name would be wrong: give --classes {",".join(in_file_order)}')
+            f'every name would be wrong: give --classes {",".join(in_file_order)} (every '
+            'split\'s file must list the categories in that same order)')
 
 
 def guard_empty_datasets() -> None:
@@ -761,7 +782,7 @@ def apply_train_options(cfg: Config, *, amp: bool = False, auto_scale_lr: bool =
         cfg.load_from = resume
 
 
-def _saved_progress(checkpoint: str) -> tuple[int | None, int | None]:
+def saved_progress(checkpoint: str) -> tuple[int | None, int | None]:
     """(iteration reached, where its iteration-based LR schedule ends) of a Runner
     checkpoint; ``None`` for what it does not hold. Read memory-mapped: no tensor data is
     loaded."""
@@ -790,7 +811,7 @@ def check_resume_schedule(cfg: Config, tool: str = '') -> bool:
     if not cfg.get('resume') or not isinstance(checkpoint, str) or '://' in checkpoint \
             or not isinstance(max_iters, int):
         return True
-    it, end = _saved_progress(checkpoint)
+    it, end = saved_progress(checkpoint)
     prefix = f'{tool}: ' if tool else ''
     name = Path(checkpoint).name
     if it is not None and it >= max_iters:
