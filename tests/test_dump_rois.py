@@ -133,8 +133,8 @@ def test_a_bad_box_file_is_refused_before_the_model_is_built(tmp_path, no_build)
 def test_gt_classes_that_do_not_fit_the_annotation_file(tmp_path, no_build):
     """Config classes not in the file gave every box label -1, silently (rb-train refuses
     the same file). Now one line before the build: the file, the config's classes, the
-    file's names in file order, and the fix; also for classes in another order than the
-    file's (mmdet numbers labels in the file's order)."""
+    file's names, and the fix. Labels go by name, so a file in another category order,
+    or lacking a class, labels every box right (as before this check)."""
     inputs = make_images(tmp_path / 'in', ['a.png'])
     args = [SHAPES, '--input', str(inputs), '--out', str(tmp_path / 'out'), '--rois', 'gt']
     other = coco_file(tmp_path / 'pets.json', [(1, 'cat'), (2, 'dog')])
@@ -142,26 +142,21 @@ def test_gt_classes_that_do_not_fit_the_annotation_file(tmp_path, no_build):
         tool.main([*args, '--ann-file', str(other)])
     assert str(e.value) == (
         f"--ann-file {other}: the config's classes (square, circle, triangle) do not fit "
-        "it: square, circle, triangle are not among its categories; its categories, in file "
-        "order, are: cat, dog; pass the annotation file of the model's data, or a config "
-        "whose test_dataloader.dataset.metainfo.classes are the file's, in its order")
-    shuffled = coco_file(tmp_path / 'shuffled.json',
-                         [(1, 'circle'), (2, 'square'), (3, 'triangle')])
-    with pytest.raises(ToolError, match=r"another order than the file's .*its categories, "
-                                        r'in file order, are: circle, square, triangle;'):
-        tool.main([*args, '--ann-file', str(shuffled)])
-    one_missing = coco_file(tmp_path / 'two.json', [(1, 'square'), (2, 'triangle')])
-    with pytest.raises(ToolError, match=r"\(square, circle, triangle\) do not fit it: circle "
-                                        r'is not among its categories'):
-        tool.main([*args, '--ann-file', str(one_missing)])
+        "it: none of them is among its categories (cat, dog), so every box would get label "
+        "-1; pass the annotation file of the model's data, or a config whose "
+        'test_dataloader.dataset.metainfo.classes name its categories')
     assert no_build == []
 
-    # mmdet's CocoDataset numbering: the configured classes in the file's order (any
-    # ids); another category of the file keeps its boxes, label -1
+    classes = ['square', 'circle', 'triangle']
+    shuffled = coco_file(tmp_path / 'shuffled.json',
+                         [(1, 'circle'), (2, 'square'), (3, 'triangle')])
+    assert lookup(coco_boxes(shuffled, classes), 'a.png', 'f').labels.tolist() == [1, 0, 2]
+    one_missing = coco_file(tmp_path / 'two.json', [(1, 'square'), (2, 'triangle')])
+    assert lookup(coco_boxes(one_missing, classes), 'a.png', 'f').labels.tolist() == [0, 2]
+    # another category of the file keeps its boxes, label -1
     wider = coco_file(tmp_path / 'wider.json',
                       [(9, 'square'), (2, 'hexagon'), (5, 'circle'), (1, 'triangle')])
-    table = coco_boxes(wider, ['square', 'circle', 'triangle'])
-    assert lookup(table, 'a.png', 'f').labels.tolist() == [0, -1, 1, 2]
+    assert lookup(coco_boxes(wider, classes), 'a.png', 'f').labels.tolist() == [0, -1, 1, 2]
 
 
 def test_gt_labels_follow_the_checkpoints_classes(tmp_path):
@@ -180,9 +175,12 @@ def test_gt_labels_follow_the_checkpoints_classes(tmp_path):
     done = tool.finish_rois(source, coco, cfg, fx(('cat', 'dog')))
     assert lookup(done.table, 'a.png', 'f').labels.tolist() == [0, 1]
     source.table = None
-    with pytest.raises(ToolError, match=r"the checkpoint's classes \(dog, cat\) do not fit it: "
-                                        r"they are in another order"):
-        tool.finish_rois(source, coco, cfg, fx(('dog', 'cat')))
+    done = tool.finish_rois(source, coco, cfg, fx(('dog', 'cat')))  # by name, any order
+    assert lookup(done.table, 'a.png', 'f').labels.tolist() == [1, 0]
+    source.table = None
+    with pytest.raises(ToolError, match=r"the checkpoint's classes \(fox\) do not fit it: "
+                                        r'none of them'):
+        tool.finish_rois(source, coco, cfg, fx(('fox',)))
 
     from resnet_backbone.engine.compat import register_mmdet_modules
     register_mmdet_modules()

@@ -45,7 +45,6 @@ import torch
 from torch import nn
 
 from ..cli import ToolError
-from ..data.coco_classes import class_order
 
 ROI_SIZE = 7
 FINEST_SCALE = 56
@@ -285,28 +284,24 @@ def read_coco(ann_file: str | Path) -> CocoFile:
 
 
 def class_labels(coco: CocoFile, classes: list[str], whose: str = "the config's") -> dict:
-    """``{category_id: label}`` by mmdet's ``CocoDataset`` rule: label i is the i-th of
-    ``classes``, which must all be categories of the file and in the file's order (mmdet
-    numbers the configured classes in the file's order, so another order would give
-    every box the wrong class name). Categories not among ``classes`` get -1. Anything
-    else is one line naming the file, ``classes`` and the file's names in its order."""
+    """``{category_id: label}``: label i for the category named ``classes[i]``, -1 for a
+    category that is none of them. By name, so neither the file's category order nor a
+    class the file lacks changes a label (unlike mmdet's ``CocoDataset``, which numbers
+    by the file's order; the training tools refuse such files). A file that shares no
+    name with ``classes`` (every label would be -1) is one line naming the file, the
+    classes and the file's names."""
     names = coco.names
-    missing, in_file_order = class_order(classes, names)
-    if missing or in_file_order != list(classes):
-        why = (f'{", ".join(missing)} {"is" if len(missing) == 1 else "are"} not among '
-               'its categories' if missing else
-               "they are in another order than the file's (mmdet numbers them in the "
-               "file's order)")
+    if not set(map(str, names)) & set(map(str, classes)):
         fix = ('pass the annotation file of the data the checkpoint was trained on'
                if 'checkpoint' in whose else
                "pass the annotation file of the model's data, or a config whose "
-               "test_dataloader.dataset.metainfo.classes are the file's, in its order")
+               'test_dataloader.dataset.metainfo.classes name its categories')
         raise ToolError(
             f'--ann-file {coco.path}: {whose} classes ({", ".join(classes)}) do not fit it: '
-            f'{why}; its categories, in file order, are: {", ".join(names) or "(none)"}; '
-            f'{fix}')
-    return {cid: classes.index(name) if name in classes else -1
-            for cid, name in coco.categories}
+            f'none of them is among its categories ({", ".join(names) or "(none)"}), so '
+            f'every box would get label -1; {fix}')
+    index = {str(c): i for i, c in enumerate(classes)}
+    return {cid: index.get(str(name), -1) for cid, name in coco.categories}
 
 
 def coco_boxes(ann_file: str | Path | CocoFile, classes: list[str] | None,
