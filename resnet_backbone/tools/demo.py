@@ -17,6 +17,8 @@ Installed as ``rb-demo`` (same arguments); ``python tools/demo.py`` runs the sam
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from ..engine.training import (
     build_runner,
     check_resume_schedule,
     load_config,
+    saved_progress,
     set_max_iters,
     setup_environment,
 )
@@ -38,6 +41,25 @@ from . import prog
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py'
 SEED = 0
+
+
+#: what a demo run was started with, in its work dir: a re-run resumes only the same run
+RUN_STAMP = 'demo_run.json'
+
+
+def check_same_run(stamp: Path, run: dict, work_dir: str) -> None:
+    """One line unless the work dir's checkpoints come from a run of this config, seed and
+    data (a re-run with another config or seed evaluated the other run's weights)."""
+    try:
+        saved = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    differs = [k.replace('_sha256', '') for k in run if saved.get(k) != run[k]]
+    if differs:
+        raise ToolError(f'{work_dir} holds checkpoints of another demo run (its '
+                        f'{", ".join(differs)} differ{"s" if len(differs) == 1 else ""} or '
+                        f'{RUN_STAMP} is missing); give --fresh to start over there, or '
+                        'another --work-dir')
 
 
 def main(argv=None) -> dict:
@@ -68,15 +90,30 @@ def main(argv=None) -> dict:
     # deterministic: mmengine's torch.use_deterministic_algorithms; on the CPU every op
     # the demo runs has a deterministic kernel, and the data workers are seeded
     cfg.randomness = dict(seed=args.seed, deterministic=True)
+    finished = False
+    run = {'config_sha256': hashlib.sha256(Path(args.config).read_bytes()).hexdigest(),
+           'seed': args.seed, 'data_root': str(Path(args.data_root).resolve())}
+    stamp = Path(args.work_dir) / RUN_STAMP
     if not args.fresh and any(resumable_checkpoints(args.work_dir)):
+        check_same_run(stamp, run, args.work_dir)
         apply_train_options(cfg, resume='auto')
-        if cfg.resume:
-            print(f'[demo] resuming from {cfg.load_from} (--fresh starts over)', flush=True)
-    finished = not check_resume_schedule(cfg, tool='demo.py')
-    if finished:  # evaluate the finished run's weights (no optimizer state needed)
-        print(f'[demo] {Path(cfg.load_from).name} is already trained; evaluating it',
-              flush=True)
-        cfg.resume = False
+    if cfg.get('resume'):
+        it = saved_progress(cfg.load_from)[0] or 0
+        max_iters = cfg.train_cfg.max_iters
+        if it > max_iters:
+            raise ToolError(f'{cfg.load_from} is at iteration {it}, past --iters {max_iters}; '
+                            f'give --iters {it} or more, or --fresh to start over')
+        finished = it == max_iters
+        print(f'[demo] {Path(cfg.load_from).name} is already trained; evaluating it'
+              if finished else f'[demo] resuming from {cfg.load_from} (iteration {it} of '
+              f'{max_iters}; --fresh starts over)', flush=True)
+        if finished:  # evaluate its weights (no optimizer state needed)
+            cfg.resume = False
+        else:
+            check_resume_schedule(cfg, tool='demo.py')  # a saved schedule of another length
+    else:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(run, indent=1) + '\n')
     t_train = time.time()
     runner = build_runner(cfg)
     if not finished:
