@@ -3,9 +3,9 @@
 mmdet's ``CocoDataset`` (and ``CocoMetric``) number the configured classes in the
 *file's* category order, whatever order they are given in, while every name a user sees
 (predictions, pictures, dumps) follows the given order. So the configured classes must be
-categories of the file, in the file's order; a subset is fine. The tools
-(:func:`resnet_backbone.engine.training.check_class_names`) and the dump's ``--rois gt``
-labels (:func:`resnet_backbone.apis.rois.class_labels`) both check it with this.
+categories of the file, in the file's order; a subset is fine. The tools check it with
+this (:func:`resnet_backbone.engine.training.check_class_names`); the dump's ``--rois gt``
+labels go by name instead (:func:`resnet_backbone.apis.rois.class_labels`).
 
 Example:
     >>> class_order(['cup', 'face'], ['face', 'cup', 'helmet'])
