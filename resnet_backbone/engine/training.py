@@ -43,7 +43,6 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..cli import ToolError
-from ..data.coco_classes import class_order
 from ..data.shapes import generate
 from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
@@ -654,10 +653,11 @@ class ClassesMismatchError(NoImagesError):
 def check_class_names(classes, file_names: list[str], where: str) -> None:
     """One line unless ``classes`` are categories of the file, in the file's order.
 
-    mmdet numbers the labels in the file's category order
-    (:mod:`resnet_backbone.data.coco_classes`): another order would silently put the
-    wrong name on every box. A name missing from the file would silently drop all its
-    boxes. A subset, in the file's order, is fine.
+    mmdet's ``CocoDataset`` (and ``CocoMetric``) number the labels in the *file's*
+    category order, whatever order the names are given in, while every name a user sees
+    follows the given order: another order would silently put the wrong name on every
+    box. A name missing from the file would silently drop all its boxes. A subset, in the
+    file's order, is fine.
 
     Args:
         classes: The configured class names (``--classes``, ``metainfo.classes``).
@@ -678,7 +678,8 @@ def check_class_names(classes, file_names: list[str], where: str) -> None:
         raise ClassesMismatchError(
             f'{where}: the category name {", ".join(map(repr, twice))} appears more than '
             'once in the file\'s categories; give each category its own name in the file')
-    missing, in_file_order = class_order(classes, file_names)
+    missing = [c for c in classes if c not in file_names]
+    in_file_order = [n for n in file_names if n in classes]
     if len(missing) == len(classes):
         raise ClassesMismatchError(
             f'{where}: none of the classes ({", ".join(classes)}) is a category of this '
@@ -859,27 +860,20 @@ def check_load_from(cfg: Config, what: str = 'load_from') -> None:
 
 
 class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
+    """Drops log records whose message starts with one of ``prefixes``; with
+    ``demote=True`` keeps them, a WARNING logged at INFO instead."""
 
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, prefixes: tuple[str, ...], demote: bool = False) -> None:
         super().__init__()
         self.prefixes = prefixes
+        self.demote = demote
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
-
-
-class _DemoteMessages(logging.Filter):
-    """Logs records whose message starts with one of ``prefixes`` at INFO, not WARNING."""
-
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and str(record.msg).startswith(self.prefixes):
+        if not str(record.msg).startswith(self.prefixes):
+            return True
+        if self.demote and record.levelno == logging.WARNING:
             record.levelno, record.levelname = logging.INFO, 'INFO'
-        return True
+        return self.demote
 
 
 # mmengine's IterBasedTrainLoop logs every resume's skipping of the data already trained
@@ -901,6 +895,6 @@ def build_runner(cfg: Config, checkpoint_arg: str = 'load_from'):
     check_load_from(cfg, checkpoint_arg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.logger.addFilter(_DropMessages(_MMENGINE_SELF_WARNINGS))
-    runner.logger.addFilter(_DemoteMessages(_MMENGINE_NOTICES))
+    runner.logger.addFilter(_DropMessages(_MMENGINE_NOTICES, demote=True))
     summarise_frozen_params(runner)
     return runner
