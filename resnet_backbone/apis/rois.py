@@ -14,9 +14,9 @@ Everything numeric is mmdet's own:
   neck outputs (its RPN and RoI head, or its bbox head), ``rescale=False``, then are
   mapped back to the original image for the record.
 - **Level** per box: the extractor's own ``map_roi_levels``.
-- **Labels** of ``gt`` boxes: mmdet's ``CocoDataset`` numbering (:func:`class_labels`):
-  label i is the i-th configured class; the classes must be categories of the file, in
-  its order (anything else is one line, before any box is labelled).
+- **Labels** of ``gt`` boxes, by name (:func:`class_labels`): label i for the category
+  named the i-th configured class, -1 for a category that is none of them; a file that
+  shares no name with the classes is one line, before any box is labelled.
 
 Per image the result is ``rois`` (N, C, 7, 7), ``roi_pooled`` (N, C: the mean over the
 7x7 cells) and a record per box: ``box`` (x1, y1, x2, y2, original pixels), ``label``,

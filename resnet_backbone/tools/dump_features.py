@@ -29,9 +29,8 @@ Anything else stops with one line; --no-strict loads only what fits. The tool ex
 when no image could be dumped (unreadable, or no such file).
 
 --rois FILE and --rois gt are read and checked before the model is built: a bad row, or
-annotation categories that do not fit the model's classes (mmdet numbers labels by the
-configured classes, which must be categories of the file, in its order), stop with one
-line; rows of a box file that name no input image are one WARNING line (--input may well
+an annotation file that shares no category name with the model's classes (gt labels
+go by name), stop with one line; rows of a box file that name no input image are one WARNING line (--input may well
 choose a subset of the file's images). With --launcher every rank's skipped images are
 named by rank 0, with their rank.
 
