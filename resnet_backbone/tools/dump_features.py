@@ -30,9 +30,9 @@ when no image could be dumped (unreadable, or no such file).
 
 --rois FILE and --rois gt are read and checked before the model is built: a bad row, or
 an annotation file that shares no category name with the model's classes (gt labels
-go by name), stop with one line; rows of a box file that name no input image are one WARNING line (--input may well
-choose a subset of the file's images). With --launcher every rank's skipped images are
-named by rank 0, with their rank.
+go by name), stop with one line; rows of a box file that name no input image are one
+WARNING line (--input may well choose a subset of the file's images). With --launcher
+every rank's skipped images are named by rank 0, with their rank.
 
 Each record stores a fingerprint of what produced it (config, weights file sha256,
 levels, dtype, format, package version). Files already in DIR are reused only if their
