@@ -6,14 +6,25 @@
 #   VENV=/tmp/venv313 bash tools/setup.sh              # another venv folder
 #   STACK=latest bash tools/setup.sh                   # pins from constraints-latest.txt
 #   STACK=onedl bash tools/setup.sh                    # the onedl-* forks (constraints-onedl.txt)
+#   MMCV_OPS=compiled bash tools/setup.sh              # mmcv's own compiled ops (a C++ compiler, 13+ min)
 #
 # It creates .venv/ in the repo root and installs, in this order and pinned by
 # constraints.txt: torch + torchvision (the registry build, whose torchvision ops
-# load), mmengine, mmcv built from source with its compiled ops, mmdet, then this
-# project in editable mode with its dev extra. A second run with nothing to do only
-# checks the stamp and the imports, and finishes in a few seconds.
+# load), mmengine, mmcv, mmdet, then this project in editable mode with its dev extra.
+# A second run with nothing to do only checks the stamp and the imports, and finishes
+# in a few seconds.
 #
-# mmcv is built once per torch build: `pip wheel` writes it to
+# mmcv comes one of two ways (MMCV_OPS):
+#   torchvision (default)  mmcv-lite, mmcv's Python without compiled ops (a pure-Python
+#                          wheel; the onedl fork is built from its sdist without ops, no
+#                          compiler either). This project's install adds the .pth import
+#                          hook that answers `import mmcv._ext` with resnet_backbone/ops/
+#                          mmcv_ext.py, torchvision's ops in mmcv's calling convention
+#                          (docs/ops.md). No C/C++ compiler, no nvcc.
+#   compiled               mmcv built from source with its compiled ops, as below. Where a
+#                          compiled mmcv._ext is installed it wins over the hook.
+#
+# With MMCV_OPS=compiled, mmcv is built once per torch build: `pip wheel` writes it to
 # $RB_WHEEL_CACHE/torch-<torch version>/ (default ~/.cache/resnet_backbone/wheels), and
 # only that folder is installed from, so a wheel built against another torch is never
 # reused (pip's own wheel cache keys on the sdist, not on torch). The torch it was built
@@ -116,12 +127,23 @@ IFS=. read -r py_major py_minor _ <<<"$PY_VERSION"
     || die "Python $PY_VERSION ($PYTHON) is too old; resnet_backbone needs >= 3.10 (set PYTHON=/path/to/python3.11)."
 [ -f "$CONSTRAINTS" ] || die "$(basename "$CONSTRAINTS") is missing from $ROOT; restore it from git (or unset STACK)."
 
-want_stamp=$(cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/setup.sh" "$ROOT"/tools/patches/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+MMCV_OPS="${MMCV_OPS:-torchvision}"
+case "$MMCV_OPS" in
+    torchvision|compiled) ;;
+    *) die "MMCV_OPS='$MMCV_OPS' is not a choice: use MMCV_OPS=torchvision (the default: mmcv-lite with torchvision's ops, no compiler) or MMCV_OPS=compiled (builds mmcv's own ops: a C++ compiler and 13+ min)." ;;
+esac
 
+want_stamp=$( (echo "MMCV_OPS=$MMCV_OPS"; cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/setup.sh" "$ROOT"/tools/patches/* "$ROOT/setup.py" "$ROOT/resnet_backbone_ops_hook.pth" 2>/dev/null) | sha256sum | cut -d' ' -f1)
+
+# quick_check: the stack imports, mmcv's ops run, and mmcv._ext is the backend asked for
+# (a compiled one, or resnet_backbone's torchvision one through the .pth hook)
 quick_check() {
-    "$PY" - <<'EOF' >/dev/null 2>&1
+    "$PY" - "$MMCV_OPS" <<'EOF' >/dev/null 2>&1
+import sys
 import torchvision, torch, mmengine, mmcv, mmdet, resnet_backbone  # noqa: F401
-import mmcv._ext  # noqa: F401  compiled ops
+import mmcv._ext, mmcv.ops
+assert getattr(mmcv._ext, 'BACKEND', 'compiled') == sys.argv[1]
+mmcv.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
 torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
 EOF
 }
@@ -143,7 +165,21 @@ with open(os.path.join(pkg, record['ext']), 'rb') as f:  # the record is about t
 EOF
 }
 
-if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && quick_check && mmcv_for_this_torch; then
+# mmcv_lite_ready: mmcv's Python at the pinned version and no compiled ops in its folder
+# (a compiled mmcv._ext would win over the hook)
+mmcv_lite_ready() {
+    "$PY" - "$(pin "$(dist mmcv)")" <<'EOF' >/dev/null 2>&1
+import glob, os, sys
+import mmcv
+assert mmcv.__version__ == sys.argv[1]
+assert not glob.glob(os.path.join(os.path.dirname(mmcv.__file__), '_ext*'))
+EOF
+}
+mmcv_ready() {
+    if [ "$MMCV_OPS" = compiled ]; then mmcv_for_this_torch; else mmcv_lite_ready; fi
+}
+
+if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && quick_check && mmcv_ready; then
     say "environment is up to date ($VENV), nothing to do"
     exit 0
 fi
@@ -160,7 +196,8 @@ PIP=("$PY" -m pip install -c "$CONSTRAINTS")
 PY_VERSION=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "$PY_VERSION")
 
 # onedl-mmcv's build also imports packaging (>= 24.2): installed where the stack pins it
-BUILD_TOOLS=(pip setuptools wheel ninja)
+BUILD_TOOLS=(pip setuptools wheel)
+[ "$MMCV_OPS" = compiled ] && BUILD_TOOLS+=(ninja)
 grep -qE '^packaging==' "$CONSTRAINTS" && BUILD_TOOLS+=(packaging)
 run_step "pip and build tools" "could not install ${BUILD_TOOLS[*]}" \
     "${PIP[@]}" --upgrade "${BUILD_TOOLS[@]}"
@@ -189,7 +226,7 @@ fi
 # Switching a venv between the upstream stack and the onedl forks: both install the
 # packages mmengine/mmcv/mmdet, so the other family's distributions go first.
 if [ "$(dist mmengine)" = mmengine ]; then
-    OTHER_FAMILY=(onedl-mmengine onedl-mmcv onedl-mmdetection)
+    OTHER_FAMILY=(onedl-mmengine onedl-mmcv onedl-mmcv-lite onedl-mmdetection)
 else
     OTHER_FAMILY=(mmengine mmcv mmcv-lite mmdet)
 fi
@@ -221,7 +258,24 @@ with open(os.path.join(pkg, sys.argv[3]), 'w') as f:
 EOF
 }
 MMCV_PKG=$("$PY" -c 'import os, mmcv; print(os.path.dirname(mmcv.__file__))' 2>/dev/null)
-if [ "${TORCH_REINSTALLED:-0}" = 0 ] && [ "${RB_REBUILD_MMCV:-0}" = 0 ] && [ -n "$MMCV_PKG" ] \
+if [ "$MMCV_OPS" = torchvision ]; then
+    if ! mmcv_lite_ready; then
+        # a compiled mmcv (or the other kind of the fork) goes first: its _ext would win
+        "$PY" -m pip uninstall -y mmcv mmcv-lite onedl-mmcv onedl-mmcv-lite >/dev/null 2>&1
+        if [ "$MMCV_DIST" = mmcv ]; then
+            run_step "mmcv-lite" "could not install mmcv-lite $MMCV_V (a pure-Python wheel)" \
+                "${PIP[@]}" "mmcv-lite==$MMCV_V"
+        else
+            # the fork has no -lite wheel: its sdist built without ops is one (setup.py
+            # only, no compiler); --no-cache-dir keeps this ops-less wheel out of pip's
+            # cache, where a later compiled install could pick it up
+            MMCV_WITH_OPS=0 run_step "$MMCV_DIST (no ops)" \
+                "could not build $MMCV_DIST $MMCV_V without ops (see the log)" \
+                "${PIP[@]}" --no-build-isolation --no-cache-dir --no-deps "$MMCV_DIST==$MMCV_V"
+        fi
+        mmcv_lite_ready || die "mmcv $MMCV_V was installed but does not import as mmcv-lite (see $LOGS); remove $VENV and re-run 'bash tools/setup.sh'."
+    fi
+elif [ "${TORCH_REINSTALLED:-0}" = 0 ] && [ "${RB_REBUILD_MMCV:-0}" = 0 ] && [ -n "$MMCV_PKG" ] \
         && [ ! -e "$MMCV_PKG/$MMCV_RECORD" ] \
         && "$PY" -c "import sys, mmcv, mmcv._ext; sys.exit(0 if mmcv.__version__ == '$MMCV_V' else 1)" >/dev/null 2>&1; then
     # An mmcv installed before setup kept records (torch untouched by this run): adopt
@@ -229,7 +283,7 @@ if [ "${TORCH_REINSTALLED:-0}" = 0 ] && [ "${RB_REBUILD_MMCV:-0}" = 0 ] && [ -n 
     say "$MMCV_DIST $MMCV_V is installed without a record of its torch: assuming torch $TORCH_V (RB_REBUILD_MMCV=1 bash tools/setup.sh rebuilds it)"
     record_mmcv_build "adopted: installed before tools/setup.sh recorded builds"
 fi
-if ! mmcv_for_this_torch; then
+if [ "$MMCV_OPS" = compiled ] && ! mmcv_for_this_torch; then
     PY_TAG=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
     WHEEL_DIR="$WHEELS/torch-$TORCH_V"
     find_wheel() { ls "$WHEEL_DIR"/"${MMCV_DIST//-/_}"-"$MMCV_V"-"$PY_TAG"-*.whl 2>/dev/null | head -n1; }
@@ -238,7 +292,7 @@ if ! mmcv_for_this_torch; then
         say "$MMCV_DIST $MMCV_V for torch $TORCH_V ($PY_TAG) is in the wheel cache: $wheel"
     else
         command -v "${CC:-gcc}" >/dev/null 2>&1 && command -v "${CXX:-g++}" >/dev/null 2>&1 \
-            || die "no C/C++ compiler found, needed to build mmcv's ops; install one (Debian/Ubuntu: apt-get install build-essential) and re-run."
+            || die "no C/C++ compiler found, needed by MMCV_OPS=compiled to build mmcv's ops; install one (Debian/Ubuntu: apt-get install build-essential), or use the default (no MMCV_OPS: mmcv-lite with torchvision's ops, no compiler), and re-run."
         "$PY" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
             || die "Python headers (Python.h) are missing, needed to build mmcv's ops; install them (Debian/Ubuntu: apt-get install python3-dev) and re-run."
         mkdir -p "$WHEEL_DIR" || die "cannot create the wheel cache $WHEEL_DIR; set RB_WHEEL_CACHE to a writable folder."
@@ -318,6 +372,6 @@ EOF
         "${PIP[@]}" "${DEV_EXTRA[@]}"
 fi
 
-quick_check && mmcv_for_this_torch || die "the stack installed but does not import; run '.venv/bin/python -m resnet_backbone.doctor' to see which piece is broken."
+quick_check && mmcv_ready || die "the stack installed but does not import; run '.venv/bin/python -m resnet_backbone.doctor' to see which piece is broken."
 echo "$want_stamp" >"$STAMP"
 say "done in $((SECONDS - T_START)) s; check it any time with: .venv/bin/python -m resnet_backbone.doctor"
