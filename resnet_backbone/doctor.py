@@ -1,7 +1,9 @@
 """``python -m resnet_backbone.doctor``: check the installed stack, name what is broken.
 
 Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine, mmcv
-(and whether its compiled ops load, and were built for the installed torch), mmdet and
+(which ``mmcv._ext`` backend is active: mmcv's compiled ops, and whether they were built
+for the installed torch, or this project's torchvision backend for mmcv-lite, with the
+ops it does not provide), mmdet and
 numpy, whether CUDA is available, and whether ``ResNetV1Custom`` resolves in mmdet's
 registry; last, which row of the README's tested version matrix the environment is
 (Python minor version + the constraints file whose pins it matches). Exits 1 on a broken stack,
@@ -79,8 +81,33 @@ def _mmcv() -> str:
 
 
 def _mmcv_ext() -> str:
-    importlib.import_module('mmcv._ext')
-    return 'compiled ops load'
+    ext = importlib.import_module('mmcv._ext')
+    if getattr(ext, 'BACKEND', None) != 'torchvision':
+        return f'compiled ops load ({os.path.basename(getattr(ext, "__file__", "?"))})'
+    importlib.import_module('mmcv.ops')  # asserts every name it calls, at import
+    names = _mmcv_ext_names()
+    missing = sorted(n for n in names if getattr(getattr(ext, n), 'missing', False))
+    return (f"torchvision backend (resnet_backbone/ops/mmcv_ext.py, no compiled ops): "
+            f"{len(names) - len(missing)} of mmcv's {len(names)} ops; unavailable: "
+            f"{', '.join(_op_families(missing))} (MMCV_OPS=compiled bash tools/setup.sh "
+            "builds them)")
+
+
+def _mmcv_ext_names() -> list[str]:
+    """Every ``mmcv._ext`` function mmcv's ops modules ask for, read from their source."""
+    import mmcv
+    names: set[str] = set()
+    for path in glob.glob(os.path.join(os.path.dirname(mmcv.__file__), 'ops', '*.py')):
+        with open(path) as f:
+            for m in re.finditer(r"load_ext\(\s*'_ext',\s*\[(.*?)\]", f.read(), re.S):
+                names.update(re.findall(r"'(\w+)'", m[1]))
+    return sorted(names)
+
+
+def _op_families(names: list[str]) -> list[str]:
+    """Names grouped by op (``carafe_forward``, ``carafe_backward`` -> ``carafe``)."""
+    families = dict.fromkeys(re.sub(r'_(forward|backward)(_\w+)?$', '', n) for n in names)
+    return list(families)
 
 
 def _mmcv_built_for_torch() -> str:
@@ -88,6 +115,8 @@ def _mmcv_built_for_torch() -> str:
     and then crash or compute garbage. Compare setup's record with the installed torch."""
     import mmcv
     import torch
+    if getattr(importlib.import_module('mmcv._ext'), 'BACKEND', None) == 'torchvision':
+        return 'nothing built: mmcv-lite, ops from torchvision (built with torch)'
     pkg = os.path.dirname(mmcv.__file__)
     path = os.path.join(pkg, MMCV_RECORD)
     if not os.path.exists(path):
@@ -126,6 +155,13 @@ def _installed_versions() -> dict[str, str]:
             installed[name] = importlib.metadata.version(name).split('+')[0]
         except importlib.metadata.PackageNotFoundError:
             installed[name] = 'not installed'
+    # mmcv-lite (the default) and the fork built without ops are the pinned mmcv's Python
+    for name, lite in (('mmcv', 'mmcv-lite'), ('onedl-mmcv', 'onedl-mmcv-lite')):
+        if installed[name] == 'not installed':
+            try:
+                installed[name] = importlib.metadata.version(lite).split('+')[0]
+            except importlib.metadata.PackageNotFoundError:
+                pass
     return installed
 
 
@@ -220,8 +256,10 @@ def run_checks() -> list[Check]:
                "local '+cpu' wheel: " + SETUP, _torchvision),
         _guard('mmengine', SETUP, lambda: _version('mmengine')),
         _guard('mmcv', SETUP + ' (builds mmcv from source)', _mmcv),
-        _guard('mmcv._ext', "mmcv was installed without its compiled ops: 'pip uninstall -y "
-               "mmcv' and " + SETUP + ' (it builds mmcv with MMCV_WITH_OPS=1)', _mmcv_ext),
+        _guard('mmcv._ext', "mmcv has no compiled ops and resnet_backbone's torchvision "
+               "backend is not found (its .pth hook is installed with this project): "
+               + SETUP + " (or MMCV_OPS=compiled bash tools/setup.sh, which builds mmcv's "
+               "own)", _mmcv_ext),
         _guard('mmcv build', "rebuild mmcv for the installed torch: " + SETUP + " (it builds "
                "mmcv once per torch version and records which)", _mmcv_built_for_torch),
         _guard('mmdet', SETUP, lambda: _version('mmdet')),
