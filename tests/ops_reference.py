@@ -174,7 +174,7 @@ def _det_inputs(with_masks: bool, seed: int = 0):
 
 def build_detector(name: str, seed: int = 0):
     """mmdet's zoo config with ``ResNetV1Custom`` (reference mode), seeded weights, every
-    BN gamma drawn in [0.5, 1.5] (mmdet zero-initialises norm3: at init the residual
+    BN gamma drawn in [0.3, 0.9] (mmdet zero-initialises norm3: at init the residual
     branches, and DCN, would not be exercised), ``score_thr=0``."""
     import mmdet
     from mmdet.registry import MODELS
@@ -202,10 +202,10 @@ def build_detector(name: str, seed: int = 0):
     finally:
         logger.setLevel(level)
     g = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.6 + 0.3)
     return model
 
 
