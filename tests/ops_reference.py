@@ -67,6 +67,12 @@ def op_cases(seed: int = 0) -> list[dict]:
         for off in (0, 1):
             cases.append(dict(op='nms', fn='nms', args=[b, s],
                               kwargs=dict(iou_threshold=thr, offset=off), out=[]))
+    # IoU on the threshold: 60 / 100 rounds to float32(0.6) = 0.60000002 > 0.6; mmcv
+    # compares in float (not suppressed), a double threshold would suppress
+    edge = torch.tensor([[0., 0., 10., 10.], [0., 0., 10., 6.], [0., 0., 10., 5.]])
+    for thr in (0.6, 0.5):
+        cases.append(dict(op='nms', fn='nms', args=[edge, torch.tensor([0.9, 0.8, 0.7])],
+                          kwargs=dict(iou_threshold=thr, offset=0), out=[]))
     for method in (0, 1, 2):
         cases.append(dict(op='softnms', fn='softnms', args=[b, s, _zeros(300, 5)],
                           kwargs=dict(iou_threshold=0.3, sigma=0.5, min_score=0.05,
