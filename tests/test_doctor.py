@@ -19,14 +19,28 @@ def test_doctor_good_stack_exits_zero():
     assert 'ResNetV1Custom -> resnet_backbone.models.resnet.ResNetV1Custom' in r.stdout
 
 
-def test_doctor_names_missing_compiled_ops(monkeypatch, capsys):
-    # A None entry in sys.modules makes `import mmcv._ext` fail, as with mmcv-lite.
+def test_doctor_names_missing_ops(monkeypatch, capsys):
+    # A None entry in sys.modules makes `import mmcv._ext` fail, as with mmcv-lite and
+    # no hook (this project's .pth not installed).
     monkeypatch.setitem(sys.modules, 'mmcv._ext', None)
     assert doctor.main() == 1
     out = capsys.readouterr().out
     fixes = [line for line in out.splitlines() if line.startswith('FIX:')]
     assert len(fixes) == 1, out
-    assert fixes[0].startswith('FIX: mmcv._ext is broken') and 'MMCV_WITH_OPS=1' in fixes[0]
+    assert fixes[0].startswith('FIX: mmcv._ext is broken') and 'tools/setup.sh' in fixes[0]
+    assert 'MMCV_OPS=compiled' in fixes[0]
+
+
+def test_doctor_names_the_ops_backend(monkeypatch, capsys):
+    """Which mmcv._ext is active; for the torchvision backend, the ops it lacks."""
+    from resnet_backbone.ops import mmcv_ext
+    monkeypatch.setitem(sys.modules, 'mmcv._ext', mmcv_ext)
+    checks = {c.name: c for c in doctor.run_checks()}
+    line = checks['mmcv._ext'].detail
+    assert checks['mmcv._ext'].ok and line.startswith('torchvision backend'), line
+    assert "of mmcv's 112 ops" in line and 'carafe' in line and 'deform_roi_pool' in line
+    assert ' nms,' not in line and 'roi_align,' not in line  # provided, so not listed
+    assert checks['mmcv build'].detail.startswith('nothing built: mmcv-lite')
 
 
 def test_doctor_names_missing_module(monkeypatch, capsys):
@@ -118,8 +132,14 @@ def _fake_mmcv_build(tmp_path: Path, monkeypatch, torch_version: str, ext_bytes=
         'torch': torch_version, 'ext': '_ext.cpython-3x.so',
         'ext_sha256': hashlib.sha256(b'ops').hexdigest(), 'source': 'mmcv-2.1.0.whl'}))
     # the real mmcv stays (its submodules load); only where it says it lives changes
+    import types
+
     import mmcv
     monkeypatch.setattr(mmcv, '__file__', str(pkg / '__init__.py'))
+    # and its _ext is a compiled one (on the default install it is the torchvision backend)
+    compiled = types.ModuleType('mmcv._ext')
+    compiled.__file__ = str(pkg / '_ext.cpython-3x.so')
+    monkeypatch.setitem(sys.modules, 'mmcv._ext', compiled)
 
 
 def test_doctor_names_mmcv_built_for_another_torch(tmp_path, monkeypatch, capsys):
