@@ -108,9 +108,12 @@ def op_cases(seed: int = 0) -> list[dict]:
         ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
         wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
         shape = (n, 2 * dg * k * k, ho, wo)
-        offset = {'random': lambda: torch.randn(shape, generator=g) * 2,
-                  'zero': lambda: torch.zeros(shape),
-                  'integer': lambda: torch.randint(-2, 3, shape, generator=g).float()}[kind]()
+        if kind == 'random':
+            offset = torch.randn(shape, generator=g) * 2
+        elif kind == 'zero':  # every border tap on the padding line: mmcv's init
+            offset = torch.zeros(shape)
+        else:
+            offset = torch.randint(-2, 3, shape, generator=g).float()
         grad = torch.randn(n, co, ho, wo, generator=g)
         v1 = dict(kW=k, kH=k, dW=stride, dH=stride, padW=pad, padH=pad, dilationW=dil,
                   dilationH=dil, group=groups, deformable_group=dg, im2col_step=n)

@@ -109,14 +109,17 @@ def _executable(path: Path, text: str) -> Path:
     return path
 
 
-def _setup(tmp_path: Path, python: str, path_dirs=(), stack=None,
+def _setup(tmp_path: Path, python: str, path_dirs=(), stack=None, ops=None,
            **fake) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=python, VENV=str(tmp_path / 'venv'),
                RB_WHEEL_CACHE=str(tmp_path / 'wheels'), CC='true', CXX='true',
                PATH=os.pathsep.join([*map(str, path_dirs), os.environ['PATH']]))
     env.pop('STACK', None)
+    env.pop('MMCV_OPS', None)
     if stack:
         env['STACK'] = stack
+    if ops:
+        env['MMCV_OPS'] = ops
     if fake:
         cfg = {'version': [3, 12, 1], 'torch': '2.13.0+cu130', 'log': str(tmp_path / 'calls')}
         cfg.update(fake)
@@ -160,7 +163,7 @@ def test_python_that_does_not_run_is_named(tmp_path, stub, says):
 
 def test_metadata_generation_failure_is_named_with_its_error(tmp_path):
     """Before: 'the mmcv 2.1.0 build failed (compiler error or missing headers ...)'."""
-    r = _setup(tmp_path, _fake_python(tmp_path), fail=r'\bmmcv\b',
+    r = _setup(tmp_path, _fake_python(tmp_path), ops='compiled', fail=r'\bmmcv\b',
                pip_fail=r'mmcv==2\.1\.0|mmcv-2\.1\.0-patched', pip_output=METADATA_FAILURE)
     line = _one_error_line(r)
     assert line.startswith('setup: ERROR in step "mmcv build": '), line
@@ -177,7 +180,7 @@ def test_mmcv_wheel_of_another_torch_is_not_reused(tmp_path):
     other.mkdir(parents=True)
     (other / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl').write_text('')
     # the record check fails: mmcv is not built for this torch yet
-    _setup(tmp_path, _fake_python(tmp_path), fail=r"record\['torch'\]")
+    _setup(tmp_path, _fake_python(tmp_path), ops='compiled', fail=r"record\['torch'\]")
     pip = (tmp_path / 'calls').read_text().splitlines()
     mmcv = [c for c in pip if 'mmcv' in c and c.split()[1] in ('wheel', 'install')]
     here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
@@ -194,7 +197,7 @@ def test_mmcv_wheel_of_this_torch_is_reused(tmp_path):
     here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
     here.mkdir(parents=True)
     (here / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl').write_text('')
-    r = _setup(tmp_path, _fake_python(tmp_path), fail=r"record\['torch'\]")
+    r = _setup(tmp_path, _fake_python(tmp_path), ops='compiled', fail=r"record\['torch'\]")
     pip = (tmp_path / 'calls').read_text().splitlines()
     assert not any(c.startswith('pip wheel') for c in pip), pip
     assert f'pip install -c {ROOT}/constraints.txt {here}/mmcv-2.1.0-cp312-cp312-linux_x86_64.whl' \
@@ -265,7 +268,8 @@ def test_onedl_stack_installs_the_forks_by_their_names(tmp_path):
     wheel name) and onedl-mmdetection, and the project without its upstream dependencies
     (pyproject.toml names mmcv<2.2, which pip would build beside the fork). Before: 'no pin
     for mmengine'."""
-    _setup(tmp_path, _fake_python(tmp_path), stack='onedl', fail=r"record\['torch'\]")
+    _setup(tmp_path, _fake_python(tmp_path), stack='onedl', ops='compiled',
+           fail=r"record\['torch'\]")
     pip = (tmp_path / 'calls').read_text().splitlines()
     c = f'-c {ROOT}/constraints-onedl.txt'
     here = tmp_path / 'wheels' / 'torch-2.13.0+cu130'
@@ -317,3 +321,23 @@ def test_make_keeps_python_for_setup_only(tmp_path):
                        text=True, env=env, timeout=60)
     assert r.stdout.splitlines() == ["PYTHON='/opt/python3.13' bash tools/setup.sh",
                                      "PYTHON='/opt/python3.13' STACK=latest bash tools/setup.sh"]
+
+
+def test_default_installs_mmcv_lite_and_builds_nothing(tmp_path):
+    """No MMCV_OPS: mmcv-lite (pure Python) from the registry, no `pip wheel`, no ninja,
+    and no compiler asked for (CC/CXX point nowhere and none is on PATH)."""
+    r = _setup(tmp_path, _fake_python(tmp_path), fail=r'glob\.glob')
+    pip = (tmp_path / 'calls').read_text().splitlines()
+    c = f'-c {ROOT}/constraints.txt'
+    assert f'pip install {c} --upgrade pip setuptools wheel' in pip, pip
+    assert f'pip install {c} mmcv-lite==2.1.0' in pip, pip
+    assert not [x for x in pip if x.startswith('pip wheel') or 'ninja' in x], pip
+    assert 'compiler' not in r.stderr
+    # the stand-in mmcv never stops looking compiled: one line says so
+    assert 'does not import as mmcv-lite' in _one_error_line(r)
+
+
+def test_mmcv_ops_choice_is_checked(tmp_path):
+    line = _one_error_line(_setup(tmp_path, _fake_python(tmp_path), ops='cuda', version=[3, 12, 1]))
+    assert line.startswith("setup: ERROR: MMCV_OPS='cuda' is not a choice: use "
+                           'MMCV_OPS=torchvision (the default'), line

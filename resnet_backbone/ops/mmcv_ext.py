@@ -337,7 +337,8 @@ def deform_conv_backward_input(input, offset, gradOutput, gradInput, gradOffset,
                                columns, kW, kH, dW, dH, padW, padH, dilationW, dilationH,
                                group, deformable_group, im2col_step) -> None:
     stride, pad, dil = _v1_args(kW, kH, dW, dH, padW, padH, dilationW, dilationH)
-    gi, gw, go, _, _ = _dcn_backward(gradOutput, input, weight, offset, input.new_zeros(input.size(0), 1),
+    gi, gw, go, _, _ = _dcn_backward(gradOutput, input, weight, offset,
+                                     input.new_zeros(input.size(0), 1),
                                      input.new_zeros(weight.size(0)), stride, pad, dil,
                                      group, deformable_group, False)
     _zero_offset_grad_off_image(go, offset, input.size(2), input.size(3), kH, kW, *stride,
