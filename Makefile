@@ -29,7 +29,8 @@ lint: setup
 	@$(PY) -m ruff check resnet_backbone tools tests
 
 # STACK=latest: the newest torch/torchvision pair (constraints-latest.txt), in the same
-# .venv (switching back rebuilds nothing: mmcv wheels are kept per torch version).
+# .venv (with MMCV_OPS=compiled, switching back rebuilds nothing: mmcv wheels are kept per
+# torch version).
 .PHONY: setup-latest test-latest
 setup-latest:
 	@$(if $(PYTHON),PYTHON='$(PYTHON)' )STACK=latest bash tools/setup.sh
@@ -38,26 +39,29 @@ test-latest: setup-latest
 	@$(PY) -m pytest
 
 # make test-matrix: every row of the README's tested version matrix, one after another,
-# each set up in its own venv (build/matrix/<row>/venv; its mmcv wheel comes from the
-# per-torch wheel cache when one was built before), then tested; one summary line per row
-# at the end (setup and test logs in build/matrix/<row>/). A row is pyX.Y.Z[:STACK]; the
+# each set up in its own venv (build/matrix/<row>/venv), then tested; one summary line per
+# row at the end (setup and test logs in build/matrix/<row>/). A row is pyX.Y.Z[:STACK],
+# or pyX.Y.Z:compiled for MMCV_OPS=compiled (mmcv built with its own ops; its wheel comes
+# from the per-torch wheel cache when one was built before). The
 # interpreters are pyenv's ($(PYENV_ROOT)/versions/X.Y.Z/bin/pythonX.Y). Choose rows or
 # the suite with MATRIX=... and MATRIX_PYTEST=..., e.g.
 #   make test-matrix MATRIX="py3.12.1 py3.11.7:onedl" MATRIX_PYTEST="-m 'not integration' -q"
-# A cold row builds mmcv (13-70 min on 2 cores); the full suite takes about 30 min a row.
+# A cold row downloads about 2.7 GB (2-4 min here); a cold compiled row builds mmcv
+# (13-70 min on 2 cores); the full suite takes 12-30 min a row.
 # On machines whose pip.conf caps torch (these build machines), the latest row needs
 # PIP_CONFIG_FILE=/dev/null.
-MATRIX ?= py3.10.13 py3.11.7 py3.12.1 py3.13.0 py3.11.7:latest py3.11.7:onedl
+MATRIX ?= py3.10.13 py3.11.7 py3.12.1 py3.13.0 py3.11.7:latest py3.11.7:onedl py3.11.7:compiled
 MATRIX_PYTEST ?= -q -p no:cacheprovider
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 
 .PHONY: test-matrix
 test-matrix:
 	@mkdir -p build/matrix; : >build/matrix/summary.txt; for row in $(MATRIX); do \
-	    v=$${row%%:*}; v=$${v#py}; stack=''; case $$row in *:*) stack=$${row#*:};; esac; \
+	    v=$${row%%:*}; v=$${v#py}; stack=''; ops=''; case $$row in *:*) stack=$${row#*:};; esac; \
+	    if [ "$$stack" = compiled ]; then stack=''; ops=compiled; fi; \
 	    dir=$(CURDIR)/build/matrix/$$(echo "$$row" | tr : -); mkdir -p "$$dir"; \
 	    echo "[test-matrix] $$row: setup (log $$dir/setup.log) ..."; t0=$$(date +%s); \
-	    if PYTHON=$(PYENV_ROOT)/versions/$$v/bin/python$${v%.*} VENV=$$dir/venv STACK=$$stack \
+	    if PYTHON=$(PYENV_ROOT)/versions/$$v/bin/python$${v%.*} VENV=$$dir/venv STACK=$$stack MMCV_OPS=$$ops \
 	            bash tools/setup.sh >"$$dir/setup.log" 2>&1; then \
 	        t1=$$(date +%s); echo "[test-matrix] $$row: pytest $(MATRIX_PYTEST) (log $$dir/pytest.log) ..."; \
 	        "$$dir/venv/bin/python" -m pytest $(MATRIX_PYTEST) >"$$dir/pytest.log" 2>&1; \

@@ -290,8 +290,9 @@ def test_onedl_stack_installs_the_forks_by_their_names(tmp_path):
 
 @pytest.mark.skipif(shutil.which('make') is None, reason='no make')
 def test_make_test_matrix_lists_every_row():
-    """`make test-matrix` has a row for each Python 3.10-3.13 on the default stack and one
-    for each constraints-<STACK>.txt (make -n: nothing is run)."""
+    """`make test-matrix` has a row for each Python 3.10-3.13 on the default stack, one
+    for each constraints-<STACK>.txt and one for MMCV_OPS=compiled (make -n: nothing is
+    run)."""
     env = {k: v for k, v in os.environ.items() if k not in ('MATRIX', 'MAKEFLAGS')}
     r = subprocess.run(['make', '-n', '-s', 'test-matrix'], cwd=ROOT, capture_output=True,
                        text=True, env=env, timeout=60)
@@ -300,7 +301,8 @@ def test_make_test_matrix_lists_every_row():
     default = {row[2:].rsplit('.', 1)[0] for row in rows if ':' not in row}
     assert default == {'3.10', '3.11', '3.12', '3.13'}, rows
     stacks = {p.stem.split('-', 1)[1] for p in ROOT.glob('constraints-*.txt')}
-    assert {row.split(':', 1)[1] for row in rows if ':' in row} == stacks, rows
+    # and the compiled-ops choice (MMCV_OPS=compiled) is a row of its own
+    assert {row.split(':', 1)[1] for row in rows if ':' in row} == stacks | {'compiled'}, rows
 
 
 @pytest.mark.skipif(shutil.which('make') is None, reason='no make')
