@@ -140,14 +140,37 @@ def op_cases(seed: int = 0) -> list[dict]:
                                 _zeros(x.shape), _zeros(weight.shape), _zeros(bias.shape),
                                 _zeros(offset.shape), _zeros(mask.shape), grad], kwargs=v2,
                           out=[7, 8, 9, 10, 11]))
+    # DyHead: one conv makes a level's offset and mask, and the DCNs of the levels above
+    # (stride 1, a smaller map) and below (stride 2) use them too; mmcv's kernel reads the
+    # offset slice's memory as a plane of the output's size
+    offset_and_mask = torch.randn(2, 27, 8, 8, generator=g)
+    offset, mask = offset_and_mask[:, :18], offset_and_mask[:, 18:].sigmoid()
+    weight = torch.randn(6, 8, 3, 3, generator=g)
+    bias = torch.randn(6, generator=g)
+    for size, stride in ((8, 1), (4, 1), (16, 2)):
+        x = torch.randn(2, 8, size, size, generator=g)
+        o = (size + 2 - 3) // stride + 1
+        v2 = dict(kernel_h=3, kernel_w=3, stride_h=stride, stride_w=stride, pad_h=1, pad_w=1,
+                  dilation_h=1, dilation_w=1, group=1, deformable_group=1, with_bias=True)
+        tag = f'dyhead {size}px stride {stride}'
+        cases.append(dict(op='dcnv2', tag=tag, fn='modulated_deform_conv_forward',
+                          args=[x, weight, bias, empty, offset, mask, _zeros(2, 6, o, o),
+                                empty], kwargs=v2, out=[6]))
+        cases.append(dict(op='dcnv2', tag=tag, fn='modulated_deform_conv_backward',
+                          args=[x, weight, bias, empty, offset, mask, empty, _zeros(x.shape),
+                                _zeros(weight.shape), _zeros(bias.shape),
+                                _zeros(offset.shape), _zeros(mask.shape),
+                                torch.randn(2, 6, o, o, generator=g)], kwargs=v2,
+                          out=[7, 8, 9, 10, 11]))
     return cases
 
 
 def run_case(ext, case: dict) -> list:
-    """Call ``ext.<fn>`` on fresh copies of the case's tensors; return what it answers:
-    its return value (if any) and every argument it writes."""
-    args = [a.clone() if isinstance(a, torch.Tensor)
-            else torch.zeros(a[1]) if isinstance(a, tuple) and a[:1] == ('zeros',) else a
+    """Call ``ext.<fn>`` on the case's inputs and fresh output buffers; return what it
+    answers: its return value (if any) and every buffer it writes."""
+    # inputs as they are (not cloned: a clone would make a sliced offset contiguous, and
+    # mmcv reads the slice's memory), outputs fresh
+    args = [torch.zeros(a[1]) if isinstance(a, tuple) and a[:1] == ('zeros',) else a
             for a in case['args']]
     ret = getattr(ext, case['fn'])(*args, **case['kwargs'])
     outs = [args[i] for i in case['out']]

@@ -23,6 +23,12 @@ from resnet_backbone.apis.benchmark import (
     table,
 )
 from resnet_backbone.cli import ToolError, run_tool
+from resnet_backbone.models.compiled import cpu_compiler
+
+#: torch.compile builds CPU kernels with a C++ compiler; the default install needs none
+NEEDS_CXX = pytest.mark.skipif(cpu_compiler() is None, reason='no C++ compiler on PATH: '
+                               'torch.compile cannot build CPU kernels')
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,6 +279,7 @@ def test_json_into_a_read_only_folder(tmp_path, monkeypatch):
         ro.chmod(0o700)
 
 
+@NEEDS_CXX
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['ours-fast', 'mmdet'])
 def test_inductor_compiled_matches_eager(name):

@@ -1,9 +1,13 @@
 """engine/compat: the dependency notices our tools drop, and only those."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import mmdet.utils
+import pytest
 
 from resnet_backbone.engine import compat
 
@@ -29,3 +33,19 @@ def test_register_mmdet_modules_drops_only_onedls_optional_extra_notices(monkeyp
     assert [str(w.message) for w in seen] == ['another warning']
     assert capsys.readouterr().out == 'a line of its own\n'
 
+
+
+@pytest.mark.parametrize('quiet', [True, False])
+def test_no_stray_shell_line_without_a_c_compiler(quiet):
+    """The default install needs no compiler; mmengine's environment report then made
+    every tool print '/bin/sh: 1: gcc: not found' (found by a run with no compiler on
+    PATH). The tools' set-up sends that probe's stderr to /dev/null."""
+    code = ('from resnet_backbone.engine.compat import quiet_compiler_probe\n'
+            + ('quiet_compiler_probe()\n' if quiet else '')
+            + 'import mmengine.runner.runner as r\nprint(r.collect_env()["GCC"])\n')
+    env = dict(os.environ, PATH='/nonexistent')  # the shell finds no gcc
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'n/a'
+    assert ('not found' in out.stderr) is not quiet, out.stderr

@@ -20,8 +20,16 @@ from resnet_backbone.apis.dump import dump_features, read_meta
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.cli import ToolError
 from resnet_backbone.models.bf16 import InferenceBackbone, inference_model
-from resnet_backbone.models.compiled import CompiledInference
+from resnet_backbone.models.compiled import (
+    CompiledInference,
+    cpu_compiler,
+)
 from resnet_backbone.models.resnet_v2 import ResNetV2Custom
+
+#: torch.compile builds CPU kernels with a C++ compiler; the default install needs none
+NEEDS_CXX = pytest.mark.skipif(cpu_compiler() is None, reason='no C++ compiler on PATH: '
+                               'torch.compile cannot build CPU kernels')
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')
@@ -156,6 +164,7 @@ def test_test_tool_compile_wraps_the_backbone(monkeypatch):
                      'the run time)']
 
 
+@NEEDS_CXX
 @pytest.mark.slow
 def test_compiled_matches_eager_and_never_runs_stale_weights():
     """compile=True: maps equal eager within 1e-5 (fp32); the warm-up is counted; after an
@@ -175,3 +184,17 @@ def test_compiled_matches_eager_and_never_runs_stale_weights():
     got, want = fx(image), eager(image)
     assert rel_err(got.levels['c5'], want.levels['c5']) <= 1e-5  # not the old weights
     assert fx._run_backbone.graphs == 2
+
+
+def test_compile_without_a_cxx_compiler_is_one_line(monkeypatch):
+    """The default install needs no compiler, so a machine may have none: torch.compile
+    on CPU then says so in one line instead of Inductor's InvalidCxxCompiler traceback."""
+    from resnet_backbone.models import compiled
+    from resnet_backbone.models.resnet import ResNetV1Custom
+    monkeypatch.setattr(compiled, 'cpu_compiler', lambda: None)
+    net = compiled.CompiledInference(ResNetV1Custom(depth=18, base_channels=8).eval())
+    with pytest.raises(RuntimeError) as info:
+        net(torch.rand(1, 3, 32, 32))
+    msg = str(info.value)
+    assert msg.startswith('torch.compile (--compile, compile=True) needs a C++ compiler')
+    assert 'apt-get install g++' in msg and '\n' not in msg

@@ -339,6 +339,22 @@ def test_default_installs_mmcv_lite_and_builds_nothing(tmp_path):
     assert 'does not import as mmcv-lite' in _one_error_line(r)
 
 
+def test_onedl_default_builds_the_fork_without_ops_in_an_isolated_build(tmp_path):
+    """STACK=onedl, no MMCV_OPS: onedl-mmcv has no -lite wheel, and its setup.py has no
+    MMCV_WITH_OPS switch (it compiles mmcv._ext whenever it can import torch), so its sdist
+    is built in pip's isolated build environment (no torch there: no ops), pinned by
+    --build-constraint, and with its dependencies (onedl-mmengine brings no opencv-python).
+    Before: MMCV_WITH_OPS=0 and --no-build-isolation --no-deps, which compiled the ops
+    (no compiler: 'Error compiling objects for extension')."""
+    r = _setup(tmp_path, _fake_python(tmp_path), stack='onedl', fail=r'glob\.glob')
+    pip = (tmp_path / 'calls').read_text().splitlines()
+    c = f'{ROOT}/constraints-onedl.txt'
+    assert [x for x in pip if 'onedl-mmcv==' in x] == [
+        f'pip install -c {c} --build-constraint {c} --no-cache-dir onedl-mmcv==2.3.6'], pip
+    assert not [x for x in pip if x.startswith('pip wheel') or 'ninja' in x], pip
+    assert 'does not import as mmcv-lite' in _one_error_line(r)
+
+
 def test_mmcv_ops_choice_is_checked(tmp_path):
     line = _one_error_line(_setup(tmp_path, _fake_python(tmp_path), ops='cuda', version=[3, 12, 1]))
     assert line.startswith("setup: ERROR: MMCV_OPS='cuda' is not a choice: use "

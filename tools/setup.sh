@@ -266,12 +266,17 @@ if [ "$MMCV_OPS" = torchvision ]; then
             run_step "mmcv-lite" "could not install mmcv-lite $MMCV_V (a pure-Python wheel)" \
                 "${PIP[@]}" "mmcv-lite==$MMCV_V"
         else
-            # the fork has no -lite wheel: its sdist built without ops is one (setup.py
-            # only, no compiler); --no-cache-dir keeps this ops-less wheel out of pip's
-            # cache, where a later compiled install could pick it up
-            MMCV_WITH_OPS=0 run_step "$MMCV_DIST (no ops)" \
+            # the fork has no -lite wheel: its sdist built without ops is one (no compiler).
+            # Its setup.py has no MMCV_WITH_OPS switch: it compiles mmcv._ext whenever it
+            # can import torch, and leaves the ops out only where torch is absent. So this
+            # build runs in pip's isolated build environment (setuptools, wheel, packaging
+            # from the sdist's pyproject, pinned by --build-constraint; no torch), never
+            # with --no-build-isolation. With its dependencies: onedl-mmengine does not
+            # bring opencv-python, which mmcv imports. --no-cache-dir keeps this ops-less
+            # wheel out of pip's cache, where a later compiled install could pick it up.
+            run_step "$MMCV_DIST (no ops)" \
                 "could not build $MMCV_DIST $MMCV_V without ops (see the log)" \
-                "${PIP[@]}" --no-build-isolation --no-cache-dir --no-deps "$MMCV_DIST==$MMCV_V"
+                "${PIP[@]}" --build-constraint "$CONSTRAINTS" --no-cache-dir "$MMCV_DIST==$MMCV_V"
         fi
         mmcv_lite_ready || die "mmcv $MMCV_V was installed but does not import as mmcv-lite (see $LOGS); remove $VENV and re-run 'bash tools/setup.sh'."
     fi

@@ -23,8 +23,10 @@ tools (not on import), and blocks that hold a filter only while our own call run
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -41,6 +43,34 @@ def silence_dependency_warnings() -> None:
     """Ignore the known, harmless warnings our pinned dependencies emit on every run
     (for the whole process: the tools' set-up only, never the library's)."""
     warnings.filterwarnings('ignore', message=PKG_RESOURCES_DEPRECATED, category=UserWarning)
+
+
+def quiet_compiler_probe() -> None:
+    """mmengine's ``collect_env`` (the environment block of every Runner's log) runs
+    ``<CC> --version`` through the shell without capturing its stderr: on a machine with no
+    C compiler, which the default install does not need, every tool's output then starts
+    with ``/bin/sh: 1: gcc: not found``. The Runner's call sends that probe's stderr to
+    /dev/null (the log says ``GCC: n/a`` as before); idempotent."""
+    import mmengine.runner.runner as runner
+
+    original = runner.collect_env
+    if getattr(original, 'quiet', False):
+        return
+
+    @functools.wraps(original)
+    def collect_env():
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, 'w') as null:
+                os.dup2(null.fileno(), 2)
+                return original()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    collect_env.quiet = True
+    runner.collect_env = collect_env
 
 
 @contextlib.contextmanager

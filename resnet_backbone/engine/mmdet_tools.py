@@ -12,5 +12,9 @@ The library itself never imports it.
 from __future__ import annotations
 
 from ..io.checkpoint_io import allow_runner_checkpoint_globals
+from .compat import quiet_compiler_probe
 
 allow_runner_checkpoint_globals()
+# and, with no C compiler (the default install needs none), no stray
+# '/bin/sh: 1: gcc: not found' from mmengine's environment report
+quiet_compiler_probe()

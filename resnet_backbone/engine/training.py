@@ -52,7 +52,12 @@ from ..io.checkpoint_io import (
     use_safe_checkpoint_hook,
 )
 from ..registry import check_backbone_kwargs
-from .compat import register_mmdet_modules, silence_dependency_warnings, summarise_frozen_params
+from .compat import (
+    quiet_compiler_probe,
+    register_mmdet_modules,
+    silence_dependency_warnings,
+    summarise_frozen_params,
+)
 from .distributed import init_cpu_process_group
 
 
@@ -62,6 +67,7 @@ def setup_environment() -> None:
     Runner-checkpoint allow-list for ``torch.load(weights_only=True)``, and the one-line
     errors for empty data sets."""
     silence_dependency_warnings()
+    quiet_compiler_probe()
     # mmdet is imported when a tool sets up, not when the package is: the backbone and
     # the registry work without mmdet
     register_mmdet_modules()

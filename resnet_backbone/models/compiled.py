@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import time
 
 import torch
@@ -55,6 +57,19 @@ class _NoCudaRuntimeNote(logging.Filter):
 _CPP_EXTENSION_LOG = logging.getLogger('torch.utils.cpp_extension')
 if not any(isinstance(f, _NoCudaRuntimeNote) for f in _CPP_EXTENSION_LOG.filters):
     _CPP_EXTENSION_LOG.addFilter(_NoCudaRuntimeNote())
+
+
+#: what Inductor looks for to build its CPU kernels (its own default list, plus $CXX)
+CXX_NAMES = ('g++', 'c++', 'clang++')
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler Inductor would build CPU kernels with, or None. The default install
+    needs no compiler, so a machine may have none; on CUDA Inductor uses Triton instead."""
+    for name in (os.environ.get('CXX'), *CXX_NAMES):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def _graph_count() -> int:
@@ -104,6 +119,13 @@ class CompiledInference(nn.Module):
         return self._fn
 
     def forward(self, *args, **kwargs):
+        on_cpu = any(isinstance(a, torch.Tensor) and a.device.type == 'cpu'
+                     for a in (*args, *kwargs.values()))
+        if on_cpu and cpu_compiler() is None:
+            raise RuntimeError(
+                'torch.compile (--compile, compile=True) needs a C++ compiler on CPU and '
+                f'none is on PATH ({", ".join(CXX_NAMES)} or $CXX): install one '
+                '(Debian/Ubuntu: apt-get install g++) or run without compiling')
         fn = self._compiled()
         before, t0 = _graph_count(), time.perf_counter()
         with torch.no_grad(), inductor_freezing():

@@ -275,7 +275,7 @@ def _zero_offset_grad_off_image(grad_offset: torch.Tensor, offset: torch.Tensor,
     <= -1, or >= the size) no offset gradient; torchvision takes a one-sided difference
     at exactly -1, which every integer offset (mmcv zero-initialises conv_offset) hits."""
     b, _, ho, wo = offset.shape
-    off = offset.view(b, -1, kh * kw, 2, ho, wo)
+    off = offset.reshape(b, -1, kh * kw, 2, ho, wo)
     dev, dt = offset.device, offset.dtype
     base_h = ((torch.arange(ho, device=dev) * sh - ph)[None, :]
               + (torch.arange(kh, device=dev) * dh)[:, None])          # (kh, ho)
@@ -364,13 +364,31 @@ def deform_conv_backward_parameters(input, offset, gradOutput, gradWeight, colum
     gradWeight.add_(gw, alpha=scale)
 
 
+def _as_mmcv_reads(t: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+    """The (N, C, ho, wo) tensor mmcv's modulated DCN kernel reads from ``t``: it takes
+    each image's data pointer and indexes it as a contiguous plane of the *output's* size,
+    whatever ``t``'s own size and strides. mmdet's DyHead relies on it: its upper level's
+    DCN gets the middle level's (larger) offset and mask, sliced from one tensor."""
+    n, c = t.shape[:2]
+    if tuple(t.shape[2:]) == (ho, wo) and t.is_contiguous():
+        return t
+    return t.as_strided((n, c, ho, wo), (t.stride(0), ho * wo, wo, 1), t.storage_offset())
+
+
+def _out_size(input, kernel_h, kernel_w, stride, pad, dil) -> tuple[int, int]:
+    return tuple((input.size(2 + i) + 2 * pad[i] - (dil[i] * ((kernel_h, kernel_w)[i] - 1) + 1))
+                 // stride[i] + 1 for i in range(2))
+
+
 def modulated_deform_conv_forward(input, weight, bias, ones, offset, mask, output, columns,
                                   kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                   dilation_h, dilation_w, group, deformable_group,
                                   with_bias) -> None:
     b = bias if with_bias else input.new_zeros(weight.size(0))
-    output.copy_(_dcn_forward(input, weight, offset, mask, b, (stride_h, stride_w),
-                              (pad_h, pad_w), (dilation_h, dilation_w), group,
+    stride, pad, dil = (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w)
+    ho, wo = _out_size(input, kernel_h, kernel_w, stride, pad, dil)
+    output.copy_(_dcn_forward(input, weight, _as_mmcv_reads(offset, ho, wo),
+                              _as_mmcv_reads(mask, ho, wo), b, stride, pad, dil, group,
                               deformable_group, True))
 
 
@@ -381,14 +399,18 @@ def modulated_deform_conv_backward(input, weight, bias, ones, offset, mask, colu
                                    with_bias) -> None:
     b = bias if with_bias else input.new_zeros(weight.size(0))
     stride, pad, dil = (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w)
-    gi, gw, go, gm, gb = _dcn_backward(grad_output, input, weight, offset, mask, b, stride,
-                                       pad, dil, group, deformable_group, True)
+    ho, wo = _out_size(input, kernel_h, kernel_w, stride, pad, dil)
+    offset, mask = _as_mmcv_reads(offset, ho, wo), _as_mmcv_reads(mask, ho, wo)
+    gi, gw, go, gm, gb = _dcn_backward(grad_output, input, weight, offset.contiguous(),
+                                       mask.contiguous(), b, stride, pad, dil, group,
+                                       deformable_group, True)
     _zero_offset_grad_off_image(go, offset, input.size(2), input.size(3), kernel_h, kernel_w,
                                 *stride, *pad, *dil)
     grad_input.copy_(gi)
     grad_weight.copy_(gw)
-    grad_offset.copy_(go)
-    grad_mask.copy_(gm)
+    # written where mmcv writes them (the same reading of the tensors' memory)
+    _as_mmcv_reads(grad_offset, ho, wo).copy_(go)
+    _as_mmcv_reads(grad_mask, ho, wo).copy_(gm)
     if with_bias:
         grad_bias.copy_(gb)
 
@@ -456,10 +478,15 @@ def _missing(name: str):
     return op
 
 
+_NOT_OPS = ('_', 'pytest', 'setup', 'teardown', 'setUp', 'tearDown')
+
+
 def __getattr__(name: str):
     # mmcv asserts every name it will call at import (112 in mmcv 2.1, more in its forks):
     # each missing one is a function that raises the one line above, when it is called
-    if name.startswith('__'):
+    # not an op: private names, and what tools ask any module for (pytest's doctest
+    # collection asks for pytest_plugins, setup_module, ...; a stub there broke it)
+    if name.startswith(_NOT_OPS):
         raise AttributeError(name)
     return _missing(name)
 
