@@ -51,7 +51,7 @@ def quiet_compiler_probe() -> None:
     C compiler, which the default install does not need, every tool's output then starts
     with ``/bin/sh: 1: gcc: not found``. The Runner's call sends that probe's stderr to
     /dev/null (the log says ``GCC: n/a`` as before); idempotent."""
-    import mmengine.runner.runner as runner
+    import mmengine.runner.runner as runner  # on use: it imports the whole Runner stack
 
     original = runner.collect_env
     if getattr(original, 'quiet', False):
