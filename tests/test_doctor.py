@@ -38,8 +38,8 @@ def test_doctor_names_the_ops_backend(monkeypatch, capsys):
     checks = {c.name: c for c in doctor.run_checks()}
     line = checks['mmcv._ext'].detail
     assert checks['mmcv._ext'].ok and line.startswith('torchvision backend'), line
-    assert "of mmcv's 112 ops" in line and 'carafe' in line and 'deform_roi_pool' in line
-    assert ' nms,' not in line and 'roi_align,' not in line  # provided, so not listed
+    assert "of mmcv's 112 ops" in line and 'psamask' in line and 'roi_align_rotated' in line
+    assert ' nms,' not in line and 'carafe' not in line  # provided, so not listed
     assert checks['mmcv build'].detail.startswith('nothing built: mmcv-lite')
 
 

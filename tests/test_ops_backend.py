@@ -5,8 +5,9 @@ Every install can run these: the answers of compiled mmcv are stored in
 ``tests/reference/mmcv_ops.pt`` with their inputs (``tests/ops_reference.py`` regenerates
 it under ``MMCV_OPS=compiled``). Where a compiled ``mmcv._ext`` is installed as well, the
 same cases run against it live. Ops compiled mmcv has no CPU kernel for (focal loss,
-RoIPool, masked conv) are checked against their own references: mmdet's Python focal
-loss, torchvision's RoIPool autograd, a plain convolution.
+RoIPool, masked conv, deformable RoI pooling, CARAFE) are checked against their own references:
+mmdet's Python focal loss, torchvision's RoIPool autograd, a plain convolution,
+torchvision's RoIAlign, mmcv's CARAFE kernel written out as loops.
 """
 from __future__ import annotations
 
@@ -180,11 +181,105 @@ def test_masked_conv_equals_a_plain_conv_where_the_mask_is_set(our_ops):
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+_DROI_ROIS = torch.tensor([[0, 1.3, 2.2, 9.7, 11.1], [1, -3., -2., 5., 4.],
+                           [0, 10., 8., 40., 30.], [1, 3., 3., 3.2, 3.1],
+                           [0, 0., 0., 16.9, 12.9], [1, 5., 5., 4., 4.]])
+
+
+@pytest.mark.parametrize('sampling_ratio,scale', [(0, 1.0), (0, 0.5), (2, 1.0), (2, 0.5)])
+def test_deform_roi_pool_is_torchvision_s_aligned_roi_align_shifted_by_its_offset(
+        our_ops, sampling_ratio, scale):
+    """mmcv's kernel (CUDA only) is RoIAlign with aligned=True whose bins each move by
+    gamma * RoI size * offset: at zero offset it is torchvision's RoIAlign, forward and
+    backward; a constant offset is the same RoI shifted. RoIs at, past and across the
+    border, tiny and inverted."""
+    from mmcv.ops import deform_roi_pool
+    from torchvision.ops import roi_align
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 13, 17, generator=g, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    rois = _DROI_ROIS
+    args = ((3, 4), scale, sampling_ratio)
+    got = deform_roi_pool(x, rois, None, *args, 0.1)
+    want = roi_align(x2, rois, *args, aligned=True)
+    assert (got - want).abs().max() <= 2e-7
+    go = torch.randn(got.shape, generator=g)
+    got.backward(go)
+    want.backward(go)
+    assert (x.grad - x2.grad).abs().max() <= 1e-5  # summed in another order
+    off = torch.zeros(len(rois), 2, 3, 4)
+    off[:, 0], off[:, 1] = 0.7, -1.3
+    w, h = rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]
+    shift = torch.stack([w * 0.07, h * -0.13], 1).repeat(1, 2)
+    shifted = torch.cat([rois[:, :1], rois[:, 1:] + shift], 1)
+    got = deform_roi_pool(x.detach(), rois, off, *args, 0.1)
+    assert (got - roi_align(x.detach(), shifted, *args, aligned=True)).abs().max() <= 2e-6
+
+
+def test_deform_roi_pool_offset_gradient(our_ops):
+    """Inside the map: the derivative (float64 finite differences). In the border band
+    (-1 < y < 0) mmcv's kernel differentiates with the sample's unclamped y against the
+    clamped corners, a value worked out by hand from its formula."""
+    from mmcv.ops import deform_roi_pool
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 13, 17, generator=g, dtype=torch.float64)
+    rois = _DROI_ROIS[[0, 4]].double()
+    off = ((torch.rand(2, 2, 3, 4, generator=g, dtype=torch.float64) - 0.5) * 0.5)
+    assert torch.autograd.gradcheck(
+        lambda o: deform_roi_pool(x, rois, o, (3, 4), 1.0, 2, 0.1),
+        (off.requires_grad_(),), eps=1e-6, atol=1e-6)
+    # one bin, one sample at x = 0.3, y = -0.5 on [[1, 2], [3, 5]]; RoI 1 x 1, gamma 0.1
+    img = torch.tensor([[[[1., 2.], [3., 5.]]]])
+    o = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    out = deform_roi_pool(img, torch.tensor([[0, 0.3, -0.5, 1.3, 0.5]]), o, (1, 1),
+                          1.0, 1, 0.1)
+    assert torch.allclose(out, torch.tensor([[[[1.3]]]]))  # clamped to row 0
+    out.sum().backward()
+    # x: 0.1 * (5 * -0.5 + 2 * 1.5 + 3 * 0.5 + 1 * -1.5); y: 0.1 * (5*.3 + 3*.7 - 2*.3 - .7)
+    assert torch.allclose(o.grad.flatten(), torch.tensor([0.05, 0.23]))
+
+
+def _carafe_loops(f, m, k: int, groups: int, s: int) -> torch.Tensor:
+    """mmcv's CARAFEForward kernel, written out loop by loop from its CUDA source."""
+    n_, c_, h, w = f.shape
+    out = torch.zeros(n_, c_, h * s, w * s, dtype=f.dtype)
+    fl, ml = f.tolist(), m.tolist()
+    per_group, r = -(-c_ // groups), (k - 1) // 2
+    for n in range(n_):
+        for c in range(c_):
+            for ph in range(h * s):
+                for pw in range(w * s):
+                    dph, dpw, v = ph // s, pw // s, 0.
+                    for iy in range(dph - r, dph + r + 1):
+                        for ix in range(dpw - r, dpw + r + 1):
+                            if 0 <= iy < h and 0 <= ix < w:
+                                mc = ((c // per_group) * k + iy - dph + r) * k + ix - dpw + r
+                                v += fl[n][c][iy][ix] * ml[n][mc][ph][pw]
+                    out[n, c, ph, pw] = v
+    return out
+
+
+@pytest.mark.parametrize('k,groups,s', [(5, 3, 2), (3, 1, 3)])
+def test_carafe_follows_mmcv_s_kernel(our_ops, k, groups, s):
+    """mmcv has CUDA kernels only: against its forward kernel written out as loops
+    (windows at the border, groups, scale), and the gradients in float64."""
+    from mmcv.ops import carafe, carafe_naive
+    g = torch.Generator().manual_seed(9)
+    f = torch.randn(2, 6, 3, 4, generator=g, dtype=torch.float64)
+    m = torch.randn(2, groups * k * k, 3 * s, 4 * s, generator=g, dtype=torch.float64)
+    want = _carafe_loops(f, m, k, groups, s)
+    assert torch.allclose(carafe(f, m, k, groups, s), want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(carafe_naive(f, m, k, groups, s), want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: carafe(a, b, k, groups, s),
+                                    (f.requires_grad_(), m.requires_grad_()),
+                                    fast_mode=True)
+
+
 def test_a_missing_op_says_which_and_how_to_get_it():
     with pytest.raises(NotImplementedError) as info:
-        ours.carafe_forward(torch.zeros(1))
+        ours.psamask_forward(torch.zeros(1))
     msg = str(info.value)
-    assert "'carafe_forward'" in msg and 'MMCV_OPS=compiled bash tools/setup.sh' in msg
+    assert "'psamask_forward'" in msg and 'MMCV_OPS=compiled bash tools/setup.sh' in msg
     assert '\n' not in msg
     with pytest.raises(NotImplementedError, match="pool_mode='max'"):
         ours.roi_align_forward(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), torch.zeros(1),

@@ -9,8 +9,9 @@ file) when no compiled ``mmcv._ext`` is installed; a compiled one always wins.
 It imports only torch and torchvision (not this package: it is loaded by file, before
 anything of ours), so it is safe inside ``import mmcv.ops``. Every function follows the
 compiled CPU kernel's semantics where they differ from torchvision's (NMS order on tied
-scores, the float threshold, the DCN offset gradient on the padding line); docs/ops.md
-lists them. A function mmcv names but this module does not provide raises one line naming
+scores, the float threshold, the DCN offset gradient on the padding line), or the CUDA
+kernel's where mmcv has no CPU one (focal loss, deformable RoI pooling, CARAFE);
+docs/ops.md lists them. A function mmcv names but this module does not provide raises one line naming
 the op and the fix.
 
     >>> import torch
@@ -226,6 +227,191 @@ def roi_pool_backward(grad_output: torch.Tensor, rois: torch.Tensor, argmax: tor
              + torch.arange(c, device=arg.device)[None, :, None, None]) * (h * w)
     index = (plane + arg.clamp(min=0))[valid]
     grad_input.view(-1).index_add_(0, index, grad_output[valid].to(grad_input.dtype))
+
+
+# ---- deformable RoI pooling (mmcv has a CUDA kernel only; this follows it) ------------
+#: samples x channels gathered at once (bounds the memory of a large RoI batch)
+_DROI_CHUNK = 1 << 24
+
+
+def _droi_samples(rois, offset, ph_n: int, pw_n: int, scale: float, ratio: int,
+                  gamma: float, dtype):
+    """Per group of RoIs that share a sampling grid (gh, gw): their indices and the
+    sample points ``y``, ``x`` (n, PH, PW, gh, gw), computed in mmcv's kernel's order."""
+    r = rois.to(dtype)
+    scale_t = torch.tensor(scale, dtype=dtype)
+    sw, sh = r[:, 1] * scale_t - 0.5, r[:, 2] * scale_t - 0.5
+    rw, rh = (r[:, 3] * scale_t - 0.5) - sw, (r[:, 4] * scale_t - 0.5) - sh
+    bh, bw = rh / ph_n, rw / pw_n
+    if ratio > 0:
+        gh = gw = torch.full_like(rh, ratio, dtype=torch.long)
+    else:
+        gh, gw = torch.ceil(bh).long(), torch.ceil(bw).long()
+    sw = sw[:, None, None].expand(-1, ph_n, pw_n)
+    sh = sh[:, None, None].expand(-1, ph_n, pw_n)
+    if offset.numel():
+        g = torch.tensor(gamma, dtype=dtype)
+        sw = sw + g * rw[:, None, None] * offset[:, 0].to(dtype)
+        sh = sh + g * rh[:, None, None] * offset[:, 1].to(dtype)
+    ph = torch.arange(ph_n, dtype=dtype, device=rois.device)[None, :, None]
+    pw = torch.arange(pw_n, dtype=dtype, device=rois.device)[None, None, :]
+    y0 = sh + ph * bh[:, None, None]
+    x0 = sw + pw * bw[:, None, None]
+    for gy, gx in sorted(set(zip(gh.tolist(), gw.tolist()))):
+        idx = torch.nonzero((gh == gy) & (gw == gx)).flatten()
+        if gy <= 0 or gx <= 0:
+            yield idx, None, None, gy, gx, rw[idx], rh[idx]
+            continue
+        iy = torch.arange(gy, dtype=dtype, device=rois.device) + 0.5
+        ix = torch.arange(gx, dtype=dtype, device=rois.device) + 0.5
+        y = (y0[idx][..., None, None]
+             + (iy[:, None] * bh[idx, None, None, None, None]) / gy)
+        x = (x0[idx][..., None, None]
+             + (ix[None, :] * bw[idx, None, None, None, None]) / gx)
+        yield idx, y.expand(-1, -1, -1, gy, gx), x.expand(-1, -1, -1, gy, gx), gy, gx, \
+            rw[idx], rh[idx]
+
+
+def _bilinear_corners(y, x, h: int, w: int):
+    """mmcv's ``bilinear_interpolate(_gradient)``: the four corners and weights of each
+    sample (weights 0 outside [-1, h] x [-1, w]; clamped to the last row or column)."""
+    valid = (y >= -1) & (y <= h) & (x >= -1) & (x <= w)
+    yc, xc = y.clamp(min=0), x.clamp(min=0)
+    yl, xl = yc.long(), xc.long()
+    ylast, xlast = yl >= h - 1, xl >= w - 1
+    yl, xl = yl.clamp(max=h - 1), xl.clamp(max=w - 1)
+    yh = torch.where(ylast, yl, yl + 1)
+    xh = torch.where(xlast, xl, xl + 1)
+    yc = torch.where(ylast, yl.to(y.dtype), yc)
+    xc = torch.where(xlast, xl.to(x.dtype), xc)
+    ly, lx = yc - yl, xc - xl
+    hy, hx = 1 - ly, 1 - lx
+    v = valid.to(y.dtype)
+    return valid, (yl, xl, yh, xh), (hy * hx * v, hy * lx * v, ly * hx * v, ly * lx * v)
+
+
+def _droi_chunks(idx, y, c: int):
+    per = y[0].numel() * c if len(idx) else 1
+    step = max(1, _DROI_CHUNK // max(per, 1))
+    for start in range(0, len(idx), step):
+        yield slice(start, start + step)
+
+
+def deform_roi_pool_forward(input, rois, offset, output, pooled_height: int,
+                            pooled_width: int, spatial_scale: float, sampling_ratio: int,
+                            gamma: float) -> None:
+    _, c, h, w = input.shape
+    flat = input.permute(0, 2, 3, 1).reshape(-1, c)  # (b*h*w, c)
+    batch = rois[:, 0].long()
+    out = output.new_zeros(output.shape)
+    for idx, y, x, gy, gx, _, _ in _droi_samples(rois, offset, pooled_height, pooled_width,
+                                                  spatial_scale, sampling_ratio, gamma,
+                                                  input.dtype):
+        if y is None:
+            continue  # an empty grid: mmcv writes 0
+        for part in _droi_chunks(idx, y, c):
+            i = idx[part]
+            _, (yl, xl, yh, xh), ws = _bilinear_corners(y[part], x[part], h, w)
+            base = (batch[i] * (h * w))[:, None, None, None, None]
+            acc = 0
+            for (yy, xx), wt in zip(((yl, xl), (yl, xh), (yh, xl), (yh, xh)), ws):
+                acc = acc + wt[..., None] * flat[base + yy * w + xx]
+            # (n, PH, PW, gh, gw, c) -> mean over the grid -> (n, c, PH, PW)
+            out[i] = (acc.sum((3, 4)) / (gy * gx)).permute(0, 3, 1, 2)
+    output.copy_(out)
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset, grad_input, grad_offset,
+                             pooled_height: int, pooled_width: int, spatial_scale: float,
+                             sampling_ratio: int, gamma: float) -> None:
+    b, c, h, w = input.shape
+    flat = input.permute(0, 2, 3, 1).reshape(-1, c)
+    gflat = grad_input.new_zeros(b * h * w, c)
+    batch = rois[:, 0].long()
+    has_offset = offset.numel() > 0
+    for idx, y, x, gy, gx, rw, rh in _droi_samples(rois, offset, pooled_height,
+                                                    pooled_width, spatial_scale,
+                                                    sampling_ratio, gamma, input.dtype):
+        if y is None:
+            continue
+        for part in _droi_chunks(idx, y, c):
+            i = idx[part]
+            yp, xp = y[part], x[part]
+            valid, (yl, xl, yh, xh), ws = _bilinear_corners(yp, xp, h, w)
+            g = (grad_output[i] / (gy * gx)).permute(0, 2, 3, 1)[:, :, :, None, None, :]
+            base = (batch[i] * (h * w))[:, None, None, None, None]
+            rows = [base + yy * w + xx for yy, xx in ((yl, xl), (yl, xh), (yh, xl), (yh, xh))]
+            for row, wt in zip(rows, ws):
+                gflat.index_add_(0, row.reshape(-1), (g * wt[..., None]).reshape(-1, c))
+            if has_offset:
+                # mmcv's formula: the sample's own (unclamped) y and x against the corner
+                # indices, so the border band extrapolates and the last row gives 0
+                v00, v10, v01, v11 = (flat[r] for r in rows)
+                yf, xf = yp[..., None], xp[..., None]
+                yl_, yh_ = yl[..., None].to(yp.dtype), yh[..., None].to(yp.dtype)
+                xl_, xh_ = xl[..., None].to(xp.dtype), xh[..., None].to(xp.dtype)
+                gamma_t = torch.tensor(gamma, dtype=input.dtype)
+                m = valid[..., None].to(input.dtype) * g
+                ogx = (v11 * (yf - yl_) + v10 * (yh_ - yf) + v01 * (yl_ - yf)
+                       + v00 * (yf - yh_)) * m
+                ogy = (v11 * (xf - xl_) + v01 * (xh_ - xf) + v10 * (xl_ - xf)
+                       + v00 * (xf - xh_)) * m
+                grad_offset[i, 0] += gamma_t * rw[part, None, None] * ogx.sum((3, 4, 5))
+                grad_offset[i, 1] += gamma_t * rh[part, None, None] * ogy.sum((3, 4, 5))
+    grad_input.add_(gflat.view(b, h, w, c).permute(0, 3, 1, 2))
+
+
+# ---- CARAFE upsampling (mmcv has CUDA kernels only; this follows them) --------------
+def _carafe(features, masks, kernel_size: int, group_size: int, scale_factor: int):
+    """out[n, c, y, x] = sum over the k x k window around (y // s, x // s) of features
+    (zero outside) times mask[n, g(c) * k * k + i * k + j, y, x], g(c) = c // (C / G):
+    one shifted, nearest-upsampled copy of the features per window position."""
+    n, c, h, w = features.shape
+    k, r, s = kernel_size, (kernel_size - 1) // 2, scale_factor
+    padded = torch.nn.functional.pad(features, (r, r, r, r))
+    grouped = masks.view(n, group_size, 1, k * k, h * s, w * s)
+    out = features.new_zeros(n, group_size, c // group_size, h * s, w * s)
+    for i in range(k):
+        for j in range(k):
+            window = padded[:, :, i:i + h, j:j + w]
+            up = window.repeat_interleave(s, 2).repeat_interleave(s, 3)
+            out = out + up.view_as(out) * grouped[:, :, :, i * k + j]
+    return out.view(n, c, h * s, w * s)
+
+
+def _carafe_grads(top_grad, features, masks, kernel_size, group_size, scale_factor):
+    with torch.enable_grad():
+        f = features.detach().requires_grad_()
+        m = masks.detach().requires_grad_()
+        out = _carafe(f, m, kernel_size, group_size, scale_factor)
+        return torch.autograd.grad(out, (f, m), top_grad)
+
+
+def carafe_naive_forward(features, masks, output, kernel_size: int, group_size: int,
+                         scale_factor: int) -> None:
+    output.copy_(_carafe(features, masks, kernel_size, group_size, scale_factor))
+
+
+def carafe_naive_backward(top_grad, features, masks, bottom_grad, mask_grad,
+                          kernel_size: int, group_size: int, scale_factor: int) -> None:
+    gf, gm = _carafe_grads(top_grad, features, masks, kernel_size, group_size, scale_factor)
+    bottom_grad.add_(gf)
+    mask_grad.add_(gm)
+
+
+def carafe_forward(features, masks, rfeatures, routput, rmasks, output, kernel_size: int,
+                   group_size: int, scale_factor: int) -> None:
+    rfeatures.copy_(features)  # what mmcv saves for backward (its kernel: NHWC scratch)
+    output.copy_(_carafe(features, masks, kernel_size, group_size, scale_factor))
+
+
+def carafe_backward(top_grad, rfeatures, masks, rtop_grad, rbottom_grad_hs, rbottom_grad,
+                    rmask_grad, bottom_grad, mask_grad, kernel_size: int, group_size: int,
+                    scale_factor: int) -> None:
+    gf, gm = _carafe_grads(top_grad, rfeatures, masks, kernel_size, group_size,
+                           scale_factor)
+    bottom_grad.add_(gf)
+    mask_grad.add_(gm)
 
 
 # ---- focal loss (mmdet calls it on CUDA only; the formulas are mmcv's CUDA kernel's) -----
