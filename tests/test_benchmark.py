@@ -15,9 +15,13 @@ import pytest
 
 from resnet_backbone.apis.benchmark import (
     DEFAULT_MODELS,
+    OVERHEAD_MODELS,
     build_models,
+    count_ops,
+    overhead_table,
     parse_model,
     run,
+    run_overhead,
     saved_bytes_of,
     split_by_depth,
     table,
@@ -93,6 +97,77 @@ def test_report_figures(tmp_path, small_limit):
         assert r['fraction_of_limit'] == pytest.approx(r['gflop'] / r['median_s'] / limit['fp32'])
         assert r['first_s'] > 0
     assert all(r['repeats'] == 2 and r['mean_s'] > 0 for r in report['results'])
+
+
+def test_op_counter_counts_every_dispatched_op():
+    import torch
+    counter = count_ops(lambda: torch.ones(3) * 2 + 1)
+    assert counter.by_op == {'aten.ones.default': 1, 'aten.mul.Tensor': 1,
+                             'aten.add.Tensor': 1}
+    assert counter.ops == 3
+    w = torch.ones(3, requires_grad=True)
+    y, seed = (w * w).sum(), torch.ones(())
+    backward = count_ops(lambda: y.backward(seed))  # autograd carries the mode along
+    assert backward.by_op.get('aten.mul.Tensor', 0) >= 2  # MulBackward: grad * w, twice
+
+
+def test_overhead_report():
+    """The overhead mode (issue 31): ops per step are exact and deterministic, so they are
+    asserted; times only exist. Reference mode is op for op mmdet's, in eval and train; a
+    checkpointed model dispatches the same ops in eval, and more in train (the forward
+    again in backward); every train step dispatches more than its eval step."""
+    import torch
+    threads = torch.get_num_threads()
+    names = ('mmdet', 'ours-ref', 'ours-fast', 'mmdet-cp')
+    report = run_overhead(depth=18, size=32, repeats=1, warmup=0, include=names,
+                          log=lambda s: None)
+    assert torch.get_num_threads() == threads and report['settings']['threads'] == 1
+    assert report['kind'] == 'overhead' and report['settings']['size'] == 32
+    rows = {(r['name'], r['mode']): r for r in report['results']}
+    assert set(rows) == {(n, m) for n in names for m in ('eval', 'train')}
+    ops = {k: r['ops'] for k, r in rows.items()}
+    for mode in ('eval', 'train'):
+        assert ops['ours-ref', mode] == ops['mmdet', mode] > 0
+        assert rows['mmdet', mode]['ops_vs_base'] == rows['mmdet', mode]['time_vs_base'] == 1.0
+        assert rows['ours-fast', mode]['ops_vs_base'] == ops['ours-fast', mode] / ops[
+            'mmdet', mode]
+    assert ops['mmdet-cp', 'eval'] == ops['mmdet', 'eval']
+    assert ops['mmdet-cp', 'train'] > ops['mmdet', 'train']
+    for n in names:
+        assert ops[n, 'train'] > ops[n, 'eval']
+    for r in report['results']:
+        assert sum(r['ops_by_name'].values()) == r['ops']
+        assert r['repeats'] == 1 and r['median_ms'] > 0 and r['baseline'] == 'mmdet'
+        assert r['us_per_op'] == pytest.approx(r['median_ms'] * 1e3 / r['ops'])
+    lines = overhead_table(report).splitlines()
+    assert lines[0].split()[:4] == ['model', 'mode', 'ops/step', 'ops']
+    row = lines[2 + [(r['name'], r['mode']) for r in report['results']].index(
+        ('ours-ref', 'train'))].split()
+    assert row[:4] == ['ours-ref', 'train', str(ops['mmdet', 'train']), '1.00']
+
+
+def test_overhead_defaults():
+    from resnet_backbone.tools import benchmark as tool
+    a = tool.parse_args(['--overhead'])
+    assert (a.size, a.repeats, a.threads, a.depth, a.batch) == (64, 20, 1, 50, 2)
+    assert a.models == OVERHEAD_MODELS and a.frozen_stages == 1
+    a = tool.parse_args([])
+    assert (a.size, a.repeats, a.threads, a.models) == (512, 7, None, DEFAULT_MODELS)
+    a = tool.parse_args(['--overhead', '--size', '48', '--repeats', '3', '--threads', '2'])
+    assert (a.size, a.repeats, a.threads) == (48, 3, 2)
+
+
+@pytest.mark.integration
+def test_tool_overhead_mode_writes_its_table_and_json(tmp_path, capsys):
+    from resnet_backbone.tools import benchmark as tool
+    tool.main(['--overhead', '--depth', '18', '--size', '32', '--repeats', '1', '--warmup',
+               '0', '--modes', 'eval', '--models', 'mmdet,ours-ref',
+               '--json', str(tmp_path / 'o.json')])
+    out = capsys.readouterr().out
+    assert 'ops/step' in out and 'ratio to mmdet (eval)' in out
+    report = json.loads((tmp_path / 'o.json').read_text())
+    assert report['kind'] == 'overhead' and report['settings']['threads'] == 1
+    assert [r['name'] for r in report['results']] == ['mmdet', 'ours-ref']
 
 
 def test_saved_bytes_counts_each_storage_once():
@@ -208,6 +283,7 @@ def _no_work(monkeypatch):
     for name in ('run', 'build_models', 'shared_weights', 'conv_limit'):
         monkeypatch.setattr(api, name, built)
     monkeypatch.setattr(tool, 'run_benchmark', built)
+    monkeypatch.setattr(tool, 'run_overhead', built)
 
 
 BAD_ARGS = [
@@ -225,6 +301,11 @@ BAD_ARGS = [
     (['--models', 'mmdet,resnet'], "--models: unknown model 'resnet' (not a model name)"),
     (['--compute-dtype', 'bf16'], '--compute-dtype bf16 is an inference tier: pass --modes '
                                   'eval'),
+    (['--threads', '0'], '--threads must be >= 1; got 0'),
+    (['--overhead', '--models', 'mmdet,ours-compiled'], '--models: ours-compiled: the '
+                                                        'overhead mode counts aten ops'),
+    (['--overhead', '--profile'], '--profile does not apply to --overhead'),
+    (['--overhead', '--plot', 'x.png'], '--plot does not apply to --overhead'),
 ]
 
 

@@ -25,6 +25,13 @@ checkpointing), ``-nchw`` (this model in NCHW although ``channels_last``), ``-no
 (ours-fast with the oneDNN fused kernels off), ``-fold`` (ours-fast folding every BN on any
 device, as it does on a CPU; eager GPU runs do not fold by default).
 ``ours-compiled`` is ``ours-fast-compiled``.
+
+The overhead mode (:func:`run_overhead`, ``--overhead``): a small input (R50, 2x3x64x64)
+on one thread, where a step's time is mostly per-op cost, not convolution work. Per model
+and mode it reports the median wall time per step (interleaved repeats) and the aten ops
+dispatched per step, counted on one separate, untimed step with a ``TorchDispatchMode``
+(forward, and backward in train: every op a GPU would launch, roughly). On a CPU it is
+the proxy for the launch-bound GPU case; quote it beside the usual table.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 try:
@@ -71,6 +79,8 @@ ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-fast-nofuse', 'our
 PROFILED = ('mmdet', 'ours-fast', 'ours-bf16', 'torchvision')
 #: the peers built from mmdet's or torchvision's code: only the depths they have
 FOREIGN = ('mmdet', 'torchvision')
+#: the overhead mode's models (``--overhead``): eager ones, with and without checkpointing
+OVERHEAD_MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision', 'mmdet-cp', 'ours-fast-cp')
 #: (in, out, kernel, height=width) of the limit convolutions, batch 2: ResNet-50's
 #: widest 3x3 and 1x1 shapes at about their real sizes, large enough to run at speed
 LIMIT_CONVS = ((256, 256, 3, 64), (1024, 1024, 1, 32), (128, 128, 3, 128))
@@ -556,6 +566,138 @@ def _baseline(v: Variant, all_variants: list[Variant]) -> Variant | None:
     return next((b for b in same if b.name == 'mmdet'), same[0] if same else None)
 
 
+# ---------------------------------------------------------------------------- overhead
+class OpCounter(TorchDispatchMode):
+    """Counts every aten op dispatched while it is active (``ops``), and per op
+    (``by_op``): forward and, in a train step, backward (autograd carries the mode into
+    the backward pass), the recomputation of a checkpointed block included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        key = str(func)
+        self.by_op[key] = self.by_op.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(step: Callable[[], None]) -> OpCounter:
+    """Run ``step`` once under an :class:`OpCounter` and return the counter."""
+    with OpCounter() as counter:
+        step()
+    return counter
+
+
+def check_overhead_models(names: tuple[str, ...]) -> None:
+    """One-line ``ValueError`` for a name the overhead mode cannot run: a compiled model
+    runs Inductor's kernels, not aten ops, so there is nothing to count."""
+    for name in names:
+        if parse_model(name).compiled:
+            raise ValueError(f'{name}: the overhead mode counts aten ops, and a compiled model '
+                             'runs generated kernels instead; use eager models')
+
+
+def run_overhead(*, depth: int = 50, batch: int = 2, size: int = 64, width: int | None = None,
+                 modes: tuple[str, ...] = ('eval', 'train'), with_cp: bool = False,
+                 channels_last: bool = False, amp_dtype: str | None = None,
+                 device: str = 'cpu', repeats: int = 20, warmup: int = 2,
+                 frozen_stages: int = 1, norm_eval: bool = True,
+                 include: tuple[str, ...] = OVERHEAD_MODELS, compute_dtype: str = 'fp32',
+                 threads: int | None = 1, malloc_tuned: bool = False,
+                 log: Callable[[str], None] = print) -> dict:
+    """The overhead mode (module docstring): per model and mode, the median wall time per
+    step and the aten ops dispatched per step, each with its ratio to mmdet's (same mode).
+
+    The models are :func:`build_models`' (shared weights). Each variant runs one step,
+    then ``warmup - 1`` more, then one untimed step under an :class:`OpCounter`; then
+    ``repeats`` interleaved timed steps. ``threads`` sets ``torch.set_num_threads`` for
+    the run (restored after; ``None`` leaves it). Returns a JSON-ready report
+    (``kind='overhead'``); :func:`overhead_table` prints it.
+    """
+    check_overhead_models(tuple(include))
+    width = width or size
+    if malloc_tuned:
+        tune_malloc()
+    dtype = check_compute_dtype(compute_dtype)
+    include, skipped = split_by_depth(depth, tuple(include))
+    for name, why in skipped.items():
+        log(f'skipped {name}: {why}')
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                              with_cp=with_cp, include=include, compute_dtype=compute_dtype)
+        autocast = _autocast_factory(device, amp_dtype)
+        x32 = torch.rand(batch, 3, size, width, device=device)
+        variants = []  # (row, step, model, training)
+        for name, m in models.items():
+            spec = parse_model(name)
+            fmt = torch.channels_last if channels_last and not spec.nchw \
+                else torch.contiguous_format
+            m.to(device=device, memory_format=fmt)
+            bf16 = dtype == torch.bfloat16 or spec.base == 'ours-bf16'
+            x = x32.to(dtype=torch.bfloat16 if bf16 else torch.float32, memory_format=fmt)
+            for mode in modes:
+                if mode == 'train' and (spec.eval_only or dtype != torch.float32):
+                    log(f'{name} train: not run (the bf16 tier is for inference)')
+                    continue
+                step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
+                                               m, x, autocast))
+                row = dict(name=name, mode=mode, dtype='bf16' if bf16 else 'fp32', times=[])
+                variants.append((row, step, m, mode == 'train'))
+        log(f'warm-up: {max(1, warmup)} steps x {len(variants)} variants, then one counted')
+        for row, step, m, training in variants:
+            m.train(training)
+            for _ in range(max(1, warmup)):
+                step()
+            _sync(device)
+            counter = count_ops(step)  # untimed: the mode's Python call per op is slow
+            row['ops'] = counter.ops
+            row['ops_by_name'] = dict(sorted(counter.by_op.items(), key=lambda kv: -kv[1]))
+        for r in range(repeats):
+            for row, step, m, training in variants:
+                m.train(training)
+                _sync(device)
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                row['times'].append(time.perf_counter() - t0)
+            if (r + 1) % 5 == 0 or r + 1 == repeats:
+                log(f'repeat {r + 1}/{repeats} done')
+    finally:
+        torch.set_num_threads(before)
+    rows = [_overhead_row(row) for row, *_ in variants]
+    for row in rows:
+        same = [b for b in rows if b['mode'] == row['mode']]
+        base = next((b for b in same if b['name'] == 'mmdet'), same[0])
+        row['baseline'] = base['name']
+        row['ops_vs_base'] = row['ops'] / base['ops'] if base['ops'] else None
+        row['time_vs_base'] = row['median_ms'] / base['median_ms']
+        row['ops_by_name'] = row.pop('ops_by_name')  # the long one last
+    settings = dict(depth=depth, batch=batch, size=size, width=width, modes=list(modes),
+                    with_cp=with_cp, channels_last=channels_last, amp_dtype=amp_dtype,
+                    compute_dtype=compute_dtype, device=device, repeats=repeats,
+                    warmup=warmup, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                    malloc_tuned=malloc_tuned, torch=torch.__version__,
+                    threads=used_threads, models=list(models))
+    return dict(kind='overhead', settings=settings, skipped=skipped, results=rows)
+
+
+def _overhead_row(row: dict) -> dict:
+    """A variant's figures: median and sd of its times (ms), and time per op (µs)."""
+    times = [t * 1e3 for t in row.pop('times')]
+    median = statistics.median(times)
+    by_op = row.pop('ops_by_name')
+    return dict(row, median_ms=median, sd_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
+                repeats=len(times), us_per_op=median * 1e3 / row['ops'] if row['ops'] else None,
+                ops_by_name=by_op)
+
+
 # ---------------------------------------------------------------------------- profile
 def _stages(m: nn.Module) -> list[tuple[str, Callable]] | None:
     """The model as (stage name, map -> map) in order, or ``None`` if it has no known
@@ -757,6 +899,28 @@ def table(report: dict) -> str:
     if report.get('profile'):
         lines.append('')
         lines.append(profile_table(report['profile']))
+    return '\n'.join(lines)
+
+
+def overhead_table(report: dict) -> str:
+    """The overhead mode's plain-text table: per model and mode, aten ops per step and
+    median wall ms per step, each also as a ratio to mmdet's (``-`` where none)."""
+    head = (f"{'model':<18} {'mode':<5} {'ops/step':>8} {'ops vs':>7} {'median ms':>9} "
+            f"{'±sd':>7} {'time vs':>7} {'µs/op':>6}")
+    lines = [head, '-' * len(head)]
+    for r in report['results']:
+        lines.append(
+            f"{r['name']:<18} {r['mode']:<5} {r['ops']:>8d} "
+            f"{_cell(r.get('ops_vs_base'), '.2f', 7)} {r['median_ms']:>9.2f} "
+            f"{r['sd_ms']:>7.2f} {_cell(r.get('time_vs_base'), '.3f', 7)} "
+            f"{_cell(r.get('us_per_op'), '.1f', 6)}")
+    bases = sorted({(r['mode'], r['baseline']) for r in report['results'] if 'baseline' in r})
+    if bases:
+        lines.append('ops vs, time vs: ratio to ' + ', '.join(f'{b} ({m})' for m, b in bases)
+                     + '; ops: aten ops dispatched in one (untimed) step, forward + backward')
+    for name, why in (report.get('skipped') or {}).items():
+        lines.append(f'skipped {name}: {why}')
+    lines.append(f"settings: {json.dumps(report['settings'])}")
     return '\n'.join(lines)
 
 

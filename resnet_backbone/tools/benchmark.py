@@ -5,6 +5,9 @@
         [--device cpu] [--repeats 7] [--warmup 2] [--frozen-stages 1]
         [--models mmdet,ours-ref,ours-fast,torchvision,mmdet-compiled,ours-compiled]
         [--malloc-tuned] [--profile] [--json out.json] [--plot out.png]
+    python tools/benchmark.py --overhead [--depth 50] [--batch 2] [--size 64] [--repeats 20]
+        [--threads 1] [--models mmdet,ours-fast,ours-ref,torchvision,mmdet-cp,ours-fast-cp]
+        [--json out.json]
 
 Installed as ``rb-benchmark`` (same arguments); ``python tools/benchmark.py`` runs the same code.
 
@@ -21,6 +24,14 @@ them. ``--models`` also takes ``ours-bf16`` (the bf16 inference tier), ``-cp``,
 every buffer above 32 MB afresh and each 4 KiB page then faults once: ``--malloc-tuned``
 takes that out; run it beside a default run and quote both. Every argument is checked,
 in one line, before any model is built.
+
+``--overhead``: a small input (default 2x3x64x64) on one thread (``--threads``), where a
+step costs mostly per-op overhead. Per model and mode: the aten ops dispatched per step
+(counted with a ``TorchDispatchMode`` on one untimed step, forward + backward) and the
+median wall time per step (``--repeats``, default 20, interleaved), each as a ratio to
+mmdet's. On a CPU it is the proxy for the launch-bound GPU case: quote it beside the
+usual table. ``--json`` writes its report; compiled models, ``--profile`` and ``--plot``
+do not apply.
 """
 from __future__ import annotations
 
@@ -32,7 +43,18 @@ from pathlib import Path
 
 import torch
 
-from ..apis.benchmark import DEFAULT_MODELS, parse_model, plot, save_json, table, tune_malloc
+from ..apis.benchmark import (
+    DEFAULT_MODELS,
+    OVERHEAD_MODELS,
+    check_overhead_models,
+    overhead_table,
+    parse_model,
+    plot,
+    run_overhead,
+    save_json,
+    table,
+    tune_malloc,
+)
 from ..apis.benchmark import run as run_benchmark
 from ..cli import ToolError, run_tool
 from ..spec import ARCH_LAYOUT, allowed
@@ -41,10 +63,12 @@ from . import prog
 MODES = ('eval', 'train')
 #: the smallest input that leaves C5 (stride 32) at least one pixel
 MIN_SIZE = 32
+#: (--size, --repeats) defaults: the usual table, and --overhead
+DEFAULTS = {'table': (512, 7), 'overhead': (64, 20)}
 
 
-def default_models() -> str:
-    return ','.join(DEFAULT_MODELS)
+def default_models(overhead: bool = False) -> str:
+    return ','.join(OVERHEAD_MODELS if overhead else DEFAULT_MODELS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,8 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='mmdet and torchvision have 18-152; at 200 they are skipped (a note '
                         'says so) and ours run alone')
     p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--size', type=int, default=512,
-                   help=f'input height (and width, unless --width), >= {MIN_SIZE}')
+    p.add_argument('--size', type=int, default=None,
+                   help=f'input height (and width, unless --width), >= {MIN_SIZE} (default '
+                        f"{DEFAULTS['table'][0]}; {DEFAULTS['overhead'][0]} with --overhead)")
     p.add_argument('--width', type=int, help=f'input width (default: --size), >= {MIN_SIZE}; '
                    'e.g. --size 800 --width 1344, a COCO-sized detection input')
     p.add_argument('--modes', default='eval,train', help='eval, train or both')
@@ -66,7 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='bf16: every model in bfloat16 (eval only); ours-fast becomes the '
                         'bf16 inference tier (BN folded in fp32, then cast)')
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
-    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--repeats', type=int, default=None,
+                   help=f"interleaved timed steps per model (default {DEFAULTS['table'][1]}; "
+                        f"{DEFAULTS['overhead'][1]} with --overhead)")
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--frozen-stages', type=int, default=1, help='-1 (none) .. 4')
     p.add_argument('--models', default=None,
@@ -78,11 +105,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--profile', action='store_true',
                    help='also time each stage of the eager models, with its fraction of '
                         'the conv limit')
+    p.add_argument('--overhead', action='store_true',
+                   help='the overhead mode: aten ops and wall time per step on a small input '
+                        'and one thread (module docstring)')
+    p.add_argument('--threads', type=int, default=None,
+                   help="torch threads for the run, restored after (default: 1 with "
+                        "--overhead, torch's own otherwise)")
     p.add_argument('--json', help='write the report as JSON here')
     p.add_argument('--plot', help='write a PNG bar chart here')
     a = p.parse_args(argv)
     a.modes = tuple(m.strip() for m in a.modes.split(','))
-    a.models = tuple(m.strip() for m in (a.models or default_models()).split(','))
+    a.models = tuple(m.strip() for m in (a.models or default_models(a.overhead)).split(','))
+    size, repeats = DEFAULTS['overhead' if a.overhead else 'table']
+    a.size = size if a.size is None else a.size
+    a.repeats = repeats if a.repeats is None else a.repeats
+    if a.threads is None and a.overhead:
+        a.threads = 1
     bad = [m for m in a.modes if m not in MODES]
     if bad:
         p.error(f'--modes {bad} not supported; allowed values: {allowed(MODES, quote=False)}')
@@ -94,7 +132,8 @@ def check_args(a: argparse.Namespace) -> None:
     raised before anything is built or measured."""
     for name, value, low in (('--batch', a.batch, 1), ('--size', a.size, MIN_SIZE),
                              ('--width', a.size if a.width is None else a.width, MIN_SIZE),
-                             ('--repeats', a.repeats, 1), ('--warmup', a.warmup, 0)):
+                             ('--repeats', a.repeats, 1), ('--warmup', a.warmup, 0),
+                             ('--threads', 1 if a.threads is None else a.threads, 1)):
         if value < low:
             why = ' (C5 is the input / 32)' if name in ('--size', '--width') else ''
             raise ToolError(f'{name} must be >= {low}{why}; got {value}')
@@ -106,6 +145,14 @@ def check_args(a: argparse.Namespace) -> None:
     for name in a.models:
         try:
             parse_model(name)
+        except ValueError as e:
+            raise ToolError(f'--models: {e}') from None
+    if a.overhead:
+        for flag in ('profile', 'plot'):
+            if getattr(a, flag):
+                raise ToolError(f'--{flag} does not apply to --overhead (it has its own table)')
+        try:
+            check_overhead_models(a.models)
         except ValueError as e:
             raise ToolError(f'--models: {e}') from None
     if a.compute_dtype == 'bf16' and 'train' in a.modes:
@@ -162,13 +209,25 @@ def check_writable(flag: str, path: str) -> None:
 def main(argv=None) -> dict:
     a = parse_args(argv)
     check_args(a)
-    report = run_benchmark(
-        depth=a.depth, batch=a.batch, size=a.size, width=a.width, modes=a.modes,
-        with_cp=a.with_cp, channels_last=a.channels_last, amp_dtype=a.amp_dtype, device=a.device,
-        repeats=a.repeats, warmup=a.warmup, frozen_stages=a.frozen_stages,
-        include=a.models, compute_dtype=a.compute_dtype, malloc_tuned=a.malloc_tuned,
-        profile=a.profile, log=lambda s: print(f'[bench] {s}', file=sys.stderr))
-    print(table(report))
+    def log(s: str) -> None:
+        print(f'[bench] {s}', file=sys.stderr)
+    common = dict(depth=a.depth, batch=a.batch, size=a.size, width=a.width, modes=a.modes,
+                  with_cp=a.with_cp, channels_last=a.channels_last, amp_dtype=a.amp_dtype,
+                  device=a.device, repeats=a.repeats, warmup=a.warmup,
+                  frozen_stages=a.frozen_stages, include=a.models,
+                  compute_dtype=a.compute_dtype, malloc_tuned=a.malloc_tuned, log=log)
+    if a.overhead:
+        report = run_overhead(threads=a.threads, **common)
+        print(overhead_table(report))
+    else:
+        before = torch.get_num_threads()
+        if a.threads is not None:
+            torch.set_num_threads(a.threads)
+        try:
+            report = run_benchmark(profile=a.profile, **common)
+        finally:
+            torch.set_num_threads(before)
+        print(table(report))
     if a.json:
         print(f'json: {save_json(report, a.json)}')
     if a.plot:
