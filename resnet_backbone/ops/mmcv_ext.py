@@ -11,8 +11,8 @@ anything of ours), so it is safe inside ``import mmcv.ops``. Every function foll
 compiled CPU kernel's semantics where they differ from torchvision's (NMS order on tied
 scores, the float threshold, the DCN offset gradient on the padding line), or the CUDA
 kernel's where mmcv has no CPU one (focal loss, deformable RoI pooling, CARAFE);
-docs/ops.md lists them. A function mmcv names but this module does not provide raises one line naming
-the op and the fix.
+docs/ops.md lists them. A function mmcv names but this module does not provide raises one
+line naming the op and the fix.
 
     >>> import torch
     >>> boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
