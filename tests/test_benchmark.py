@@ -218,7 +218,7 @@ def test_depth_200_runs_ours_and_skips_the_peers_that_lack_it():
     """README lists depths 18-200: at 200 mmdet's ResNet and torchvision have no such
     model, so those peers are skipped with a one-line note and ours run alone."""
     keep, skipped = split_by_depth(200, DEFAULT_MODELS)
-    assert keep == ('ours-ref', 'ours-fast', 'ours-compiled')
+    assert keep == ('ours-ref', 'ours-fast', 'ours-snap', 'ours-compiled', 'ours-snap-compiled')
     assert skipped == {'mmdet': "mmdet's ResNet has no depth 200",
                        'torchvision': 'torchvision has no resnet200',
                        'mmdet-compiled': "mmdet's ResNet has no depth 200"}
@@ -264,10 +264,12 @@ def test_table_shows_peak_cuda_memory_only_for_gpu_runs(small_limit):
 def test_model_names():
     assert parse_model('ours-compiled') == parse_model('ours-fast-compiled').__class__(
         'ours-compiled', 'ours-fast', compiled=True)
-    spec = parse_model('ours-fast-nofuse-cp')
-    assert spec.base == 'ours-fast' and spec.nofuse and spec.cp and not spec.compiled
+    spec = parse_model('ours-snap-nofuse-nchw')
+    assert spec.base == 'ours-snap' and spec.nofuse and spec.nchw and not spec.compiled
+    assert parse_model('ours-snap-compiled').compiled and parse_model('ours-snap').eval_only
     assert parse_model('ours-fast-fold-cp').fold
-    for bad in ('mmdet-nofuse', 'ours-bf16-cp', 'resnet', 'ours-fast-cp-cp', 'mmdet-fold'):
+    for bad in ('mmdet-nofuse', 'ours-fast-nofuse', 'ours-bf16-cp', 'ours-snap-cp', 'resnet',
+                'ours-fast-cp-cp', 'mmdet-fold', 'ours-bf16-compiled'):
         with pytest.raises(ValueError, match=f'unknown model {bad!r}'):
             parse_model(bad)
 

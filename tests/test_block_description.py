@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone.models.blocks import BasicBlock, BlockDescription, Bottleneck, Step
 from resnet_backbone.models.fast import always_fold
+from resnet_backbone.models.inference import FoldedBlock
 from resnet_backbone.models.stages import ResLayer
 
 pytestmark = pytest.mark.filterwarnings('error')
@@ -150,15 +151,20 @@ def test_descriptions_of_the_mmdet_blocks():
 
 @pytest.mark.parametrize('name,fused', [('bottleneck', True), ('four_convs', True),
                                         ('scaled', False), ('forward_override', False)])
-def test_fused_inference_follows_the_description(name, fused):
-    """The fused kernels run any description they can run exactly (one conv + add per
-    block, the rest conv + ReLU); others run the folded ops; outputs equal the reference."""
+def test_snapshot_folds_what_the_description_lets_it_run_exactly(name, fused):
+    """The inference snapshot's folded block (fused kernels, one conv + add per block,
+    the rest conv + ReLU) takes any description it can run exactly; others run through
+    their own code. Outputs equal the reference."""
     fast = _layer(name, with_cp=False, fast=True, norm_eval=True).eval()
     ref = _layer(name, with_cp=False, fast=False, norm_eval=True).eval()
     ref.load_state_dict(fast.state_dict())
+    assert all(FoldedBlock.supports(b) is fused for b in fast)
     x = torch.rand(2, BLOCKS[name][1], 16, 16)
-    with torch.no_grad():
-        with OpCounter() as ops:
-            out = fast(x)
-        assert (ops.count('mkldnn._convolution_pointwise_.binary') > 0) is fused
+    if fused:
+        folded = [FoldedBlock(b, torch.float32) for b in fast]
+        with torch.no_grad(), OpCounter() as ops:
+            out = x
+            for j, block in enumerate(folded):
+                out = block(out, owns_input=j > 0)  # as the snapshot's loop hands maps on
+        assert ops.count('mkldnn._convolution_pointwise_.binary') == len(folded)
         assert rel_err(out, ref(x)) <= 1e-5

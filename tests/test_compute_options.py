@@ -19,11 +19,11 @@ from resnet_backbone import ResNetV1Custom
 from resnet_backbone.apis.dump import dump_features, read_meta
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.cli import ToolError
-from resnet_backbone.models.bf16 import InferenceBackbone, inference_model
 from resnet_backbone.models.compiled import (
     CompiledInference,
     cpu_compiler,
 )
+from resnet_backbone.models.inference import InferenceBackbone, inference_model
 from resnet_backbone.models.resnet_v2 import ResNetV2Custom
 
 #: torch.compile builds CPU kernels with a C++ compiler; the default install needs none
@@ -82,8 +82,9 @@ def test_feature_extractor_bf16_is_close_to_fp32(fx32):
         a, b = got.levels[name], ref.levels[name]
         assert a.dtype == torch.float32 and a.shape == b.shape
         assert _cos(a, b) >= 0.999 and 0 < rel_err(a, b) <= 3e-2, name
-    assert FeatureExtractor(fx32.model, compute_dtype='fp32')._run_backbone == \
-        fx32.backbone.forward_levels  # fp32: the backbone itself
+    snap = FeatureExtractor(fx32.model, compute_dtype='fp32')._run_backbone.__self__
+    assert isinstance(snap, InferenceBackbone) and snap.dtype == torch.float32
+    assert snap.source is fx32.backbone  # fp32: the snapshot of the backbone itself
 
 
 def test_feature_extractor_compute_dtype_errors(fx32):
@@ -150,14 +151,15 @@ def test_dump_tool_passes_compute_dtype_and_compile(monkeypatch, tmp_path):
 
 def test_test_tool_compile_wraps_the_backbone(monkeypatch):
     """rb-test --compile registers the hook; its before_test (after the checkpoint load)
-    wraps the (tier of the) backbone in CompiledInference, and after_test logs the
+    wraps the backbone's inference snapshot in CompiledInference, and after_test logs the
     warm-up. No compile runs here (that is the slow test below)."""
     (hook, _), = hooks_of_test_tool(monkeypatch, SHAPES, 'ckpt.pth', '--work-dir',
                                     '/nonexistent/w', '--compile')
     det = SimpleNamespace(backbone=_net())
     hook.before_test(SimpleNamespace(model=det))
     assert isinstance(det.backbone, CompiledInference)
-    assert isinstance(det.backbone.module, ResNetV1Custom)  # fp32: no tier
+    snap = det.backbone.module  # fp32: the float32 inference snapshot, compiled
+    assert isinstance(snap, InferenceBackbone) and snap.dtype == torch.float32
     lines = []
     hook.after_test(SimpleNamespace(logger=SimpleNamespace(info=lines.append)))
     assert lines == ['torch.compile: 0 graph(s) compiled in 0.0 s (warm-up, counted in '

@@ -3,8 +3,9 @@
 A NaN in the data or a diverged weight must show up in the loss: that is how a user
 learns that the data or the learning rate is broken. oneDNN's fused ReLU post-op maps
 NaN to 0, so a fast path that used it returned finite features from a corrupt input
-(issue 11). Every forward path is compared with the reference mode (``fast=False``,
-mmdet's op order): the NaN and Inf masks of every output level must be identical.
+(issue 11). Every forward path, the inference snapshot's included, is compared with the
+reference mode (``fast=False``, mmdet's op order): the NaN and Inf masks of every output
+level must be identical.
 """
 from __future__ import annotations
 
@@ -45,16 +46,21 @@ def _assert_same_nonfinite(outs_fast, outs_ref):
 @pytest.mark.parametrize('depth', [18, 50])
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_eval_forward_propagates_nonfinite(value, depth, channels_last):
-    """Eval (no_grad): the fused oneDNN kernels run here."""
+    """Eval (no_grad): the training module with every BN folded, and the inference
+    snapshot, whose fused oneDNN kernels and in-place add run here."""
     ref, fast = _pair(depth=depth)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     ref, fast = ref.eval(), fast.to(memory_format=fmt).eval()
     x = _corrupt(BAD[value], channels_last)
-    with torch.no_grad(), always_fold():
-        with OpCounter() as ops:
-            outs = fast(x)
-        assert ops.count('mkldnn._convolution_pointwise') > 0  # the fused path did run
-        _assert_same_nonfinite(outs, ref(x))
+    with torch.no_grad():
+        want = ref(x)
+        with always_fold():
+            _assert_same_nonfinite(fast(x), want)
+    snapshot = fast.for_inference()
+    with OpCounter() as ops:
+        outs = snapshot(x)
+    assert ops.count('mkldnn._convolution_pointwise') > 0  # the fused path did run
+    _assert_same_nonfinite(outs, want)
 
 
 @pytest.mark.parametrize('value', ['nan', 'inf'])
@@ -93,6 +99,7 @@ def test_nonfinite_weight_reaches_the_output():
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad(), always_fold():
         outs_f, outs_r = fast(x), ref(x)
-    for level, (f, r) in enumerate(zip(outs_f, outs_r)):
-        assert torch.equal(f.isnan(), r.isnan()), f'level {level}'
+    for outs in (outs_f, fast.for_inference()(x)):
+        for level, (f, r) in enumerate(zip(outs, outs_r)):
+            assert torch.equal(f.isnan(), r.isnan()), f'level {level}'
     assert outs_r[-1].isnan().any()

@@ -18,13 +18,13 @@ one reference forward (and train step), the same figure for every peer: the usef
 whatever a model does to get it done. MKL's fp32 matmul rate is a labelled secondary
 figure only (it is not this CPU's limit).
 
-Model names: a base (``mmdet``, ``ours-ref``, ``ours-fast``, ``torchvision``,
-``ours-bf16`` = the bf16 inference tier, eval only) and modifiers: ``-compiled``
-(``torch.compile``, Inductor, ``freezing=True`` for eval), ``-cp`` (gradient
-checkpointing), ``-nchw`` (this model in NCHW although ``channels_last``), ``-nofuse``
-(ours-fast with the oneDNN fused kernels off), ``-fold`` (ours-fast folding every BN on any
-device, as it does on a CPU; eager GPU runs do not fold by default).
-``ours-compiled`` is ``ours-fast-compiled``.
+Model names: a base (``mmdet``, ``ours-ref``, ``ours-fast``, ``torchvision``;
+``ours-snap`` and ``ours-bf16``, the inference snapshot in float32 and bfloat16, eval
+only) and modifiers: ``-compiled`` (``torch.compile``, Inductor, ``freezing=True`` for
+eval), ``-cp`` (gradient checkpointing), ``-nchw`` (this model in NCHW although
+``channels_last``), ``-nofuse`` (a snapshot with the oneDNN fused kernels off), ``-fold``
+(ours-fast folding every BN on any device and without grad, as it does in a CPU train
+step). ``ours-compiled`` is ``ours-fast-compiled``.
 
 The overhead mode (:func:`run_overhead`, ``--overhead``): a small input (R50, 2x3x64x64)
 on one thread, where a step's time is mostly per-op cost, not convolution work. Per model
@@ -59,28 +59,32 @@ except ImportError:
     resource = None
 
 from ..engine.compat import quiet_init_logging
-from ..models.bf16 import InferenceBackbone, check_compute_dtype, inference_model
 from ..models.compiled import inductor_freezing
 from ..models.fast import always_fold, mkldnn_fusion
+from ..models.inference import InferenceBackbone, check_compute_dtype, for_inference
 from ..models.resnet import ResNetV1Custom
 from ..spec import allowed
 
-BASES = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'ours-bf16')
+BASES = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'ours-snap', 'ours-bf16')
+#: the inference snapshot's bases (eval only)
+SNAPSHOTS = {'ours-snap': 'fp32', 'ours-bf16': 'bf16'}
 MODIFIERS = ('compiled', 'cp', 'nchw', 'nofuse', 'fold')
 ALIASES = {'ours-compiled': 'ours-fast-compiled'}
 #: the like-for-like set (the compiled ones cost minutes of compile time: ``--models``)
-DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'mmdet-compiled',
-                  'ours-compiled')
+DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'torchvision',
+                  'mmdet-compiled', 'ours-compiled', 'ours-snap-compiled')
 #: eager models only (no compile time)
 EAGER_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision')
 #: each technique of the fast path turned off alone (README's attribution table)
-ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-fast-nofuse', 'ours-fast-nchw')
+ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'ours-snap-nofuse',
+                      'ours-snap-nchw')
 #: the models ``profile=True`` profiles per stage (where they run)
-PROFILED = ('mmdet', 'ours-fast', 'ours-bf16', 'torchvision')
+PROFILED = ('mmdet', 'ours-fast', 'ours-snap', 'ours-bf16', 'torchvision')
 #: the peers built from mmdet's or torchvision's code: only the depths they have
 FOREIGN = ('mmdet', 'torchvision')
 #: the overhead mode's models (``--overhead``): eager ones, with and without checkpointing
-OVERHEAD_MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'torchvision', 'mmdet-cp', 'ours-fast-cp')
+OVERHEAD_MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'ours-snap', 'torchvision', 'mmdet-cp',
+                   'ours-fast-cp')
 #: (in, out, kernel, height=width) of the limit convolutions, batch 2: ResNet-50's
 #: widest 3x3 and 1x1 shapes at about their real sizes, large enough to run at speed
 LIMIT_CONVS = ((256, 256, 3, 64), (1024, 1024, 1, 32), (128, 128, 3, 128))
@@ -100,13 +104,13 @@ class ModelSpec:
 
     @property
     def eval_only(self) -> bool:
-        return self.base == 'ours-bf16'
+        return self.base in SNAPSHOTS
 
 
 def model_names_help() -> str:
     return (f"bases {allowed(BASES, quote=False)}; modifiers "
             f"{allowed(['-' + m for m in MODIFIERS], quote=False)} (e.g. mmdet-compiled, "
-            'ours-fast-cp, ours-fast-nofuse); ours-compiled = ours-fast-compiled')
+            'ours-fast-cp, ours-snap-nofuse); ours-compiled = ours-fast-compiled')
 
 
 def parse_model(name: str) -> ModelSpec:
@@ -126,12 +130,14 @@ def parse_model(name: str) -> ModelSpec:
         bad = 'not a model name'
     elif 'cp' in mods and rest == 'torchvision':
         bad = 'torchvision has no checkpointing'
-    elif 'nofuse' in mods and rest != 'ours-fast':
-        bad = '-nofuse is for ours-fast only'
+    elif 'nofuse' in mods and rest not in SNAPSHOTS:
+        bad = '-nofuse is for ours-snap and ours-bf16 only'
     elif 'fold' in mods and rest != 'ours-fast':
         bad = '-fold is for ours-fast only'
-    elif rest == 'ours-bf16' and ('cp' in mods or 'compiled' in mods):
-        bad = 'ours-bf16 is an eager inference tier'
+    elif rest in SNAPSHOTS and 'cp' in mods:
+        bad = f'{rest} is an inference snapshot'
+    elif rest == 'ours-bf16' and 'compiled' in mods:
+        bad = 'ours-bf16 is an eager inference snapshot'
     if bad:
         raise ValueError(f'unknown model {name!r} ({bad}); allowed: {model_names_help()}')
     return ModelSpec(name, rest, *(m in mods for m in MODIFIERS))
@@ -263,9 +269,10 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
 
     A ``-compiled`` name gets its eager model here (:func:`run` compiles it); ``-cp``
     is that model with gradient checkpointing (``with_cp=True`` gives it to every model
-    but torchvision). With ``compute_dtype='bf16'`` every model is cast to bfloat16,
-    except ours-fast and ours-bf16, which become the bf16 inference tier (folded in
-    float32, then cast: :mod:`resnet_backbone.models.bf16`).
+    but torchvision). ``ours-snap`` and ``ours-bf16`` are the inference snapshot
+    (:mod:`resnet_backbone.models.inference`). With ``compute_dtype='bf16'`` every model
+    is cast to bfloat16, except ours-fast, ours-snap and ours-bf16, which become the bf16
+    snapshot (folded in float32, then cast).
     """
     dtype = check_compute_dtype(compute_dtype)
     specs = [parse_model(n) for n in include]
@@ -286,8 +293,10 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
         else:
             m = ResNetV1Custom(fast=spec.base != 'ours-ref', with_cp=cp, **kw)
             m.load_state_dict(sd)
-        if spec.base == 'ours-bf16' or (dtype == torch.bfloat16 and spec.base == 'ours-fast'):
-            m = inference_model(m.eval(), 'bf16')
+        if dtype == torch.bfloat16 and spec.base in ('ours-fast', *SNAPSHOTS):
+            m = for_inference(m, 'bf16')
+        elif spec.base in SNAPSHOTS:
+            m = for_inference(m, SNAPSHOTS[spec.base])
         elif dtype != torch.float32:
             m = m.to(dtype)
         models[spec.name] = m
@@ -477,7 +486,7 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
         runner = torch.compile(m) if spec.compiled else m
         for mode in modes:
             if mode == 'train' and (spec.eval_only or dtype != torch.float32):
-                log(f'{name} train: not run (the bf16 tier is for inference)')
+                log(f'{name} train: not run (an inference snapshot)')
                 continue
             step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
                                            runner, x, autocast))
@@ -644,7 +653,7 @@ def run_overhead(*, depth: int = 50, batch: int = 2, size: int = 64, width: int 
             x = x32.to(dtype=torch.bfloat16 if bf16 else torch.float32, memory_format=fmt)
             for mode in modes:
                 if mode == 'train' and (spec.eval_only or dtype != torch.float32):
-                    log(f'{name} train: not run (the bf16 tier is for inference)')
+                    log(f'{name} train: not run (an inference snapshot)')
                     continue
                 step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
                                                m, x, autocast))

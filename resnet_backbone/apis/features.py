@@ -57,8 +57,8 @@ from ..io.weights import (
     read_checkpoint,
     unwrap_state_dict,
 )
-from ..models.bf16 import check_compute_dtype, inference_model
 from ..models.compiled import CompiledInference
+from ..models.inference import check_compute_dtype, inference_model
 from ..models.resnet import ResNetV1Custom
 from ..spec import choice_error
 from .rois import Boxes, RoIFeatures, predict, roi_extractor, roi_features, to_original
@@ -166,10 +166,11 @@ class FeatureExtractor:
         levels: Names to return; default: the backbone outputs (``c2``..``c5`` as its
             ``out_indices`` say). ``c1`` is the stem before the max-pool (our backbone
             only); ``pN`` are neck outputs, named by their stride 2**N.
-        compute_dtype: ``'fp32'`` (default) or ``'bf16'``: the backbone runs as its bf16
-            inference tier (:mod:`resnet_backbone.models.bf16`; ResNetV1Custom and its
-            presets), taken now, so from the weights the model has now; maps come back
-            in float32 and the neck stays float32.
+        compute_dtype: ``'fp32'`` (default) or ``'bf16'``: a ResNetV1Custom backbone (and
+            its presets) runs as its inference snapshot in that dtype
+            (:mod:`resnet_backbone.models.inference`: BN folded once, fused kernels;
+            taken again whenever the backbone's weights change); ``fast=False`` keeps
+            the reference in fp32. Maps come back in float32 and the neck stays float32.
         compile: run the backbone compiled by Inductor
             (:class:`~resnet_backbone.models.compiled.CompiledInference`; the first call
             at a new input size compiles, :attr:`compile_summary` says for how long).
@@ -312,8 +313,9 @@ class FeatureExtractor:
                 'note': note or 'no checkpoint given: random initialisation'}
 
     def _backbone_runner(self) -> nn.Module:
-        """The module whose call computes the backbone's maps: the backbone, its bf16
-        tier, either compiled; ``forward_levels`` for ours, ``forward`` otherwise."""
+        """The module whose call computes the backbone's maps: the backbone or its
+        inference snapshot, either compiled; ``forward_levels`` for ours, ``forward``
+        otherwise."""
         ours = isinstance(self.backbone, ResNetV1Custom)
         if check_compute_dtype(self.compute_dtype) != torch.float32 and not ours:
             raise ValueError(

@@ -8,9 +8,10 @@ mmdet's on purpose: README, "Differences from mmdet's ResNet".
 Each block *describes* its residual branch once (:meth:`ResBlock.describe`: an ordered
 tuple of :class:`Step` plus the shortcut, a :class:`BlockDescription`). The generic code
 in :class:`ResBlock` derives every way of running it from that one description: the
-reference ops (``fast=False``), BN folded into the convs (``fast=True``), the fused
-oneDNN inference kernels, and the checkpoint recompute that skips the last conv when the
-description proves that conv feeds only the residual add.
+reference ops (``fast=False``) or BN folded into the convs (``fast=True``), each plain or
+checkpointed (``with_cp``), and the checkpoint recompute that skips the last conv when
+the description proves that conv feeds only the residual add. The inference snapshot
+(:mod:`resnet_backbone.models.inference`) reads the same description.
 
 Example (a block whose conv3 output is scaled: the scale is a step's plugin, so the
 generic code knows the last conv no longer feeds only the add):
@@ -37,15 +38,7 @@ from torch import nn
 
 from ..spec import STYLES, check_choice
 from .checkpointing import checkpointed, recomputing
-from .fast import (
-    conv_norm,
-    conv_norm_add_relu_,
-    conv_norm_relu_fused,
-    foldable,
-    fusion_ok,
-    sequential_conv_norm,
-    worth_folding,
-)
+from .fast import conv_norm, sequential_conv_norm
 
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
 
@@ -184,17 +177,17 @@ class DropPath(nn.Module):
 
 #: ResBlock methods that run a description; a subclass overriding any of them may compute
 #: something the description does not say, so it gets neither the recompute skip nor the
-#: fused kernels (its convs still fold where ``fast``: that is exact op by op).
-_GENERIC_METHODS = ('forward', '_checkpointed_forward', '_residual', '_run_steps',
-                    '_shortcut', '_fused_forward')
+#: snapshot's folded block (its convs still fold where ``fast``: that is exact op by op).
+_GENERIC_METHODS = ('forward', '_residual', '_run_steps', '_shortcut')
 
 
 class ResBlock(BaseModule):
     """Base class of the residual blocks: runs :meth:`describe`'s description, checkpointed
-    or not, folded or not, fused or not; and ``freeze()``.
+    or not, folded or not; and ``freeze()``.
 
     A subclass builds its modules and says how they connect in :meth:`describe`; it does
-    not write ``forward``.
+    not write ``forward``. The description is built once (:attr:`description`) and again
+    after a module is added, replaced or removed (``set_drop_path`` among them).
     """
 
     expansion = 1
@@ -235,6 +228,27 @@ class ResBlock(BaseModule):
         raise NotImplementedError
 
     @property
+    def description(self) -> BlockDescription:
+        """:meth:`describe`, built once and kept until a module attribute changes."""
+        desc = self.__dict__.get('_description')
+        if desc is None:
+            desc = self.__dict__['_description'] = self.describe()
+        return desc
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module) or name in self._modules:
+            self.__dict__.pop('_description', None)  # a module changed: describe again
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        self.__dict__.pop('_description', None)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        super().add_module(name, module)
+        self.__dict__.pop('_description', None)
+
+    @property
     def drop_path_name(self) -> str | None:
         """``'drop_path'`` when :meth:`set_drop_path` gave the block a :class:`DropPath`,
         else ``None`` (the description's ``drop_path``)."""
@@ -259,7 +273,7 @@ class ResBlock(BaseModule):
             # a frozen block stays in eval mode: its DropPath too (off in frozen stages)
             module.train(self.training)
         elif 'drop_path' in self._modules:
-            del self._modules['drop_path']
+            del self.drop_path
         return self
 
     def _drop_path_active(self, desc: BlockDescription) -> bool:
@@ -277,38 +291,38 @@ class ResBlock(BaseModule):
         Only where the description proves their outputs feed the residual add and nothing
         else, and the block runs exactly its description.
         """
-        return self._runs_as_described() and self.describe().tail_feeds_only_the_add
+        return self._runs_as_described() and self.description.tail_feeds_only_the_add
 
-    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
-        """Run the block.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block: plain, or checkpointed (``with_cp``) where autograd records it.
 
         Args:
             x: (N, C, H, W) input.
-            owns_input: The caller gives up ``x``: nothing else reads it afterwards, so
-                the fused inference path may reuse its memory for the output. The
-                owning ``ResLayer`` sets it for its own intermediate maps only.
 
         Returns:
             The block's output map.
         """
-        desc = self.describe()
+        desc = self.description
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            out = self._checkpointed_forward(x)
-        elif self._fusable(x, desc):
-            return self._fused_forward(x, owns_input, desc)
+            # only ``x`` is kept (measured to keep the fewest bytes: docs/fast_path.md);
+            # the RNG state is replayed only where the block draws random numbers
+            out = checkpointed(self._residual, x, self, self._draws_random(desc))
         else:
             out = self._residual(x)
         return self.relu(out) if desc.out_act else out
 
-    def _checkpointed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Branch, shortcut and add under one checkpoint: only ``x`` is kept (one line of
-        why: measured to keep the fewest bytes; see ``docs/fast_path.md``)."""
-        return checkpointed(self._residual, x, self)
+    def _draws_random(self, desc: BlockDescription) -> bool:
+        """Might a forward of this block draw random numbers (so that a checkpoint
+        recompute must replay the RNG)? An active drop path, a training-mode dropout, or a
+        plugin (unknown code): yes."""
+        return self._drop_path_active(desc) or any(s.plugins for s in desc.steps) or any(
+            isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+            for m in self.modules())
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         """``steps(x) + shortcut(x)``, folded where ``fast``."""
-        desc = self.describe()
+        desc = self.description
         # In a checkpoint recompute a last conv that feeds only the add (which saves
         # nothing) need not run: its conv and the shortcut's save their inputs and skip it.
         unused = recomputing() and self.recompute_may_skip_tail()
@@ -360,56 +374,6 @@ class ResBlock(BaseModule):
         if shortcut is None:
             return x
         return sequential_conv_norm(shortcut, x, self.fast, output_unused)
-
-    def _fusable(self, x: torch.Tensor, desc: BlockDescription) -> bool:
-        """Can the fused kernels run the description exactly? Every step but the last is
-        conv + norm + ReLU, the last conv + norm feeds only the add, ReLU after the add."""
-        *head, tail = desc.steps
-        if not (self.fast and self._runs_as_described() and desc.out_act
-                and desc.shortcut_input == 'x'
-                and all(s.conv_then_norm for s in desc.steps)
-                and desc.tail_feeds_only_the_add and not self._drop_path_active(desc)
-                and type(self.relu) is nn.ReLU
-                and all(s.act and not s.plugins for s in head)):
-            return False
-        if not fusion_ok(x, self.parameters()):
-            return False
-        # every conv's output is at least as large as the block's (strided) output
-        positions = x.shape[0] * -(-x.shape[2] // self.stride) * -(-x.shape[3] // self.stride)
-        return all(foldable(c, n) and worth_folding(c, positions, x.device.type)
-                   for c, n in ((getattr(self, s.conv), getattr(self, s.norm))
-                                for s in desc.steps))
-
-    def _fused_forward(self, x: torch.Tensor, owns_input: bool,
-                       desc: BlockDescription) -> torch.Tensor:
-        """The fast inference path: every conv + BN (+ ReLU) as one oneDNN kernel, and the
-        last conv accumulated in place into the shortcut (see :mod:`resnet_backbone.models.fast`).
-        """
-        *head, tail = desc.steps
-        out = x
-        for step in head:
-            out = conv_norm_relu_fused(getattr(self, step.conv), getattr(self, step.norm), out)
-        identity = self._shortcut(x, desc)
-        conv, norm = getattr(self, tail.conv), getattr(self, tail.norm)
-        if _reusable(identity, x, owns_input):
-            return conv_norm_add_relu_(conv, norm, out, identity)
-        out = conv_norm(conv, norm, out, True)
-        out += identity
-        return self.relu(out)
-
-
-def _reusable(identity: torch.Tensor, x: torch.Tensor, owns_input: bool) -> bool:
-    """May the block's output be written into ``identity``?
-
-    Yes for a fresh projection-shortcut output, and for the block input itself when the
-    caller gave it up. It must also be a dense map (either memory format) and writable.
-    """
-    if not owns_input and identity.untyped_storage().data_ptr() == \
-            x.untyped_storage().data_ptr():
-        return False
-    if identity.is_inference() and not torch.is_inference_mode_enabled():
-        return False
-    return identity.is_contiguous() or identity.is_contiguous(memory_format=torch.channels_last)
 
 
 class BasicBlock(ResBlock):

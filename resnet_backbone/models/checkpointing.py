@@ -80,7 +80,7 @@ def updates_running_stats(module: nn.Module) -> bool:
 
 
 def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                 module: nn.Module) -> torch.Tensor:
+                 module: nn.Module, preserve_rng_state: bool = True) -> torch.Tensor:
     """Run ``fn(x)`` under non-reentrant checkpointing on behalf of ``module``.
 
     Train-mode BatchNorm layers inside ``module`` update their running statistics in
@@ -91,6 +91,9 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         fn: The computation to checkpoint (a block's residual branch + shortcut + add).
         x: Its input; the only tensor kept between forward and backward.
         module: The module ``fn`` belongs to (its BatchNorm layers are protected).
+        preserve_rng_state: Save the RNG state and replay it in the recompute; needed only
+            where ``fn`` draws random numbers (drop path, dropout). Saving it costs a CPU
+            and a CUDA RNG state copy per call.
 
     Returns:
         ``fn(x)``.
@@ -99,11 +102,12 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         # torch.compile has no custom context_fn; it replays buffer updates from the
         # forward graph only (its recompute lives in the backward graph and does not touch
         # the running statistics) and prunes unused recompute itself.
-        return checkpoint(fn, x, use_reentrant=False)
+        return checkpoint(fn, x, use_reentrant=False, preserve_rng_state=preserve_rng_state)
     norms = [m for m in module.modules() if updates_running_stats(m)]
     forward_options = options.current()
 
     def context_fn():
         return contextlib.nullcontext(), _recompute_context(norms, forward_options)
 
-    return checkpoint(fn, x, use_reentrant=False, context_fn=context_fn)
+    return checkpoint(fn, x, use_reentrant=False, context_fn=context_fn,
+                      preserve_rng_state=preserve_rng_state)

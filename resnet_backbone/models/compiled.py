@@ -72,6 +72,14 @@ def cpu_compiler() -> str | None:
     return None
 
 
+def weights_stamp(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each parameter and buffer of ``module`` lives and its version counter: any
+    in-place change (an optimiser step, ``load_state_dict``, a BN statistics update), a
+    replaced tensor or a device move changes it. Python attribute reads only (no op)."""
+    return tuple((t.data_ptr(), t._version)
+                 for t in (*module.parameters(), *module.buffers()))
+
+
 def _graph_count() -> int:
     # dynamo's own count of graphs compiled in this process; 0 where a torch lacks it
     counters = getattr(getattr(torch, '_dynamo', None), 'utils', None)
@@ -100,10 +108,13 @@ class CompiledInference(nn.Module):
         self.compile_seconds = 0.0
         self.graphs = 0
         self._fn = None
-        self._weights_version: int | None = None
+        self._weights_version: tuple | None = None
 
-    def _version(self) -> int:
-        return sum(t._version for t in (*self.module.parameters(), *self.module.buffers()))
+    def _version(self) -> tuple:
+        sync = getattr(self.module, 'sync', None)  # an inference snapshot: rebuild if stale
+        if sync is not None:
+            sync()
+        return getattr(self.module, 'generation', 0), weights_stamp(self.module)
 
     def _compiled(self):
         version = self._version()

@@ -31,7 +31,8 @@ from ..spec import (
 )
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .contract import BackboneContract
-from .fast import conv_norm_relu, sequential_conv_norm
+from .fast import conv_norm, sequential_conv_norm
+from .inference import for_inference
 from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .resnet_v2 import ResNetV2Custom
 from .stages import ResLayer
@@ -99,11 +100,12 @@ class ResNetV1Custom(BackboneContract, BaseModule):
         zero_init_residual: Zero-init the last norm of each block (unless pretrained).
         pretrained: Deprecated, use ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config.
-        fast: Fold every eval-mode BatchNorm into its conv on the fly (frozen stages,
-            ``norm_eval``, ``model.eval()``) on the CPU and in compiled or exported
-            graphs, where it pays (``fast.worth_folding``; eager GPU runs keep the
-            reference ops); within ~1e-6 relative of the reference.
-            ``fast=False`` is the reference mode: mmdet's op order, bitwise its outputs.
+        fast: In a train step, fold every eval-mode BatchNorm (``norm_eval``) into its
+            conv on the fly on the CPU, and in compiled or exported graphs, where it
+            pays (``fast.worth_folding``); it keeps fewer bytes for backward. Within
+            ~1e-6 relative of the reference. :meth:`for_inference` takes the fast
+            inference snapshot. ``fast=False`` is the reference mode: mmdet's op order,
+            bitwise its outputs.
         drop_path_rate: Stochastic depth: the drop rate of the last block; block ``i`` of
             ``n`` (over all stages) gets ``drop_path_rate * i / (n - 1)``, timm's linear
             rule. Per sample, on the residual branch, in training only (off in eval and
@@ -479,7 +481,7 @@ class ResNetV1Custom(BackboneContract, BaseModule):
             if isinstance(self.stem, nn.Sequential):
                 return sequential_conv_norm(self.stem, x, self._fast)
             return self.stem(x)
-        return conv_norm_relu(self.conv1, self.norm1, self.relu, x, self._fast)
+        return self.relu(conv_norm(self.conv1, self.norm1, x, self._fast))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the maps of ``out_indices`` (C2..C5), in order."""
@@ -529,6 +531,25 @@ class ResNetV1Custom(BackboneContract, BaseModule):
             x = getattr(self, name)(x)
             feats[f'c{i + 2}'] = x
         return {lv: feats[lv] for lv in levels}
+
+    def for_inference(self, dtype: str = 'fp32', compile: bool = False,  # noqa: A002
+                      method: str = 'forward') -> nn.Module:
+        """An eval-only snapshot for fast inference: BN folded once, oneDNN's fused
+        kernels and the in-place add on the CPU, float32 or bfloat16, optionally compiled
+        (:mod:`resnet_backbone.models.inference`). It is rebuilt when this backbone's
+        weights change; this backbone is not changed.
+
+        Args:
+            dtype: ``'fp32'`` or ``'bf16'``.
+            compile: Run it compiled by Inductor.
+            method: With ``compile``: ``'forward'`` or ``'forward_levels'``.
+
+        Example:
+            >>> m = ResNetV1Custom(depth=18, base_channels=8)
+            >>> [tuple(o.shape) for o in m.for_inference()(torch.rand(1, 3, 64, 64))][-1]
+            (1, 64, 2, 2)
+        """
+        return for_inference(self, dtype, compile, method)
 
     def forward_features(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
                          ) -> dict[str, torch.Tensor]:

@@ -9,11 +9,10 @@ keeps mmdet's key layout (``downsample.1`` is the conv, ``downsample.2`` the nor
 """
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (the examples in the docstrings use it)
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import Sequential
 from torch import nn
-from torch.nn.modules import module as _module
 
 from .blocks import ResBlock
 
@@ -99,35 +98,3 @@ class ResLayer(Sequential):
             layers.append(block(inplanes=inplanes, planes=planes, stride=stride,
                                 downsample=downsample, **common))
         super().__init__(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each block after the first gets a map only this loop holds, so the fused
-        # inference path may write its output there (``owns_input``) - unless a hook
-        # could be holding on to it.
-        prev = None
-        for block in self:
-            if prev is not None and isinstance(block, ResBlock) and not _hooked(prev, block):
-                x = block(x, owns_input=True)
-            else:
-                x = block(x)
-            prev = block
-        return x
-
-
-#: torch's private registries of global module hooks. Should a torch release rename them,
-#: we cannot tell whether a global hook is registered, so every map counts as hooked
-#: (no in-place reuse: the reference behaviour).
-_GLOBAL_HOOK_REGISTRIES = ('_global_forward_hooks', '_global_forward_pre_hooks')
-
-
-def _global_hooks() -> bool:
-    """Is a global forward (pre-)hook registered, or can we not tell?"""
-    return any(not isinstance(registry, dict) or bool(registry)
-               for registry in (getattr(_module, name, None)
-                                for name in _GLOBAL_HOOK_REGISTRIES))
-
-
-def _hooked(prev: nn.Module, block: nn.Module) -> bool:
-    """Could a forward hook see (and keep) the map passed from ``prev`` to ``block``?"""
-    return bool(prev._forward_hooks or block._forward_pre_hooks or block._forward_hooks
-                or _global_hooks())

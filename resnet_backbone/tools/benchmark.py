@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--frozen-stages', type=int, default=1, help='-1 (none) .. 4')
     p.add_argument('--models', default=None,
                    help=f'comma-separated (default {default_models()}); ours-bf16, and -cp, '
-                        '-nchw, -nofuse, -compiled variants, e.g. ours-fast-cp')
+                        '-nchw, -nofuse, -compiled variants, e.g. ours-fast-cp, ours-snap-nofuse')
     p.add_argument('--malloc-tuned', action='store_true',
                    help="keep freed memory in glibc's heap (no page faults per large buffer); "
                         'applies to every model alike')

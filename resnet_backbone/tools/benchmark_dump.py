@@ -42,7 +42,7 @@ from ..apis.dump import DTYPES, collect_images, dump_features
 from ..apis.features import FeatureExtractor
 from ..cli import ToolError, run_tool
 from ..engine.training import setup_environment
-from ..models.bf16 import COMPUTE_DTYPES
+from ..models.inference import COMPUTE_DTYPES
 from . import prog
 
 DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'

@@ -68,7 +68,7 @@ from ..apis.rois import CocoFile, coco_boxes, load_box_file, read_coco, unmatche
 from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import check_launcher, load_config, setup_environment
-from ..models.bf16 import COMPUTE_DTYPES
+from ..models.inference import COMPUTE_DTYPES
 from . import prog
 
 

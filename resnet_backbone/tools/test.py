@@ -17,7 +17,7 @@ when they differ).
 ``P.segm.json``) that any COCO tool can read. The checkpoint must fit the config's
 detector strictly (else one line with the missing/unexpected counts; ``--no-strict``
 evaluates it anyway, what does not fit left random). ``--compute-dtype bf16`` evaluates with
-the backbone's bf16 inference tier (:mod:`resnet_backbone.models.bf16`: BN folded in
+the backbone's bf16 inference tier (:mod:`resnet_backbone.models.inference`: BN folded in
 float32, then cast; taken after the checkpoint is loaded; neck and heads stay float32);
 fp32 is the default. ``--compile`` runs the backbone compiled by Inductor
 (:mod:`resnet_backbone.models.compiled`). Errors (e.g. a damaged checkpoint) end in
@@ -47,8 +47,8 @@ from ..engine.training import (
     prepare_data,
     setup_environment,
 )
-from ..models.bf16 import COMPUTE_DTYPES, inference_model
 from ..models.compiled import CompiledInference
+from ..models.inference import COMPUTE_DTYPES, inference_model
 from . import prog
 
 
@@ -108,7 +108,7 @@ def check_checkpoint_fits(cfg, checkpoint: str) -> None:
 
 
 class BackboneComputeDtypeHook(Hook):
-    """Swap the detector's backbone for its inference tier in ``compute_dtype``, compiled
+    """Swap the detector's backbone for its inference snapshot in ``compute_dtype``, compiled
     if asked, once the checkpoint is loaded (``before_test`` runs after the Runner's
     load); after the test, one line on the compile warm-up."""
 

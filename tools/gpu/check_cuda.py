@@ -13,8 +13,8 @@ import torch
 from mmdet.models.backbones import ResNet
 
 from resnet_backbone.apis.benchmark import shared_weights
-from resnet_backbone.models.bf16 import inference_model
 from resnet_backbone.models.fast import always_fold
+from resnet_backbone.models.inference import inference_model
 from resnet_backbone.models.resnet import ResNetV1Custom
 
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -1,56 +1,67 @@
-"""The bf16 inference tier: an eval-only snapshot of a backbone that computes in bfloat16.
+"""The inference snapshot: an eval-only copy of a backbone that owns every inference trick.
 
-:func:`inference_model` (``compute_dtype='bf16'``) copies a trained backbone into an
-inference-only module:
+:func:`for_inference` (``backbone.for_inference()``) copies a backbone into a module that
+only runs inference, in float32 or bfloat16:
 
-- every conv + eval-mode BN is **folded in float32** (``W * s`` and ``b - m * s``, from
-  the float32 parameters and statistics), and only the folded weight and bias are then
-  cast to bfloat16: one rounding per value. Folding in bf16 would round ``W``, ``s`` and
-  the product each, and ``b - m * s`` cancels badly in bf16 (``tests/test_bf16.py``
-  checks both);
-- convs run in bf16 through oneDNN: conv + bias as one kernel, each block's last conv
-  accumulated in place into its shortcut (as the fp32 fast path does; a torch without
-  the private ops, or one where they disagree with ``F.conv2d``, gets the plain ops);
-- the ReLU runs as ``torch.relu_`` after the kernel, never as oneDNN's post-op, so a NaN
-  in the input stays NaN in the output, as in the reference;
-- a block this tier cannot run exactly as its description says (plugins, a non-ReLU
+- every conv + eval-mode BN is **folded once**, in float32 (``W * s`` and ``b - m * s``
+  from the float32 parameters and statistics); for bf16 only the folded weight and bias
+  are then cast, one rounding per value (folding in bf16 would round ``W``, ``s`` and
+  the product each, and ``b - m * s`` cancels badly: ``tests/test_inference.py``);
+- on the CPU, convs run as oneDNN's fused kernels: conv + bias in one pass, and each
+  block's last conv accumulated in place into its shortcut (a fresh projection output,
+  or the block input where the snapshot's own loop gave it up). The private ops are
+  probed once per dtype; where they are missing or disagree with ``F.conv2d`` the plain
+  ops run, with one DEBUG line. ``options.using(mkldnn_fusion=False)`` turns them off;
+- the ReLU runs as ``torch.relu_`` after the kernel, never as oneDNN's post-op (which
+  maps NaN to 0), so NaN and Inf propagate as in the reference;
+- a block the snapshot cannot run exactly as its description says (plugins, a non-ReLU
   activation, GN or any norm that does not fold, DCN or another conv type, a subclass
-  with its own forward) falls back to running *that block* in float32, through the
-  backbone's own code, with its input and output cast: the tier never computes
-  something other than the block;
-- the input may be float32 or bf16; the outputs come back in the input's dtype, so a
-  float32 neck and head downstream need no change. fp32 stays the default everywhere.
+  with its own forward) runs through the backbone's own code, on a copy, in float32,
+  with its input and output cast: the snapshot never computes something other than the
+  block;
+- ``compile=True`` wraps the snapshot in :class:`~.compiled.CompiledInference`
+  (Inductor, frozen weights).
 
-It is a snapshot: the weights are those of the backbone when it was taken (rebuild it
-after training). It has no gradients (its forward runs under ``torch.no_grad``) and
-refuses ``train()``.
+The outputs come back in the input's dtype, so a float32 neck and head need no change.
+
+It is a snapshot of the source's weights, checked before every call: after an in-place
+change (an optimiser step, ``load_state_dict``, a BN statistics update) or a move to
+another device, it is rebuilt from the source (one INFO line), so it never runs stale
+weights. It has no gradients and refuses ``train()``.
 
 Example:
     >>> from resnet_backbone.models.resnet import ResNetV1Custom
     >>> net = ResNetV1Custom(depth=18, base_channels=8).eval()
-    >>> fast = inference_model(net, 'bf16')
-    >>> [tuple(o.shape) for o in fast(torch.rand(1, 3, 64, 64))][-1]
+    >>> snap = for_inference(net, 'bf16')
+    >>> [tuple(o.shape) for o in snap(torch.rand(1, 3, 64, 64))][-1]
     (1, 64, 2, 2)
-    >>> fast(torch.rand(1, 3, 64, 64))[0].dtype
+    >>> snap(torch.rand(1, 3, 64, 64))[0].dtype
     torch.float32
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import logging
 import threading
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from torch import nn
 
+from .. import options
 from ..spec import resolve_levels
+from .compiled import CompiledInference, weights_stamp
 from .fast import _capturing, foldable
 
-#: ``compute_dtype`` names -> torch dtypes (fp32: the model as it is)
+#: ``compute_dtype`` names -> torch dtypes
 COMPUTE_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
+#: where the private oneDNN ops are looked up (a test replaces it to simulate a torch
+#: without them)
 _mkldnn_ops = torch.ops.mkldnn
 
 
@@ -80,48 +91,76 @@ def fold_then_cast(conv: nn.Conv2d, norm: nn.Module | None, dtype: torch.dtype
     return (w * scale.reshape(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
 
 
+# ---- oneDNN's private fused kernels: probed once per dtype ---------------------------
 @functools.cache
-def fused_ops_work(dtype: torch.dtype = torch.bfloat16) -> bool:
+def fused_ops_work(dtype: torch.dtype = torch.float32) -> bool:
     """Do oneDNN's private fused conv ops run in ``dtype`` here and agree with
-    ``F.conv2d``? Probed once per process, in a helper thread (as
-    :func:`resnet_backbone.models.fast.fused_ops_work` does)."""
-    result: list[bool] = []
-    probe = threading.Thread(target=lambda: result.append(_probe(dtype)), daemon=True,
-                             name='resnet_backbone-onednn-bf16-probe')
+    ``F.conv2d``? Probed once per process and dtype, at first use, in a helper thread
+    (so the caller's dispatch modes, op counters, grad and autocast state neither see
+    nor change it). A failure logs one DEBUG line; the plain ops then run."""
+    result: list[str | None] = []
+    probe = threading.Thread(target=lambda: result.append(_probe_fused_ops(dtype)),
+                             name='resnet_backbone-onednn-probe', daemon=True)
     probe.start()
     probe.join()
-    return bool(result and result[0])
+    failure = result[0] if result else 'the probe thread died'
+    if failure is not None:
+        print_log(f'resnet_backbone: oneDNN fused kernels unavailable in {dtype}, using the '
+                  f'plain ops ({failure})', logger='current', level=logging.DEBUG)
+    return failure is None
 
 
-def _probe(dtype: torch.dtype) -> bool:
+def _probe_fused_ops(dtype: torch.dtype) -> str | None:
+    """Run both fused ops once against ``F.conv2d``; ``None`` if they agree, else why not."""
     if not torch.backends.mkldnn.is_available():
-        return False
+        return 'oneDNN is not available in this torch build'
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 8, 6, 6, generator=g).to(dtype)
-    w = torch.randn(8, 8, 3, 3, generator=g).to(dtype)
-    b = torch.randn(8, generator=g).to(dtype)
-    geometry = ([1, 1], [1, 1], [1, 1], 1)
+    x = torch.randn(1, 4, 5, 5, generator=g).to(dtype)
+    weight = torch.randn(3, 4, 3, 3, generator=g).to(dtype)
+    bias = torch.randn(3, generator=g).to(dtype)
+    geometry = ([1, 1], [2, 1], [1, 1], 1)  # padding, stride, dilation, groups
     try:
         with torch.no_grad():
-            want = F.conv2d(x, w, b, 1, 1)
-            got = _mkldnn_ops._convolution_pointwise(x, w, b, *geometry, 'none', [], None)
+            want = F.conv2d(x, weight, bias, geometry[1], geometry[0], geometry[2],
+                            geometry[3])
             acc = torch.randn(want.shape, generator=g).to(dtype)
+            got = _mkldnn_ops._convolution_pointwise(x, weight, bias, *geometry, 'none', [],
+                                                     None)
             into = acc.clone()
-            _mkldnn_ops._convolution_pointwise_.binary(into, x, w, b, *geometry, 'add', 1.0,
-                                                       None, [], None)
-    except Exception:  # noqa: BLE001 - missing op, changed signature: all mean no
-        return False
-    tol = dict(rtol=2e-2, atol=2e-2 * float(want.abs().max()))
-    return isinstance(got, torch.Tensor) and got.dtype == dtype \
-        and torch.allclose(got.float(), want.float(), **tol) \
-        and torch.allclose(into.float(), acc.float() + want.float(), **tol)
+            _mkldnn_ops._convolution_pointwise_.binary(into, x, weight, bias, *geometry,
+                                                       'add', 1.0, None, [], None)
+    except Exception as exc:  # missing op, changed signature, unsupported build: all mean no
+        return f'{type(exc).__name__}: {exc}'.splitlines()[0]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else \
+        dict(rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != dtype \
+            or not torch.allclose(got.float(), want.float(), **tol):
+        return '_convolution_pointwise differs from F.conv2d'
+    if not torch.allclose(into.float(), acc.float() + want.float(), **tol):
+        return '_convolution_pointwise_.binary differs from F.conv2d + add'
+    return None
 
 
-def _fused_ok(x: torch.Tensor) -> bool:
-    return not _capturing() and x.device.type == 'cpu' and x.dtype == torch.bfloat16 \
-        and fused_ops_work(torch.bfloat16)
+def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # eager CPU, the weights' dtype, the option on; captured graphs get the plain ops,
+    # which trace, export and Inductor understand
+    return not _capturing() and x.device.type == 'cpu' and x.dtype == weight.dtype \
+        and options.current().mkldnn_fusion and fused_ops_work(x.dtype)
 
 
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off: the snapshot computes in its own dtype, whatever the caller's
+    autocast says (a device without autocast has nothing to turn off)."""
+    available = getattr(torch.amp, 'is_autocast_available', lambda d: d in ('cpu', 'cuda'))
+    return torch.autocast(device_type, enabled=False) if available(device_type) \
+        else contextlib.nullcontext()
+
+
+def _dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- the snapshot's modules -----------------------------------------------------------
 class FoldedConv(nn.Module):
     """A conv with its BN folded in (weight and bias as buffers, in the compute dtype),
     optionally followed by an in-place ReLU (which keeps NaN)."""
@@ -140,17 +179,17 @@ class FoldedConv(nn.Module):
         return self.padding, self.stride, self.dilation, self.groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused_ok(x):
+        if _fused_ok(x, self.weight):
             out = _mkldnn_ops._convolution_pointwise(x, self.weight, self.bias,
                                                      *self._geometry(), 'none', [], None)
         else:
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                            self.dilation, self.groups)
-        return out.relu_() if self.act else out
+        return out.relu_() if self.act else out  # not oneDNN's ReLU: it maps NaN to 0
 
     def add_relu_(self, x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         """``acc = relu(acc + self(x))`` in place (one oneDNN kernel where it works)."""
-        if _fused_ok(x) and acc.dtype == x.dtype and _dense(acc):
+        if _fused_ok(x, self.weight) and acc.dtype == x.dtype and _dense(acc):
             _mkldnn_ops._convolution_pointwise_.binary(
                 acc, x, self.weight, self.bias, *self._geometry(), 'add', 1.0, None, [], None)
         else:
@@ -163,19 +202,16 @@ class FoldedConv(nn.Module):
                 f'groups={self.groups}, act={self.act}, dtype={self.weight.dtype}')
 
 
-def _dense(t: torch.Tensor) -> bool:
-    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
-
-
 class Fp32Fallback(nn.Module):
-    """A module this tier cannot run in its compute dtype: run in float32, through its own
-    code, eval mode, with its input cast up and its output cast back."""
+    """A module the snapshot cannot fold: run in float32, through its own code, in eval
+    mode, on a copy, with its input cast up and its output cast back."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = copy.deepcopy(module).float().eval()
+        self.module.requires_grad_(False)
 
-    def _apply(self, fn, recurse=True):  # a dtype cast of the tier keeps this in float32
+    def _apply(self, fn, recurse=True):  # a dtype cast of the snapshot keeps this float32
         super()._apply(fn, recurse)
         self.module.float()
         return self
@@ -190,7 +226,7 @@ class FoldedBlock(nn.Module):
 
     def __init__(self, block: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        desc = block.describe()
+        desc = block.description
         *head, tail = desc.steps
         self.head = nn.ModuleList([
             FoldedConv(getattr(block, s.conv), getattr(block, s.norm), True, dtype)
@@ -203,13 +239,14 @@ class FoldedBlock(nn.Module):
     @staticmethod
     def supports(block: nn.Module) -> bool:
         """Can :class:`FoldedBlock` run ``block`` exactly as its description says?"""
-        describe = getattr(block, 'describe', None)
         runs = getattr(block, '_runs_as_described', None)
-        if describe is None or runs is None or not runs():
+        if getattr(block, 'description', None) is None or runs is None or not runs():
             return False
-        desc = describe()
+        desc = block.description
         *head, tail = desc.steps
         if not (desc.out_act and desc.tail_feeds_only_the_add and desc.drop_path is None
+                and desc.shortcut_input == 'x'
+                and all(s.conv is not None and s.norm is not None for s in desc.steps)
                 and type(getattr(block, 'relu', None)) is nn.ReLU
                 and all(s.act and not s.plugins for s in head)):
             return False
@@ -220,19 +257,22 @@ class FoldedBlock(nn.Module):
         return shortcut is None or _foldable_sequential(shortcut)
 
     def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+        """``owns_input``: the caller gives ``x`` up (nothing reads it afterwards), so the
+        output may be written into it."""
         out = x
         for step in self.head:
             out = step(out)
         if self.shortcut is not None:
             return self.tail.add_relu_(out, self.shortcut(x))  # a fresh map: write into it
-        if owns_input:  # the caller gave ``x`` up: the output may reuse its memory
+        if owns_input and _dense(x) and not (x.is_inference()
+                                             and not torch.is_inference_mode_enabled()):
             return self.tail.add_relu_(out, x)
         y = self.tail(out)
         y += x
         return y.relu_()
 
 
-def _sequential_items(seq: nn.Sequential) -> list[tuple[str, nn.Module, ...]] | None:
+def _sequential_items(seq: nn.Sequential) -> list[tuple] | None:
     """(pool|conv, norm, relu?) items of a stem or shortcut ``Sequential``; ``None`` if it
     holds anything else."""
     mods, items, i = list(seq), [], 0
@@ -264,17 +304,41 @@ def _fold_sequential(seq: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
+def supported(backbone: nn.Module) -> bool:
+    """Is ``backbone`` built the way the snapshot reads (a ResNetV1Custom-style stem,
+    max-pool and ``res_layers``)?"""
+    return all(hasattr(backbone, name) for name in ('res_layers', 'out_indices', 'maxpool'))
+
+
 class InferenceBackbone(nn.Module):
     """An eval-only snapshot of a ResNetV1Custom-style backbone in a compute dtype; see
-    the module docstring. Built by :func:`inference_model`."""
+    the module docstring. Built by :func:`for_inference`.
+
+    Attributes:
+        dtype: The compute dtype.
+        generation: How many times the snapshot was built (1 + rebuilds after its
+            source's weights changed).
+    """
 
     def __init__(self, backbone: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        for name in ('res_layers', 'out_indices', 'maxpool'):
-            if not hasattr(backbone, name):
-                raise TypeError(f'the bf16 inference tier runs ResNetV1Custom-style '
-                                f'backbones; {type(backbone).__name__} has no {name!r}')
+        if not supported(backbone):
+            raise TypeError(f'the inference snapshot runs ResNetV1Custom-style backbones; '
+                            f'{type(backbone).__name__} has no res_layers, out_indices and '
+                            'maxpool')
         self.dtype = dtype
+        self._source = (backbone,)  # a tuple: not a submodule (no second state dict)
+        self.generation = 0
+        self._build()
+        super().train(False)
+
+    @property
+    def source(self) -> nn.Module:
+        """The backbone the snapshot was taken from."""
+        return self._source[0]
+
+    def _build(self) -> None:
+        backbone, dtype = self.source, self.dtype
         self.out_indices = tuple(backbone.out_indices)
         was_training = backbone.training
         backbone.eval()  # every BN in eval mode, so that it folds
@@ -287,7 +351,21 @@ class InferenceBackbone(nn.Module):
                 for name in backbone.res_layers)
         finally:
             backbone.train(was_training)
-        super().train(False)
+        self._stamp = weights_stamp(backbone)
+        self.generation += 1
+
+    def sync(self) -> bool:
+        """Rebuild from the source if its weights changed since the snapshot was taken.
+
+        Returns:
+            Whether it rebuilt.
+        """
+        if weights_stamp(self.source) == self._stamp:
+            return False
+        print_log('inference snapshot: the backbone\'s weights changed; taking it again',
+                  logger='current', level=logging.INFO)
+        self._build()
+        return True
 
     @staticmethod
     def _stem(backbone: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -303,14 +381,16 @@ class InferenceBackbone(nn.Module):
     def train(self, mode: bool = True) -> InferenceBackbone:
         if mode:
             raise RuntimeError('an inference snapshot cannot train; train the backbone and '
-                               'take a new snapshot with inference_model()')
+                               'take a new snapshot with for_inference()')
         return super().train(False)
 
     def _levels(self, x: torch.Tensor, stages: int) -> dict[str, torch.Tensor]:
         """``c1`` (the stem, before the max-pool) and ``c2``.. for the first ``stages``
-        stages, in the tier's dtype; one pass."""
+        stages, in the snapshot's dtype; one pass."""
+        if not torch.compiler.is_compiling():  # a compiled graph is checked by its wrapper
+            self.sync()
         feats = {}
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(x.device.type):
             x = self.stem(x.to(self.dtype))
             feats['c1'] = x
             x = self.maxpool(x)
@@ -330,7 +410,7 @@ class InferenceBackbone(nn.Module):
                        ) -> dict[str, torch.Tensor]:
         """Named maps, as :meth:`ResNetV1Custom.forward_levels` names them (``c1`` the stem
         before the max-pool, ``c2``.. every stage; default ``c1`` and the ``out_indices``
-        maps), computed in the tier's dtype and returned in the input's.
+        maps), computed in the snapshot's dtype and returned in the input's.
 
         Raises:
             ValueError: an unknown level (one line listing the available ones).
@@ -340,23 +420,43 @@ class InferenceBackbone(nn.Module):
         return {lv: feats[lv].to(x.dtype) for lv in levels}
 
 
-def inference_model(backbone: nn.Module, compute_dtype: str = 'bf16') -> nn.Module:
-    """An eval-only copy of ``backbone`` that computes in ``compute_dtype``.
+def for_inference(backbone: nn.Module, dtype: str = 'fp32', compile: bool = False,  # noqa: A002
+                  method: str = 'forward') -> nn.Module:
+    """An eval-only snapshot of ``backbone`` for fast inference (module docstring).
 
     Args:
         backbone: A ResNetV1Custom-style backbone (ours, ResNeXtCustom), any mode; it is
             not changed.
-        compute_dtype: ``'bf16'`` for the tier (module docstring); ``'fp32'`` returns
-            ``backbone`` itself, unchanged (the default everywhere).
+        dtype: ``'fp32'`` or ``'bf16'``: the compute dtype.
+        compile: Wrap the snapshot in :class:`~.compiled.CompiledInference` (Inductor).
+        method: With ``compile``: the method to compile (``'forward'`` or
+            ``'forward_levels'``).
 
     Returns:
-        The snapshot (an :class:`InferenceBackbone`) or ``backbone``.
+        The snapshot (an :class:`InferenceBackbone`), compiled with ``compile``.
+
+    Raises:
+        ValueError: an unknown ``dtype`` (one line).
+        TypeError: a backbone of another structure.
+    """
+    snapshot = InferenceBackbone(backbone, check_compute_dtype(dtype))
+    return CompiledInference(snapshot, method) if compile else snapshot
+
+
+def inference_model(backbone: nn.Module, compute_dtype: str = 'fp32') -> nn.Module:
+    """What the tools run for inference in ``compute_dtype``: the snapshot where it
+    applies, else ``backbone`` itself.
+
+    ``'fp32'`` gives ``backbone`` itself where it asks for the reference (``fast=False``:
+    mmdet's ops, bitwise) or is not built the way the snapshot reads; otherwise the
+    snapshot. ``'bf16'`` always gives the snapshot.
 
     Raises:
         ValueError: an unknown ``compute_dtype`` (one line).
-        TypeError: a backbone of another structure.
+        TypeError: ``'bf16'`` for a backbone of another structure.
     """
     dtype = check_compute_dtype(compute_dtype)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and not (getattr(backbone, 'fast', False)
+                                       and supported(backbone)):
         return backbone
     return InferenceBackbone(backbone, dtype)
