@@ -21,6 +21,7 @@ padding, followed by a ``BatchNorm2d``/``SyncBatchNorm`` in eval mode (or our
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ def worth_folding(conv: nn.Conv2d, positions: int, device_type: str = 'cpu',
         return True                                     # read a ContextVar
     if not records or device_type != 'cpu':
         return False
-    return positions * FOLD_MIN_RATIO >= conv.weight[0].numel()
+    return positions * FOLD_MIN_RATIO >= math.prod(conv.weight.shape[1:])
 
 
 def records_grad(x: torch.Tensor, conv: nn.Module, norm: nn.Module) -> bool:
@@ -135,40 +136,56 @@ def folded_params(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch
     return conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype), shift
 
 
-class _FoldedConv(torch.autograd.Function):
-    """``conv2d(x, weight * scale) + shift`` that keeps ``weight``, not the folded copy.
+class _FoldedConvBN(torch.autograd.Function):
+    """``bn(conv(x, weight))`` with an eval-mode BN, as one conv on the folded weight:
+    ``conv2d(x, weight * s) + (beta - mean * s)``, ``s = gamma * rsqrt(var + eps)``.
 
-    Plain autograd through ``weight * scale`` saves the folded weight for the conv's
-    backward *and* ``weight`` for the multiply's: two copies of every trainable conv
-    weight. This saves ``x``, ``weight`` and
-    ``scale`` and refolds the weight in backward (a weight-sized multiply). Forward and
-    gradient formulas are the ones autograd would use, in the same order.
+    One autograd node for the fold and the conv. Plain autograd through the fold would
+    save the folded weight for the conv's backward *and* ``weight`` for the multiply's
+    (two copies of every trainable conv weight) and record the BN arithmetic as a chain
+    of small ops. This saves ``x``, ``weight``, ``s``, ``rsqrt(var + eps)`` and ``mean``,
+    refolds the weight in backward (a weight-sized multiply), and writes the gradients of
+    ``weight``, ``gamma`` and ``beta`` directly (the chain rule through the fold).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, scale, shift, stride, padding, dilation, groups,
-                output_unused=False):
-        ctx.save_for_backward(x, weight, scale)
+    def forward(ctx, x, weight, gamma, beta, mean, var, eps, stride, padding, dilation,
+                groups, output_unused=False):
+        inv = torch.rsqrt(var + eps)
+        scale = inv * gamma if gamma is not None else inv
+        shift = torch.addcmul(beta, mean, scale, value=-1) if beta is not None \
+            else -(mean * scale)
+        # the conv's dtype (a no-op unless the BN is kept in another one, e.g. fp32 BN
+        # under fp16 convs)
+        scale, shift = scale.to(weight.dtype).view(-1, 1, 1, 1), shift.to(weight.dtype)
+        ctx.save_for_backward(x, weight, scale, inv, mean)
         ctx.geometry = (stride, padding, dilation, groups)
+        ctx.affine = (gamma is not None, beta is not None)
         if output_unused:  # a checkpoint recompute that only needs what is saved
             return _empty_conv_output(x, weight, stride, padding, dilation)
-        folded = weight * scale.reshape(-1, 1, 1, 1)
-        return F.conv2d(x, folded, shift, stride, padding, dilation, groups)
+        return F.conv2d(x, weight * scale, shift, stride, padding, dilation, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, weight, scale = ctx.saved_tensors
+        x, weight, scale, inv, mean = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
-        need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
-        folded = weight * scale.reshape(-1, 1, 1, 1)
+        need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
+        need_gamma, need_beta = need_gamma and ctx.affine[0], need_beta and ctx.affine[1]
+        folded = weight * scale  # (scale is saved as (C, 1, 1, 1))
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad_out, x, folded, [folded.shape[0]], stride, padding, dilation, False,
-            [0] * len(padding), groups, [need_x, need_w or need_scale, need_shift])
-        grad_scale = _per_channel_dot(gw, weight) if need_scale else None
+            [0] * len(padding), groups, [need_x, need_w or need_gamma, need_beta or need_gamma])
+        grad_gamma = None
+        if need_gamma:
+            # d/ds of conv(x, W * s) + (beta - mean * s): <gw, W> per channel - mean * gb
+            grad_scale = torch.addcmul(_per_channel_dot(gw, weight).to(inv.dtype), mean,
+                                       gb.to(inv.dtype), value=-1)
+            grad_gamma = grad_scale * inv
         # gw is ours: scale it in place (no second weight-sized buffer)
-        grad_w = gw.mul_(scale.reshape(-1, 1, 1, 1)) if need_w else None
-        return gx, grad_w, grad_scale, gb, None, None, None, None, None
+        grad_w = gw.mul_(scale) if need_w else None
+        return (gx, grad_w, grad_gamma, gb.to(inv.dtype) if need_beta else None,
+                None, None, None, None, None, None, None, None)
 
 
 def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -177,7 +194,7 @@ def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # same layout: the O dimension is outermost in both contiguous and channels_last
         # weights, so each output channel's elements are one contiguous run of memory
         n = a.shape[0]
-        run = a[0].numel()
+        run = math.prod(a.shape[1:])
         if a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last):
             flat_a = a.as_strided((n, 1, run), (run, run, 1))
             flat_b = b.as_strided((n, run, 1), (run, 1, 1))
@@ -224,10 +241,9 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     # change between invocations, so its default check_trace fails: trace plain ops
     if torch.is_grad_enabled() and conv.weight.requires_grad \
             and not _autocast_on(x.device.type) and not torch.jit.is_tracing():
-        scale, shift = fold_scale_shift(norm)
-        return _FoldedConv.apply(x, conv.weight, scale.to(conv.weight.dtype), shift,
-                                 conv.stride, conv.padding, conv.dilation, conv.groups,
-                                 output_unused)
+        return _FoldedConvBN.apply(x, conv.weight, norm.weight, norm.bias, norm.running_mean,
+                                   norm.running_var, norm.eps, conv.stride, conv.padding,
+                                   conv.dilation, conv.groups, output_unused)
     weight, bias = folded_params(conv, norm)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
