@@ -393,3 +393,30 @@ def test_for_inference_arguments():
         net.for_inference('fp16')
     with pytest.raises(TypeError, match='the inference snapshot runs ResNetV1Custom-style'):
         for_inference(nn.Conv2d(3, 3, 1))
+
+
+def test_weights_are_prepacked_once_per_input_shape(monkeypatch):
+    """The fused kernels get each weight reordered into oneDNN's layout once per input
+    shape (Inductor's freezing does the same), with the plain weight's answers to fp32
+    rounding; a new shape reorders again."""
+    _, fast = _pair(depth=18)
+    snap = fast.for_inference()
+    x = torch.rand(2, 3, 64, 64)
+    with OpCounter() as first:
+        packed = snap(x)
+    with OpCounter() as second:
+        again = snap(x)
+    n_convs = sum(isinstance(m, FoldedConv) for m in snap.modules())
+    assert first.count('mkldnn._reorder_convolution_weight') == n_convs
+    assert second.count('mkldnn._reorder_convolution_weight') == 0
+    with OpCounter() as other:
+        snap(torch.rand(1, 3, 32, 32))
+    assert other.count('mkldnn._reorder_convolution_weight') == n_convs
+    monkeypatch.setattr(inference_mod, '_prepack_ok', lambda dtype: False)
+    snap = fast.for_inference()
+    with OpCounter() as plain_ops:
+        plain = snap(x)
+    assert plain_ops.count('mkldnn._reorder_convolution_weight') == 0
+    for a, b, c in zip(packed, again, plain):
+        # the reordered weight may take another oneDNN algorithm: fp32 rounding apart
+        assert torch.equal(a, b) and rel_err(a, c) <= 5e-6

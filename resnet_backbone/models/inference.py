@@ -141,6 +141,47 @@ def _probe_fused_ops(dtype: torch.dtype) -> str | None:
     return None
 
 
+@functools.cache
+def _prepack_ok(dtype: torch.dtype) -> bool:
+    """Does a weight reordered by ``_reorder_convolution_weight`` give the fused kernels
+    the plain weight's answers (to rounding: another oneDNN algorithm may run)? Probed
+    once per dtype (a helper thread, as :func:`fused_ops_work`); where not, the plain
+    weight is passed."""
+    result: list[bool] = []
+    probe = threading.Thread(target=lambda: result.append(_probe_prepack(dtype)),
+                             name='resnet_backbone-onednn-prepack-probe', daemon=True)
+    probe.start()
+    probe.join()
+    return bool(result and result[0])
+
+
+def _probe_prepack(dtype: torch.dtype) -> bool:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 9, 9, generator=g).to(dtype).to(memory_format=torch.channels_last)
+    weight = torch.randn(8, 16, 3, 3, generator=g).to(dtype)
+    bias = torch.randn(8, generator=g).to(dtype)
+    geometry = ([1, 1], [2, 2], [1, 1], 1)
+    try:
+        with torch.no_grad():
+            packed = _mkldnn_ops._reorder_convolution_weight(weight, *geometry, list(x.shape))
+            want = _mkldnn_ops._convolution_pointwise(x, weight, bias, *geometry, 'none', [],
+                                                      None)
+            got = _mkldnn_ops._convolution_pointwise(x, packed, bias, *geometry, 'none', [],
+                                                     None)
+            acc = torch.randn(want.shape, generator=g).to(dtype)
+            into_want, into_got = acc.clone(), acc.clone()
+            _mkldnn_ops._convolution_pointwise_.binary(into_want, x, weight, bias, *geometry,
+                                                       'add', 1.0, None, [], None)
+            _mkldnn_ops._convolution_pointwise_.binary(into_got, x, packed, bias, *geometry,
+                                                       'add', 1.0, None, [], None)
+    except Exception:  # noqa: BLE001 - missing op, changed signature: all mean no
+        return False
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else \
+        dict(rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    return torch.allclose(got.float(), want.float(), **tol) \
+        and torch.allclose(into_got.float(), into_want.float(), **tol)
+
+
 def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # eager CPU, the weights' dtype, the option on; captured graphs get the plain ops,
     # which trace, export and Inductor understand
@@ -178,9 +219,22 @@ class FoldedConv(nn.Module):
     def _geometry(self):
         return self.padding, self.stride, self.dilation, self.groups
 
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight reordered once into oneDNN's layout for inputs of ``x``'s shape
+        (what Inductor's freezing does); one shape kept, so a data set of many sizes
+        holds one extra copy of the weights, not one per size."""
+        key = (tuple(x.shape), x.dtype, self.weight.data_ptr(), self.weight._version)
+        cached = self.__dict__.get('_packed_weight')
+        if cached is None or cached[0] != key:
+            packed = _mkldnn_ops._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups,
+                list(x.shape)) if _prepack_ok(x.dtype) else self.weight
+            cached = self.__dict__['_packed_weight'] = (key, packed)
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _fused_ok(x, self.weight):
-            out = _mkldnn_ops._convolution_pointwise(x, self.weight, self.bias,
+            out = _mkldnn_ops._convolution_pointwise(x, self._packed(x), self.bias,
                                                      *self._geometry(), 'none', [], None)
         else:
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
@@ -191,7 +245,8 @@ class FoldedConv(nn.Module):
         """``acc = relu(acc + self(x))`` in place (one oneDNN kernel where it works)."""
         if _fused_ok(x, self.weight) and acc.dtype == x.dtype and _dense(acc):
             _mkldnn_ops._convolution_pointwise_.binary(
-                acc, x, self.weight, self.bias, *self._geometry(), 'add', 1.0, None, [], None)
+                acc, x, self._packed(x), self.bias, *self._geometry(), 'add', 1.0, None, [],
+                None)
         else:
             acc += self(x)
         return acc.relu_()
@@ -264,8 +319,9 @@ class FoldedBlock(nn.Module):
             out = step(out)
         if self.shortcut is not None:
             return self.tail.add_relu_(out, self.shortcut(x))  # a fresh map: write into it
-        if owns_input and _dense(x) and not (x.is_inference()
-                                             and not torch.is_inference_mode_enabled()):
+        # (a captured graph writes no input in place: its compiler plans the buffers)
+        if owns_input and not _capturing() and _dense(x) \
+                and not (x.is_inference() and not torch.is_inference_mode_enabled()):
             return self.tail.add_relu_(out, x)
         y = self.tail(out)
         y += x
