@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+from conftest import rel_err
 from mmcv.transforms import Compose
 from mmengine.registry import DefaultScope
 
@@ -87,7 +88,9 @@ def test_dump_tool_end_to_end(tiny_shapes, checkpoint, tmp_path):
                              list(c) + list(p)):
             s = meta['levels'][name]['stride']
             assert tuple(levels[name].shape[-2:]) == (math.ceil(ph / s), math.ceil(pw / s))
-            assert torch.equal(levels[name], ref), name
+            # the dump runs the backbone's inference snapshot (BN folded once), the
+            # model's own eval forward mmdet's ops: equal to float rounding
+            assert rel_err(levels[name], ref) <= 1e-5, name
         stats = meta['levels']['c3']
         assert stats['max'] == pytest.approx(float(levels['c3'].max()))
         sheet = out / 'overlays' / f'{image.name}.sheet.png'

@@ -120,7 +120,9 @@ def test_predicted_boxes_map_back_as_mmdet_maps_them(fx, photo):
         theirs = model.predict(batch['inputs'], batch['data_samples'], rescale=True)[0]
     keep = ours_input.scores.argsort(descending=True)[:10]
     ref = extractor_by_hand(model, x, ours_input.bboxes[keep])
-    torch.testing.assert_close(rec.rois.rois, ref, rtol=1e-6, atol=1e-6)
+    # the extractor's backbone is the inference snapshot (BN folded once), the model's own
+    # extract_feat runs mmdet's ops: the same boxes, features equal to float rounding
+    torch.testing.assert_close(rec.rois.rois, ref, rtol=1e-5, atol=1e-5)
     # mmdet's own rescale (no un-flip in plain predict) equals our boxes flipped back
     pred = theirs.pred_instances.bboxes[theirs.pred_instances.scores.argsort(
         descending=True)[:10]]
