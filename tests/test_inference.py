@@ -307,8 +307,10 @@ def test_snapshot_is_rebuilt_after_the_weights_change():
     net.train()
     sum(o.tanh().mean() for o in net(x)).backward()
     opt.step()
+    net.layer2[0].conv1.eval()  # a mode set by hand survives the rebuild
     got = snap(x)
     assert snap.generation == 2 and net.training  # rebuilt; the backbone's mode kept
+    assert not net.layer2[0].conv1.training and net.layer2[0].conv2.training
     with torch.no_grad():
         want = net.eval()(x)
     assert rel_err(got[-1], first[-1]) > 100 * REL  # the step really changed the outputs

@@ -396,8 +396,10 @@ class InferenceBackbone(nn.Module):
     def _build(self) -> None:
         backbone, dtype = self.source, self.dtype
         self.out_indices = tuple(backbone.out_indices)
-        was_training = backbone.training
-        backbone.eval()  # every BN in eval mode, so that it folds
+        # every BN in eval mode, so that it folds; afterwards each module gets its own
+        # mode back (not ``train(True)``, which would undo modes a user set by hand)
+        modes = [(m, m.training) for m in backbone.modules()]
+        backbone.eval()
         try:
             self.stem = self._stem(backbone, dtype)
             self.maxpool = copy.deepcopy(backbone.maxpool)
@@ -406,7 +408,8 @@ class InferenceBackbone(nn.Module):
                               else Fp32Fallback(b) for b in getattr(backbone, name))
                 for name in backbone.res_layers)
         finally:
-            backbone.train(was_training)
+            for m, mode in modes:
+                m.training = mode
         self._stamp = weights_stamp(backbone)
         self.generation += 1
 
