@@ -42,6 +42,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -286,6 +287,8 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
             from mmdet.models.backbones import ResNet  # pulls in mmcv.ops: when compared
             m = ResNet(with_cp=cp, **kw)
             m.load_state_dict(sd)
+            if cp:
+                _quiet_reentrant_warning(m)
         elif spec.base == 'torchvision':
             m = _TorchvisionFeatures(depth)
             m.net.load_state_dict(sd, strict=False)
@@ -301,6 +304,21 @@ def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
             m = m.to(dtype)
         models[spec.name] = m
     return models
+
+
+def _quiet_reentrant_warning(m: nn.Module) -> None:
+    """mmdet 3.3's ``with_cp`` calls ``torch.utils.checkpoint`` without ``use_reentrant``,
+    and torch warns at every call: silence that one message, around that model's forward
+    only (its code, not ours; ours passes it)."""
+    forward = m.forward
+
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', category=UserWarning,
+                                    message='torch.utils.checkpoint: the use_reentrant')
+            return forward(*args, **kwargs)
+
+    m.forward = quiet
 
 
 def saved_bytes_of(step: Callable[[], None]) -> int:
