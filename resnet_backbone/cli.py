@@ -17,11 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import ToolError  # the tools import it from here too
+
 DEBUG_ENV = 'RESNET_BACKBONE_DEBUG'
-
-
-class ToolError(Exception):
-    """An error whose message is already the one line a user should read."""
 
 
 def debug_enabled(argv: Sequence[str] | None = None) -> bool:

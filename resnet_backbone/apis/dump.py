@@ -58,7 +58,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # a dependency of mmdet
 
-from ..cli import ToolError
+from ..errors import ToolError
 from ..io.fileio import remove_dead_writers_temp_files
 from ..spec import check_choice
 from .dump_overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
@@ -542,7 +542,7 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     Called by every rank of a distributed run (an initialised ``torch.distributed``
     process group), each doing its shard. Files already there are reused if their
     fingerprint matches this run's; a mismatch raises
-    :class:`~resnet_backbone.cli.ToolError` before anything is written, unless
+    :class:`~resnet_backbone.errors.ToolError` before anything is written, unless
     ``overwrite`` (then stale files are removed first and every image is redone). See
     the module docstring.
 

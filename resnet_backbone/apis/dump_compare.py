@@ -8,7 +8,7 @@ folder, without the format suffix (``sub/x.png.safetensors`` and ``sub/x.png.npz
 both ``sub/x.png``), so two dumps of the same input folder match wherever they were
 written and whatever format they used. The image sets and the level names (from each
 ``index.json``) must be equal, and so must every map's shape; otherwise one line says
-what differs (:class:`~resnet_backbone.cli.ToolError`), before any arrays file is read.
+what differs (:class:`~resnet_backbone.errors.ToolError`), before any arrays file is read.
 
 **Metrics**, for each image and level, with ``a`` the map of dump A (the reference) and
 ``b`` that of dump B, both read as float32 (float16 and bfloat16 convert exactly) and
@@ -75,7 +75,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # a dependency of mmdet
 
-from ..cli import ToolError
+from ..errors import ToolError
 from ..io.fileio import atomic_write_bytes
 from .dump_store import FORMATS, load_levels, read_manifests
 

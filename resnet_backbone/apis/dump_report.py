@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from ..cli import ToolError
+from ..errors import ToolError
 from ..io.fileio import atomic_write_bytes
 from .dump_store import MANIFESTS, read_manifests
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import ToolError
+from ..errors import ToolError
 from ..io.fileio import atomic_path, atomic_write_bytes
 from ..spec import check_choice
 from ..version import __version__

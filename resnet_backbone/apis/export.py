@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cli import ToolError
 from ..engine.compat import quiet_init_logging
+from ..errors import ToolError
 from ..io.fileio import atomic_path
 from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
 from ..models.resnet import ResNetV1Custom, backbone_for_checkpoint
@@ -90,7 +90,7 @@ def build_export_model(config: str | None = None, checkpoint: str | None = None,
             50; without a checkpoint the weights are random, seed 0).
         with_neck: add the config's neck, or (no config) mmdet's FPN (:func:`default_fpn`).
         strict: a checkpoint that does not fit is a one-line
-            :class:`~resnet_backbone.cli.ToolError` with the missing and unexpected counts;
+            :class:`~resnet_backbone.errors.ToolError` with the missing and unexpected counts;
             ``False`` loads only the tensors that fit.
         log: where the ``[export] weights: ...`` lines go.
 

@@ -42,8 +42,8 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..cli import ToolError
 from ..data.shapes import generate
+from ..errors import ToolError
 from ..io.checkpoint_io import (
     allow_runner_checkpoint_globals,
     check_checkpoint_file,

@@ -58,7 +58,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
-from ..cli import ToolError
+from ..errors import ToolError
 from .fileio import (  # noqa: F401  (STALE_TEMP_AGE_S: part of this module's API)
     STALE_TEMP_AGE_S,
     atomic_path,
