@@ -70,7 +70,7 @@ def test_find_resumable_skips_truncated_and_bad_pointer(tmp_path):
     assert find_resumable_checkpoint(tmp_path / 'empty') is None
 
 
-def test_issue29_resume_resolves_inside_the_work_dir_and_names_what_it_skipped(tmp_path):
+def test_resume_resolves_inside_the_work_dir_and_names_what_it_skipped(tmp_path):
     """Finding 5: a copied work dir's last_checkpoint holds the original's absolute path;
     the copy's own file of that name is the one to resume from, and a damaged newest one is
     returned as skipped (the tool says so). Before, the original's file was loaded."""

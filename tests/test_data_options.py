@@ -31,7 +31,7 @@ def _datasets(cfg):
 
 # -- finding 2: what the user sets in --cfg-options wins over --data-root ---------------
 
-def test_finding2_cfg_options_win_and_the_evaluator_follows_the_dataset():
+def test_cfg_options_win_and_the_evaluator_follows_the_dataset():
     cfg = load_config(SHAPES, data_root='/d', cfg_options={
         'test_dataloader.dataset.ann_file': 'annotations/val_small.json',
         'train_dataloader.dataset.data_root': '/mine/'})
@@ -47,14 +47,14 @@ def test_finding2_cfg_options_win_and_the_evaluator_follows_the_dataset():
     assert cfg.test_evaluator.ann_file == 'data/shapes/annotations/val_small.json'
 
 
-def test_finding2_an_explicit_evaluator_file_is_kept():
+def test_an_explicit_evaluator_file_is_kept():
     cfg = load_config(SHAPES, data_root='/d',
                       cfg_options={'val_evaluator.ann_file': '/abs/path.json'})
     assert cfg.val_evaluator.ann_file == '/abs/path.json'
     assert cfg.test_evaluator.ann_file == '/d/annotations/instances_val.json'
 
 
-def test_finding2_dataset_and_evaluator_on_different_files_is_one_warning(
+def test_dataset_and_evaluator_on_different_files_is_one_warning(
         tiny_shapes, tmp_path, capsys):
     small = tmp_path / 'val_small.json'
     shutil.copy(tiny_shapes / 'annotations/instances_val.json', small)
@@ -74,7 +74,7 @@ def test_finding2_dataset_and_evaluator_on_different_files_is_one_warning(
 
 # -- finding 3: --cfg-options data_root=X is --data-root --------------------------------
 
-def test_finding3_cfg_options_data_root_is_applied_as_data_root():
+def test_cfg_options_data_root_is_applied_as_data_root():
     cfg = load_config(SHAPES, cfg_options={'data_root': '/d'})
     for ds in _datasets(cfg):
         assert ds.data_root == '/d/'
@@ -88,7 +88,7 @@ def test_finding3_cfg_options_data_root_is_applied_as_data_root():
 # -- finding 10: class names of one's own --------------------------------------------
 
 @pytest.mark.parametrize('how', ['flag', 'cfg-options'])
-def test_finding10_classes_for_every_split_and_head(how):
+def test_classes_for_every_split_and_head(how):
     kw = (dict(classes='blob,bar') if how == 'flag'
           else dict(cfg_options={'metainfo.classes': ['blob', 'bar']}))
     cfg = load_config(MASK, **kw)
@@ -104,7 +104,7 @@ def test_finding10_classes_for_every_split_and_head(how):
     assert cfg.model.roi_head.bbox_head.num_classes == 2
 
 
-def test_finding10_no_image_left_lists_the_files_categories(tiny_shapes):
+def test_no_image_left_lists_the_files_categories(tiny_shapes):
     setup_environment()
     from mmdet.datasets import CocoDataset
     for test_mode in (False, True):
@@ -124,7 +124,7 @@ def test_finding10_no_image_left_lists_the_files_categories(tiny_shapes):
     assert len(ds) > 0
 
 
-def test_finding10_num_classes_contradicting_classes_is_one_line():
+def test_num_classes_contradicting_classes_is_one_line():
     with pytest.raises(Exception, match=r'^model\.bbox_head\.num_classes=5, but the data set '
                                         r'has 2 classes \(blob, bar\)'):
         load_config(SHAPES, classes='blob,bar', cfg_options={'model.bbox_head.num_classes': 5})
@@ -132,7 +132,7 @@ def test_finding10_num_classes_contradicting_classes_is_one_line():
 
 # -- finding 14: the embedded data set is made on first use ---------------------------
 
-def test_finding14_missing_embedded_data_is_generated_with_one_line(tmp_path, monkeypatch,
+def test_missing_embedded_data_is_generated_with_one_line(tmp_path, monkeypatch,
                                                                      capsys):
     import resnet_backbone.data.shapes as shapes
     real = shapes.generate
@@ -154,7 +154,7 @@ def test_finding14_missing_embedded_data_is_generated_with_one_line(tmp_path, mo
 
 # -- finding 15: missing COCO data is one line before the Runner -----------------------
 
-def test_finding15_missing_coco_is_one_line_naming_the_file_and_data_root(
+def test_missing_coco_is_one_line_naming_the_file_and_data_root(
         tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no data/coco here
     code, out, err = cli(capsys, monkeypatch, 'train.py', COCO, '--work-dir',

@@ -84,8 +84,8 @@ def test_forward_levels_level_error():
         model.forward_levels(torch.rand(1, 3, 32, 32), levels=['c2', 'c5'])
 
 
-# ---------------------------------------------------------------- issue 11, finding 6
-BAD_11 = [
+# ---------------------------------------------------------------- constructor arguments
+BAD_CONSTRUCTOR = [
     # mmcv said "Cannot find None in registry" (its lookup result, not the name)
     (dict(depth=18, norm_cfg=dict(type='Nope')), ValueError,
      r"^norm_cfg type='Nope' is not a registered norm layer; allowed values: 'BN', "
@@ -105,8 +105,9 @@ BAD_11 = [
 ]
 
 
-@pytest.mark.parametrize('kwargs,exc,pattern', BAD_11, ids=[str(b[0])[:60] for b in BAD_11])
-def test_constructor_errors_issue11(kwargs, exc, pattern):
+@pytest.mark.parametrize('kwargs,exc,pattern', BAD_CONSTRUCTOR,
+                         ids=[str(b[0])[:60] for b in BAD_CONSTRUCTOR])
+def test_constructor_errors_name_the_argument_and_the_fix(kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern) as info:
         ResNetV1Custom(**kwargs)
     assert '\n' not in str(info.value)

@@ -59,7 +59,7 @@ def fx():
     return FeatureExtractor(ResNetV1Custom(depth=18, base_channels=8).eval(), levels=['c5'])
 
 
-def test_finding12_images_a_user_hands_in(fx):
+def test_images_a_user_hands_in(fx):
     """Before: a 2-D array raised IndexError, a tensor or PIL image 'File name too long'
     or FileNotFoundError. Now every form gives the maps of the same picture."""
     rgb = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
@@ -95,7 +95,7 @@ def test_finding12_images_a_user_hands_in(fx):
     ([np.zeros((20, 20, 3), np.uint8)], 'cannot read an image from a list'),
     (b'bytes', 'cannot read an image from a bytes'),
 ])
-def test_finding12_refused_inputs_are_one_line(fx, image, words):
+def test_refused_inputs_are_one_line(fx, image, words):
     """Before: a float image in [0, 1] was silently read as 0-255 (almost black);
     other types gave 'File name too long' or FileNotFoundError."""
     with pytest.raises((ValueError, TypeError)) as info:
@@ -104,7 +104,7 @@ def test_finding12_refused_inputs_are_one_line(fx, image, words):
     assert '\n' not in msg and words in msg, msg
 
 
-def test_finding12_missing_file_and_levels_string(fx, tmp_path):
+def test_missing_file_and_levels_string(fx, tmp_path):
     """Before: levels='c5' reported "levels ['c', '5']"; a missing path was an mmcv
     FileNotFoundError naming no cause."""
     with pytest.raises(FileNotFoundError, match=r"^image '.*nope\.png': no such file$"):
@@ -115,7 +115,7 @@ def test_finding12_missing_file_and_levels_string(fx, tmp_path):
     assert FeatureExtractor(bb, levels='c5').levels == ['c5']
 
 
-def test_finding12_classifier_is_one_line():
+def test_classifier_is_one_line():
     """Before: a torchvision ResNet gave 'math domain error'."""
     import torchvision
     with pytest.raises(TypeError) as info:
@@ -126,7 +126,7 @@ def test_finding12_classifier_is_one_line():
 
 
 # ---------------------------------------------------------------- finding 13
-def test_finding13_timm_and_torchvision_told_apart():
+def test_timm_and_torchvision_told_apart():
     """Before: timm's resnets were reported as 'torchvision' (the keys are identical);
     the module names a saved state dict records tell them apart."""
     import timm
@@ -140,7 +140,7 @@ def test_finding13_timm_and_torchvision_told_apart():
     assert convert(plain).source == 'torchvision'  # the key mapping is the same
 
 
-def test_finding13_timm_file_reported_once_as_timm(tmp_path, capfd):
+def test_timm_file_reported_once_as_timm(tmp_path, capfd):
     """Before: 'source: torchvision', and the load report printed twice (logged, then
     printed)."""
     import timm
@@ -154,7 +154,7 @@ def test_finding13_timm_file_reported_once_as_timm(tmp_path, capfd):
     assert (out + err).count('load report') == 1, out + err
 
 
-def test_finding13_unknown_file_names_the_flag(tmp_path, capsys, monkeypatch):
+def test_unknown_file_names_the_flag(tmp_path, capsys, monkeypatch):
     """Before: a MobileNet file's error said 'pass source=...'; the flag is --source."""
     src = tmp_path / 'mobilenet.pth'
     torch.save({'features.0.0.weight': torch.zeros(8, 3, 3, 3),
@@ -165,7 +165,7 @@ def test_finding13_unknown_file_names_the_flag(tmp_path, capsys, monkeypatch):
     assert 'does not look like a ResNet checkpoint' in line and str(src) in line
 
 
-def test_finding13_base_channels_zero_refused():
+def test_base_channels_zero_refused():
     """Before: base_channels=0 built a model (in_channels=0 was refused)."""
     for bad in (0, -8, 8.0):
         with pytest.raises(ValueError, match=r'^base_channels must be a positive int; got'):
@@ -175,7 +175,7 @@ def test_finding13_base_channels_zero_refused():
 # ---------------------------------------------------------------- finding 7
 @pytest.mark.parametrize('name,flags', [('whole.pth', ()), ('whole.pkl', ('--allow-pickle',)),
                                         ('whole.pkl', ())])
-def test_finding7_whole_pickled_model_is_one_line(name, flags, tmp_path, capsys, monkeypatch):
+def test_whole_pickled_model_is_one_line(name, flags, tmp_path, capsys, monkeypatch):
     """Before: a 17-line UnpicklingError advising weights_only=False; with
     --allow-pickle on a .pkl copy, a failure in persistent_load / 'truncated or corrupt'."""
     src = tmp_path / name
@@ -197,7 +197,7 @@ def _module(path: Path):
     return module
 
 
-def test_finding8_export_infers_the_depth_from_the_checkpoint(tmp_path, capsys, monkeypatch):
+def test_export_infers_the_depth_from_the_checkpoint(tmp_path, capsys, monkeypatch):
     """Before: the default --depth 50 met an R18 file: a 6.8 kB IncompleteCheckpointError."""
     from conftest import randomize_
     src_model = randomize_(ResNetV1Custom(depth=18, base_channels=8)).eval()
@@ -217,7 +217,7 @@ def test_finding8_export_infers_the_depth_from_the_checkpoint(tmp_path, capsys, 
     assert not (tmp_path / 'o.pt').exists()
 
 
-def test_finding8_offline_url_is_one_line(tmp_path, capsys, monkeypatch):
+def test_offline_url_is_one_line(tmp_path, capsys, monkeypatch):
     """Before: an offline torchvision:// name was a traceback."""
     import urllib.error
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
@@ -233,7 +233,7 @@ def test_finding8_offline_url_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------- finding 5
-def test_finding5_url_resolved_in_torch_hub_cache(tmp_path, monkeypatch):
+def test_url_resolved_in_torch_hub_cache(tmp_path, monkeypatch):
     """Before: with the file in torch's hub cache, init_weights loaded it but
     FeatureExtractor.from_config recorded {'source': 'random', 'note':
     'torchvision://resnet18 not available locally'}."""
@@ -266,7 +266,7 @@ def test_finding5_url_resolved_in_torch_hub_cache(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- finding 1
-def test_finding1_checkpoint_must_fit_the_config(tmp_path):
+def test_checkpoint_must_fit_the_config(tmp_path):
     """Before: a file that fit nothing loaded nothing (non-strict, silent), and the
     weights record said 'checkpoint'."""
     from conftest import randomize_

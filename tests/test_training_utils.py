@@ -86,7 +86,7 @@ _NO_OPT_STEP = pytest.mark.filterwarnings(r'ignore:Detected call of `scheduler.s
 
 @_NO_OPT_STEP
 @pytest.mark.parametrize('iters', [1, 2, 4, 20, 60, 3000])
-def test_finding4_max_iters_scales_the_schedule(iters):
+def test_max_iters_scales_the_schedule(iters):
     cfg = load_config(SHAPES, max_iters=iters)
     assert cfg.train_cfg.max_iters == iters
     for s in cfg.param_scheduler:
@@ -102,7 +102,7 @@ def test_finding4_max_iters_scales_the_schedule(iters):
         after = lrs[peak:]
         assert all(b <= a + 1e-9 for a, b in zip(after, after[1:]))  # then anneals
         assert lrs[-1] < (0.6 if iters < 10 else 0.05)
-def test_finding4_max_iters_wins_over_cfg_options_and_refuses_epochs():
+def test_max_iters_wins_over_cfg_options_and_refuses_epochs():
     cfg = load_config(SHAPES, max_iters=4, cfg_options={'train_cfg.max_iters': 4,
                                                         'train_cfg.val_interval': 4})
     assert [(s.begin, s.end) for s in cfg.param_scheduler] == [(0, 2), (2, 4)]
@@ -112,7 +112,7 @@ def test_finding4_max_iters_wins_over_cfg_options_and_refuses_epochs():
                     max_iters=10)
 
 
-def test_finding4_schedule_beyond_max_iters_is_one_warning_line(capsys):
+def test_schedule_beyond_max_iters_is_one_warning_line(capsys):
     cfg = load_config(SHAPES, cfg_options={'train_cfg.max_iters': 20})
     capsys.readouterr()
     msg = training.check_schedule(cfg)
@@ -128,7 +128,7 @@ def test_finding4_schedule_beyond_max_iters_is_one_warning_line(capsys):
     assert training.check_schedule(load_config(SHAPES)) is None  # the config as written: silent
 
 
-def test_finding4_max_iters_is_documented_in_help():
+def test_max_iters_is_documented_in_help():
     import subprocess
     import sys
     r = subprocess.run([sys.executable, str(ROOT / 'tools/train.py'), '--help'],
@@ -139,7 +139,7 @@ def test_finding4_max_iters_is_documented_in_help():
 
 
 @_NO_OPT_STEP
-def test_finding4_set_max_iters_shorter_than_the_warmup_keeps_a_valid_schedule():
+def test_set_max_iters_shorter_than_the_warmup_keeps_a_valid_schedule():
     cfg = load_config(SHAPES)
     set_max_iters(cfg, 20)  # what tools/demo.py --iters 20 does
     for s in cfg.param_scheduler:
@@ -151,7 +151,7 @@ def test_finding4_set_max_iters_shorter_than_the_warmup_keeps_a_valid_schedule()
 
 @_NO_OPT_STEP
 @pytest.mark.parametrize('iters, warm', [(40, 10), (60, 15), (200, 50), (1200, 50), (8, 2)])
-def test_issue29_warmup_keeps_its_iterations_capped_at_a_quarter_of_the_run(iters, warm):
+def test_warmup_keeps_its_iterations_capped_at_a_quarter_of_the_run(iters, warm):
     """Finding 12: --max-iters 40 squeezed the 50-iteration warm-up to 2 iterations (the
     rate jumped to full at iteration 2 and the loss to 9-11); it keeps 10 now."""
     cfg = load_config(SHAPES, max_iters=iters)
@@ -166,7 +166,7 @@ def test_issue29_warmup_keeps_its_iterations_capped_at_a_quarter_of_the_run(iter
     (['face', 'cup', 'helmet'], True), (['face', 'helmet'], True), (['cup'], True),
     (['cup', 'face', 'helmet'], False), (['helmet', 'face'], False),
     (['face', 'cup', 'helmett'], False), (['dog'], False)])
-def test_issue29_class_names_must_be_categories_in_the_files_order(classes, fine):
+def test_class_names_must_be_categories_in_the_files_order(classes, fine):
     """Findings 1 and 2: mmdet numbers labels in the file's category order, so another
     order names every box wrongly; a misspelt name drops its boxes silently."""
     names = ['face', 'cup', 'helmet']  # ids 7, 3, 12 in the probe's file
@@ -184,7 +184,7 @@ def test_issue29_class_names_must_be_categories_in_the_files_order(classes, fine
                'order: face, cup, helmet)' in msg
 
 
-def test_issue29_coco_dataset_refuses_a_class_order_other_than_the_files(tmp_path):
+def test_coco_dataset_refuses_a_class_order_other_than_the_files(tmp_path):
     """Findings 1-2 at the dataset (train, val, test and the dump all build one): mmdet's
     CocoDataset took cup,face,helmet and numbered labels face=0, cup=1, helmet=2."""
     import json
@@ -229,7 +229,7 @@ def test_issue29_coco_dataset_refuses_a_class_order_other_than_the_files(tmp_pat
       dict(type='MultiStepLR', by_epoch=False, begin=0, end=1000, milestones=[200, 800])],
      1000, 100, [(0, 25), (0, 100)]),
 ])
-def test_issue29_only_a_real_warmup_is_capped(scheds, old, iters, want):
+def test_only_a_real_warmup_is_capped(scheds, old, iters, want):
     """Review of finding 12's fix: every scheduler from 0 that ended early was taken for a
     warm-up and capped at a quarter of the run (a 60000-iteration flat phase became 225
     of 900 iterations; a milestone at a warm-up's end moved with it)."""
@@ -241,7 +241,7 @@ def test_issue29_only_a_real_warmup_is_capped(scheds, old, iters, want):
         assert cfg.param_scheduler[1].milestones == [20, 80]
 
 
-def test_issue29_class_check_takes_one_name_as_mmdet_does_and_refuses_twice_named_categories():
+def test_class_check_takes_one_name_as_mmdet_does_and_refuses_twice_named_categories():
     """Review of findings 1-2: classes=('square') (a string, no comma) is one class to
     mmdet and trained before the check; a category name given twice in the file made
     mmdet label its second id past the last class (background), silently."""

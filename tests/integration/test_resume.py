@@ -133,7 +133,7 @@ def _train(work, tiny_shapes, iters: int, *extra: str):
 
 
 @pytest.mark.timeout(900)
-def test_issue29_resume_stays_in_its_work_dir_and_says_what_it_does(tiny_shapes, tmp_path):
+def test_resume_stays_in_its_work_dir_and_says_what_it_does(tiny_shapes, tmp_path):
     """Findings 3 and 5: a finished run is one line, a longer --max-iters says the schedule
     is not rescaled, a copied work dir resumes from its own files, and a damaged newest
     checkpoint is skipped with one line."""
