@@ -110,8 +110,8 @@ def test_missing_file_and_levels_string(fx, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^image '.*nope\.png': no such file$"):
         fx(tmp_path / 'nope.png')
     bb = ResNetV1Custom(depth=18, base_channels=8).eval()
-    assert list(bb.forward_features(torch.zeros(1, 3, 32, 32), levels='c5')) == ['c5']
-    assert list(bb.forward_features(torch.zeros(1, 3, 32, 32), levels='c2,c5')) == ['c2', 'c5']
+    assert list(bb.forward_levels(torch.zeros(1, 3, 32, 32), levels='c5')) == ['c5']
+    assert list(bb.forward_levels(torch.zeros(1, 3, 32, 32), levels='c2,c5')) == ['c2', 'c5']
     assert FeatureExtractor(bb, levels='c5').levels == ['c5']
 
 

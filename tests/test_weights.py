@@ -45,7 +45,7 @@ def ours_from(sd, **kwargs):
 
 def features(model):
     with torch.no_grad():
-        return model.forward_features(X, levels=LEVELS)
+        return model.forward_levels(X, levels=LEVELS)
 
 
 @pytest.mark.parametrize('depth', [18, 50, 101])
@@ -207,7 +207,7 @@ def test_init_cfg_pretrained_converts_on_load(tmp_path):
     fe = timm.create_model('resnet50d', pretrained=False, features_only=True).eval()
     fe.load_state_dict({k: v for k, v in tm.state_dict().items() if not k.startswith('fc.')})
     with torch.no_grad():
-        for t, ref in zip(model.eval().forward_features(X, LEVELS).values(), fe(X)):
+        for t, ref in zip(model.eval().forward_levels(X, LEVELS).values(), fe(X)):
             assert torch.equal(t, ref)
     # a mismatching checkpoint is a loud error, not a log line
     bad = ResNetV1Custom(depth=50, init_cfg=dict(type='Pretrained', checkpoint=str(path)))

@@ -551,14 +551,6 @@ class ResNetV1Custom(BackboneContract, BaseModule):
         """
         return for_inference(self, dtype, compile, method)
 
-    def forward_features(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
-                         ) -> dict[str, torch.Tensor]:
-        """Deprecated alias of :meth:`forward_levels`, kept for release 0.1 only.
-
-        The name means "the last map" in timm; use :meth:`forward_levels`.
-        """
-        return self.forward_levels(x, levels)
-
 
 def _preset(name: str, doc: str, **preset):
     def __init__(self, depth: int, **kwargs) -> None:

@@ -34,14 +34,10 @@ class StemSpec:
     Attributes:
         modules: name -> module, in registration order, to attach to the backbone.
         norm_name: name of the norm layer for the single-conv stems (``bn1``/``gn1``).
-        conv_stride: stride of the stem's convs (C1's stride).
-        stride: total stride including the max-pool (the input stride of stage 1).
     """
 
     modules: dict[str, nn.Module]
     norm_name: str | None
-    conv_stride: int
-    stride: int
 
 
 def module_stride(*modules: nn.Module) -> int:
@@ -76,12 +72,12 @@ def build_stem(stem_type: str, in_channels: int, stem_channels: int,
         norm_cfg: mmcv norm config.
 
     Returns:
-        The modules to attach and the stem's strides.
+        The modules to attach and the norm's name.
 
     Example:
         >>> spec = build_stem('classic', 3, 8, None, dict(type='BN'))
-        >>> list(spec.modules), spec.conv_stride, spec.stride
-        (['conv1', 'bn1', 'relu', 'maxpool'], 2, 4)
+        >>> list(spec.modules), spec.norm_name
+        (['conv1', 'bn1', 'relu', 'maxpool'], 'bn1')
     """
     if stem_type == 'deep':
         half = stem_channels // 2
@@ -98,8 +94,7 @@ def build_stem(stem_type: str, in_channels: int, stem_channels: int,
                              bias=False),
             build_norm_layer(norm_cfg, stem_channels)[1],
             nn.ReLU(inplace=True))
-        return StemSpec({'stem': stem, 'maxpool': nn.MaxPool2d(3, stride=2, padding=1)},
-                        None, conv_stride=2, stride=4)
+        return StemSpec({'stem': stem, 'maxpool': nn.MaxPool2d(3, stride=2, padding=1)}, None)
     if stem_type in ('classic', 'small'):
         small = stem_type == 'small'
         conv1 = build_conv_layer(conv_cfg, in_channels, stem_channels,
@@ -109,8 +104,7 @@ def build_stem(stem_type: str, in_channels: int, stem_channels: int,
         maxpool = nn.Identity() if small else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         modules = {'conv1': conv1, norm_name: norm1, 'relu': nn.ReLU(inplace=True),
                    'maxpool': maxpool}
-        return StemSpec(modules, norm_name, conv_stride=1 if small else 2,
-                        stride=1 if small else 4)
+        return StemSpec(modules, norm_name)
     check_choice('stem_type', stem_type, STEM_TYPES)
     raise AssertionError(f'STEM_TYPES lists {stem_type!r} but build_stem has no branch for it')
 
