@@ -471,14 +471,11 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
     """Benchmark and return a JSON-ready report (see the module docstring). The input is
     ``batch x 3 x size x width`` (``width`` defaults to ``size``)."""
     width = width or size
-    if malloc_tuned:
-        tune_malloc()
     dtype = check_compute_dtype(compute_dtype)
-    include, skipped = split_by_depth(depth, tuple(include))
-    for name, why in skipped.items():
-        log(f'skipped {name}: {why}')
-    models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
-                          with_cp=with_cp, include=include, compute_dtype=compute_dtype)
+    models, skipped = _models_for(depth, include, frozen_stages=frozen_stages,
+                                  norm_eval=norm_eval, with_cp=with_cp,
+                                  compute_dtype=compute_dtype, malloc_tuned=malloc_tuned,
+                                  log=log)
     specs = {n: parse_model(n) for n in models}
     if (dtype == torch.bfloat16 or any(s.base == 'ours-bf16' for s in specs.values())) \
             and str(device).startswith('cpu') and not native_bf16():
@@ -495,19 +492,13 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
     eager_of: dict[str, nn.Module] = {}
     for name, m in models.items():
         spec = specs[name]
-        fmt = torch.channels_last if channels_last and not spec.nchw else torch.contiguous_format
-        m.to(device=device, memory_format=fmt)
+        x, v_dtype = _placed(m, spec, x32, channels_last, device, dtype)
         eager_of[name] = m
-        v_dtype = 'bf16' if dtype == torch.bfloat16 or spec.base == 'ours-bf16' else 'fp32'
-        x = x32.to(dtype=torch.bfloat16 if v_dtype == 'bf16' else torch.float32,
-                   memory_format=fmt)
         runner = torch.compile(m) if spec.compiled else m
         for mode in modes:
-            if mode == 'train' and (spec.eval_only or dtype != torch.float32):
-                log(f'{name} train: not run (an inference snapshot)')
+            step = _step(spec, mode, dtype, runner, x, autocast, log)
+            if step is None:
                 continue
-            step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
-                                           runner, x, autocast))
             if spec.compiled and mode == 'eval':
                 step = _under(inductor_freezing, step)
             v = Variant(name, mode, v_dtype, gflop=gflop.get(mode))
@@ -567,6 +558,43 @@ def run(*, depth: int = 50, batch: int = 2, size: int = 512, width: int | None =
             {n: eager_of[n] for n in models if n in PROFILED}, x32, modes, channels_last,
             limits, device, repeats=max(3, min(repeats, 5)), log=log)
     return report
+
+
+def _models_for(depth: int, include: tuple[str, ...], *, frozen_stages: int,
+                norm_eval: bool, with_cp: bool, compute_dtype: str, malloc_tuned: bool,
+                log: Callable[[str], None]) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Both modes' start: glibc tuned if asked, the peers that lack ``depth`` skipped (one
+    line each), the rest built with shared weights. Returns (models, skipped)."""
+    if malloc_tuned:
+        tune_malloc()
+    include, skipped = split_by_depth(depth, tuple(include))
+    for name, why in skipped.items():
+        log(f'skipped {name}: {why}')
+    models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
+                          with_cp=with_cp, include=include, compute_dtype=compute_dtype)
+    return models, skipped
+
+
+def _placed(m: nn.Module, spec: ModelSpec, x32: torch.Tensor, channels_last: bool,
+            device: str, dtype: torch.dtype) -> tuple[torch.Tensor, str]:
+    """Move ``m`` to ``device`` in the memory format its name asks for; returns its input
+    and its dtype's name (``'bf16'`` or ``'fp32'``)."""
+    fmt = torch.channels_last if channels_last and not spec.nchw else torch.contiguous_format
+    m.to(device=device, memory_format=fmt)
+    v_dtype = 'bf16' if dtype == torch.bfloat16 or spec.base == 'ours-bf16' else 'fp32'
+    return x32.to(dtype=torch.bfloat16 if v_dtype == 'bf16' else torch.float32,
+                  memory_format=fmt), v_dtype
+
+
+def _step(spec: ModelSpec, mode: str, dtype: torch.dtype, runner: Callable, x: torch.Tensor,
+          autocast, log: Callable[[str], None]) -> Callable[[], None] | None:
+    """One eval or train step of ``runner`` under its name's options; ``None`` (and one
+    line) for a train step an inference snapshot or a bf16 run does not have."""
+    if mode == 'train' and (spec.eval_only or dtype != torch.float32):
+        log(f'{spec.name} train: not run (an inference snapshot)')
+        return None
+    return _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
+                                   runner, x, autocast))
 
 
 def _as_named(spec: ModelSpec, fn: Callable[[], None]) -> Callable[[], None]:
@@ -646,36 +674,27 @@ def run_overhead(*, depth: int = 50, batch: int = 2, size: int = 64, width: int 
     """
     check_overhead_models(tuple(include))
     width = width or size
-    if malloc_tuned:
-        tune_malloc()
     dtype = check_compute_dtype(compute_dtype)
-    include, skipped = split_by_depth(depth, tuple(include))
-    for name, why in skipped.items():
-        log(f'skipped {name}: {why}')
+    models, skipped = _models_for(depth, include, frozen_stages=frozen_stages,
+                                  norm_eval=norm_eval, with_cp=with_cp,
+                                  compute_dtype=compute_dtype, malloc_tuned=malloc_tuned,
+                                  log=log)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         used_threads = torch.get_num_threads()
-        models = build_models(depth, frozen_stages=frozen_stages, norm_eval=norm_eval,
-                              with_cp=with_cp, include=include, compute_dtype=compute_dtype)
         autocast = _autocast_factory(device, amp_dtype)
         x32 = torch.rand(batch, 3, size, width, device=device)
         variants = []  # (row, step, model, training)
         for name, m in models.items():
             spec = parse_model(name)
-            fmt = torch.channels_last if channels_last and not spec.nchw \
-                else torch.contiguous_format
-            m.to(device=device, memory_format=fmt)
-            bf16 = dtype == torch.bfloat16 or spec.base == 'ours-bf16'
-            x = x32.to(dtype=torch.bfloat16 if bf16 else torch.float32, memory_format=fmt)
+            x, v_dtype = _placed(m, spec, x32, channels_last, device, dtype)
             for mode in modes:
-                if mode == 'train' and (spec.eval_only or dtype != torch.float32):
-                    log(f'{name} train: not run (an inference snapshot)')
+                step = _step(spec, mode, dtype, m, x, autocast, log)
+                if step is None:
                     continue
-                step = _as_named(spec, partial(_eval_step if mode == 'eval' else _train_step,
-                                               m, x, autocast))
-                row = dict(name=name, mode=mode, dtype='bf16' if bf16 else 'fp32', times=[])
+                row = dict(name=name, mode=mode, dtype=v_dtype, times=[])
                 variants.append((row, step, m, mode == 'train'))
         log(f'warm-up: {max(1, warmup)} steps x {len(variants)} variants, then one counted')
         for row, step, m, training in variants:
