@@ -119,14 +119,21 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
         and norm.running_mean is not None
 
 
+def _inv_scale_shift(gamma, beta, mean, var, eps
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rsqrt(var + eps)``, ``scale = gamma * rsqrt(var + eps)`` and ``shift = beta -
+    mean * scale`` (``gamma``/``beta`` may be None: no affine)."""
+    inv = torch.rsqrt(var + eps)
+    scale = inv * gamma if gamma is not None else inv
+    shift = torch.addcmul(beta, mean, scale, value=-1) if beta is not None \
+        else -(mean * scale)
+    return inv, scale, shift
+
+
 def fold_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``norm(y) == y * scale + shift`` (eval mode)."""
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
+    _, scale, shift = _inv_scale_shift(norm.weight, norm.bias, norm.running_mean,
+                                       norm.running_var, norm.eps)
     return scale, shift
 
 
@@ -151,10 +158,7 @@ class _FoldedConvBN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, gamma, beta, mean, var, eps, stride, padding, dilation,
                 groups, output_unused=False):
-        inv = torch.rsqrt(var + eps)
-        scale = inv * gamma if gamma is not None else inv
-        shift = torch.addcmul(beta, mean, scale, value=-1) if beta is not None \
-            else -(mean * scale)
+        inv, scale, shift = _inv_scale_shift(gamma, beta, mean, var, eps)
         # the conv's dtype (a no-op unless the BN is kept in another one, e.g. fp32 BN
         # under fp16 convs)
         scale, shift = scale.to(weight.dtype).view(-1, 1, 1, 1), shift.to(weight.dtype)
@@ -210,10 +214,15 @@ def _empty_conv_output(x, weight, stride, padding, dilation) -> torch.Tensor:
     return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-def _autocast_on(device_type: str) -> bool:
-    # a device without autocast (meta, ...) has it off; asking torch would raise
+def autocast_available(device_type: str) -> bool:
+    """Does torch have autocast for ``device_type``? (Asking a device without it, meta for
+    one, whether autocast is on raises.)"""
     available = getattr(torch.amp, 'is_autocast_available', lambda d: d in ('cpu', 'cuda'))
-    return available(device_type) and torch.is_autocast_enabled(device_type)
+    return available(device_type)
+
+
+def _autocast_on(device_type: str) -> bool:
+    return autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,

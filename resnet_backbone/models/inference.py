@@ -55,7 +55,7 @@ from torch import nn
 from .. import options
 from ..spec import resolve_levels
 from .compiled import CompiledInference, weights_stamp
-from .fast import _capturing, foldable
+from .fast import _capturing, autocast_available, foldable
 
 #: ``compute_dtype`` names -> torch dtypes
 COMPUTE_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
@@ -92,18 +92,24 @@ def fold_then_cast(conv: nn.Conv2d, norm: nn.Module | None, dtype: torch.dtype
 
 
 # ---- oneDNN's private fused kernels: probed once per dtype ---------------------------
+def _in_a_thread(probe, died):
+    """``probe()`` run in a helper thread, so that the caller's dispatch modes, op
+    counters, grad and autocast state neither see nor change it; ``died`` if it raised."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(probe()), daemon=True,
+                              name='resnet_backbone-onednn-probe')
+    thread.start()
+    thread.join()
+    return result[0] if result else died
+
+
 @functools.cache
 def fused_ops_work(dtype: torch.dtype = torch.float32) -> bool:
     """Do oneDNN's private fused conv ops run in ``dtype`` here and agree with
     ``F.conv2d``? Probed once per process and dtype, at first use, in a helper thread
     (so the caller's dispatch modes, op counters, grad and autocast state neither see
     nor change it). A failure logs one DEBUG line; the plain ops then run."""
-    result: list[str | None] = []
-    probe = threading.Thread(target=lambda: result.append(_probe_fused_ops(dtype)),
-                             name='resnet_backbone-onednn-probe', daemon=True)
-    probe.start()
-    probe.join()
-    failure = result[0] if result else 'the probe thread died'
+    failure = _in_a_thread(lambda: _probe_fused_ops(dtype), 'the probe thread died')
     if failure is not None:
         print_log(f'resnet_backbone: oneDNN fused kernels unavailable in {dtype}, using the '
                   f'plain ops ({failure})', logger='current', level=logging.DEBUG)
@@ -147,12 +153,7 @@ def _prepack_ok(dtype: torch.dtype) -> bool:
     the plain weight's answers (to rounding: another oneDNN algorithm may run)? Probed
     once per dtype (a helper thread, as :func:`fused_ops_work`); where not, the plain
     weight is passed."""
-    result: list[bool] = []
-    probe = threading.Thread(target=lambda: result.append(_probe_prepack(dtype)),
-                             name='resnet_backbone-onednn-prepack-probe', daemon=True)
-    probe.start()
-    probe.join()
-    return bool(result and result[0])
+    return bool(_in_a_thread(lambda: _probe_prepack(dtype), False))
 
 
 def _probe_prepack(dtype: torch.dtype) -> bool:
@@ -192,8 +193,7 @@ def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast off: the snapshot computes in its own dtype, whatever the caller's
     autocast says (a device without autocast has nothing to turn off)."""
-    available = getattr(torch.amp, 'is_autocast_available', lambda d: d in ('cpu', 'cuda'))
-    return torch.autocast(device_type, enabled=False) if available(device_type) \
+    return torch.autocast(device_type, enabled=False) if autocast_available(device_type) \
         else contextlib.nullcontext()
 
 
