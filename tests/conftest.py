@@ -33,6 +33,16 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def reference_and_fast(**kw) -> tuple[nn.Module, nn.Module]:
+    """(``fast=False``, ``fast=True``) ResNetV1Custom with ``base_channels=8`` and the
+    same random weights (:func:`randomize_`); ``kw`` are the other constructor keywords."""
+    from resnet_backbone import ResNetV1Custom
+    ref = randomize_(ResNetV1Custom(fast=False, base_channels=8, **kw))
+    fast = ResNetV1Custom(fast=True, base_channels=8, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest error of ``a`` relative to the reference ``b``'s largest value: the one
     measure every tolerance test here uses."""

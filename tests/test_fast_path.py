@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import OpCounter, backward_outputs, grads_by_name, randomize_, rel_err
+from conftest import (
+    OpCounter,
+    backward_outputs,
+    grads_by_name,
+    randomize_,
+    reference_and_fast,
+    rel_err,
+)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnet_backbone import ResNetV1Custom, options
@@ -20,11 +27,7 @@ def _fold_every_size():
         yield
 
 
-def pair(**kw):
-    ref = randomize_(ResNetV1Custom(fast=False, base_channels=8, **kw))
-    fast = ResNetV1Custom(fast=True, base_channels=8, **kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+pair = reference_and_fast
 
 
 def bn_calls(model, x, grad=False):

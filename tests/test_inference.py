@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import OpCounter, hooks_of_test_tool, randomize_, rel_err
+from conftest import OpCounter, hooks_of_test_tool, randomize_, reference_and_fast, rel_err
 from torch import nn
 
 import resnet_backbone.models.inference as inference_mod
@@ -226,10 +226,8 @@ REL = 1e-5
 
 
 def _pair(**kw):
-    ref = randomize_(ResNetV1Custom(fast=False, base_channels=8, **kw)).eval()
-    fast = ResNetV1Custom(fast=True, base_channels=8, **kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast.eval()
+    ref, fast = reference_and_fast(**kw)
+    return ref.eval(), fast.eval()
 
 
 def fused_calls(model, x):

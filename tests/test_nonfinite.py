@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import OpCounter, randomize_
+from conftest import OpCounter, reference_and_fast
 
-from resnet_backbone import ResNetV1Custom
 from resnet_backbone.models.fast import always_fold
 
 BAD = {'nan': float('nan'), 'inf': float('inf'), '-inf': float('-inf')}
 
 
-def _pair(**kw):
-    ref = randomize_(ResNetV1Custom(fast=False, base_channels=8, **kw))
-    fast = ResNetV1Custom(fast=True, base_channels=8, **kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+_pair = reference_and_fast
 
 
 def _corrupt(value: float, channels_last: bool) -> torch.Tensor:
