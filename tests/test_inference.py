@@ -395,7 +395,7 @@ def test_for_inference_arguments():
         for_inference(nn.Conv2d(3, 3, 1))
 
 
-def test_weights_are_prepacked_once_per_input_shape(monkeypatch):
+def test_weights_are_prepacked_once_per_input_shape():
     """The fused kernels get each weight reordered into oneDNN's layout once per input
     shape (Inductor's freezing does the same), with the plain weight's answers to fp32
     rounding; a new shape reorders again."""
@@ -412,10 +412,8 @@ def test_weights_are_prepacked_once_per_input_shape(monkeypatch):
     with OpCounter() as other:
         snap(torch.rand(1, 3, 32, 32))
     assert other.count('mkldnn._reorder_convolution_weight') == n_convs
-    monkeypatch.setattr(inference_mod, '_prepack_ok', lambda dtype: False)
-    snap = fast.for_inference()
-    with OpCounter() as plain_ops:
-        plain = snap(x)
+    with OpCounter() as plain_ops, mkldnn_fusion(False):
+        plain = snap(x)  # F.conv2d on the plain weight
     assert plain_ops.count('mkldnn._reorder_convolution_weight') == 0
     for a, b, c in zip(packed, again, plain):
         # the reordered weight may take another oneDNN algorithm: fp32 rounding apart

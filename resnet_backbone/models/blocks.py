@@ -1,20 +1,11 @@
-"""Residual blocks: ``BasicBlock`` (ResNet-18/34) and ``Bottleneck`` (ResNet-50+).
+"""Residual blocks: ``BasicBlock``, ``Bottleneck``, ``BottleneckX``, ``PreActBottleneck``.
 
-The module layout and attribute names follow mmdet's ``ResNet`` blocks exactly
-(``conv1``, ``bn1``/``gn1``, ``downsample``, plugin names, ...), so state dicts are
-interchangeable and, in reference mode, outputs are bitwise equal. How they differ from
-mmdet's on purpose: README, "Differences from mmdet's ResNet".
+Module layout and attribute names are mmdet's, so state dicts are interchangeable. Each
+block *describes* its branch once (:meth:`ResBlock.describe`); :class:`ResBlock` runs that
+description plain or checkpointed, folded or not, and the inference snapshot reads it.
 
-Each block *describes* its residual branch once (:meth:`ResBlock.describe`: an ordered
-tuple of :class:`Step` plus the shortcut, a :class:`BlockDescription`). The generic code
-in :class:`ResBlock` derives every way of running it from that one description: the
-reference ops (``fast=False``) or BN folded into the convs (``fast=True``), each plain or
-checkpointed (``with_cp``), and the checkpoint recompute that skips the last conv when
-the description proves that conv feeds only the residual add. The inference snapshot
-(:mod:`resnet_backbone.models.inference`) reads the same description.
-
-Example (a block whose conv3 output is scaled: the scale is a step's plugin, so the
-generic code knows the last conv no longer feeds only the add):
+Example (a scale after conv3 is a step's plugin, so the last conv no longer feeds only
+the add):
     >>> class Scaled(Bottleneck):
     ...     def __init__(self, *args, **kwargs):
     ...         super().__init__(*args, **kwargs)

@@ -1,19 +1,8 @@
 """Gradient checkpointing for residual blocks: non-reentrant, BN statistics updated once.
 
-``checkpointed`` runs a block's residual under ``torch.utils.checkpoint`` with
-``use_reentrant=False`` (correct gradients whatever the input, and no warning). During
-the backward recompute (see :func:`recomputing`) every BatchNorm flavour's running
-statistics are put back as they were, so a train-mode BN updates them once per step,
-and the forward's :class:`~resnet_backbone.options.Options` are replayed, so the
-recompute folds and fuses exactly as the forward did, whichever thread runs backward.
-How this differs from mmdet's ``with_cp``: README, "Differences from mmdet's ResNet".
-
-The recompute also skips work whose result nobody needs: a block whose description
-proves that its last conv feeds only the residual add (see
-:meth:`resnet_backbone.models.blocks.ResBlock.recompute_may_skip_tail`) lets that folded
-conv and its projection shortcut save their inputs and return an empty tensor instead
-of convolving. One line of why: the add saves nothing for backward, so backward needs
-only what the convs save, not their outputs. Measurements: ``docs/fast_path.md``.
+The recompute restores every BatchNorm's running statistics, replays the forward's
+:class:`~resnet_backbone.options.Options`, and skips a last conv that provably feeds only
+the residual add. Design and measurements: ``docs/fast_path.md``.
 """
 from __future__ import annotations
 

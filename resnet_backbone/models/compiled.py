@@ -1,16 +1,8 @@
-"""``torch.compile`` for inference: the one wrapper the tools (``--compile``) and the Python
-API (``FeatureExtractor(compile=True)``) share.
+"""``torch.compile`` (Inductor, frozen weights) for no-grad inference: the inference
+snapshot's ``compile=True``.
 
-Inductor with ``freezing=True`` (the weights become constants of the graph, so conv and
-BN fold at compile time and the weights are prepacked once) is what the benchmark's
-``ours-compiled`` runs; on CPU it beat our eager path in eval and barely moved the train
-step (docs/benchmark.md), so the wrapper is for no-grad inference only.
-
-Because the weights are constants, a compiled graph is a snapshot of them. The wrapper
-checks the weights' version counters before every call: after an in-place change (a
-``load_state_dict``, an optimiser step) it compiles again, and never runs stale
-constants. The first call at each new input shape compiles (later shapes reuse a
-dynamic graph); :attr:`CompiledInference.compile_seconds` says how long that took.
+The weights are graph constants, so the wrapper checks their version counters before
+every call and compiles again after an in-place change: it never runs stale constants.
 
 Example:
     >>> from resnet_backbone.models.resnet import ResNetV1Custom

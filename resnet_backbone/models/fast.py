@@ -1,22 +1,9 @@
 """Folding in the training module: conv + eval-mode BatchNorm as one conv, on the fly.
 
-A BatchNorm in eval mode (frozen stages, ``norm_eval=True``) is an affine map per
-channel, so ``bn(conv(x, W))`` equals ``conv(x, W * s) + (b - m * s)`` with
-``s = gamma / sqrt(var + eps)``. In a train step the folded conv keeps ``x``, ``W`` and
-``s`` for backward instead of the BN's input as well (0.58x the bytes saved,
-``docs/fast_path.md``); that is what folding is for here. The folded weight is computed
-from the live parameters at every call, so it never goes stale, and autograd flows
-through it into ``W``, ``gamma`` and ``beta``.
-
-Where autograd records nothing (``torch.no_grad``, frozen stages) the training module
-runs the reference ops: there folding saves nothing for backward and only adds ops.
-Inference speed is the snapshot's job (:mod:`resnet_backbone.models.inference`: BN
-folded once, fused kernels, the in-place add).
-
-Only exactly-equivalent cases fold: a plain ``nn.Conv2d`` without bias and with zero
-padding, followed by a ``BatchNorm2d``/``SyncBatchNorm`` in eval mode (or our
-``FrozenBatchNorm2d``). The result differs from the unfolded one only by float rounding;
-``fast=False`` on the backbone is the bitwise reference (mmdet's op order).
+``bn(conv(x, W)) == conv(x, W * s) + (b - m * s)``. In a train step the folded conv keeps
+fewer bytes for backward; that is all folding is for here, so it runs only where autograd
+records the conv. Only exactly-equivalent pairs fold; ``fast=False`` is mmdet's op order,
+bitwise. Design and measurements: ``docs/fast_path.md``.
 """
 from __future__ import annotations
 

@@ -1,33 +1,9 @@
 """The inference snapshot: an eval-only copy of a backbone that owns every inference trick.
 
-:func:`for_inference` (``backbone.for_inference()``) copies a backbone into a module that
-only runs inference, in float32 or bfloat16:
-
-- every conv + eval-mode BN is **folded once**, in float32 (``W * s`` and ``b - m * s``
-  from the float32 parameters and statistics); for bf16 only the folded weight and bias
-  are then cast, one rounding per value (folding in bf16 would round ``W``, ``s`` and
-  the product each, and ``b - m * s`` cancels badly: ``tests/test_inference.py``);
-- on the CPU, convs run as oneDNN's fused kernels: conv + bias in one pass, and each
-  block's last conv accumulated in place into its shortcut (a fresh projection output,
-  or the block input where the snapshot's own loop gave it up). The private ops are
-  probed once per dtype; where they are missing or disagree with ``F.conv2d`` the plain
-  ops run, with one DEBUG line. ``options.using(mkldnn_fusion=False)`` turns them off;
-- the ReLU runs as ``torch.relu_`` after the kernel, never as oneDNN's post-op (which
-  maps NaN to 0), so NaN and Inf propagate as in the reference;
-- a block the snapshot cannot run exactly as its description says (plugins, a non-ReLU
-  activation, GN or any norm that does not fold, DCN or another conv type, a subclass
-  with its own forward) runs through the backbone's own code, on a copy, in float32,
-  with its input and output cast: the snapshot never computes something other than the
-  block;
-- ``compile=True`` wraps the snapshot in :class:`~.compiled.CompiledInference`
-  (Inductor, frozen weights).
-
-The outputs come back in the input's dtype, so a float32 neck and head need no change.
-
-It is a snapshot of the source's weights, checked before every call: after an in-place
-change (an optimiser step, ``load_state_dict``, a BN statistics update) or a move to
-another device, it is rebuilt from the source (one INFO line), so it never runs stale
-weights. It has no gradients and refuses ``train()``.
+BN folded once (in float32, then cast), oneDNN's fused kernels on prepacked weights, the
+in-place residual add, bf16, and Inductor (``compile=True``). Blocks it cannot run exactly
+run through their own code in float32. ReLU runs as ``relu_`` (NaN kept). Rebuilt when
+the source's weights change; refuses ``train()``. Design: ``docs/fast_path.md``.
 
 Example:
     >>> from resnet_backbone.models.resnet import ResNetV1Custom
@@ -55,7 +31,7 @@ from torch import nn
 from .. import options
 from ..spec import resolve_levels
 from .compiled import CompiledInference, weights_stamp
-from .fast import _capturing, autocast_available, foldable
+from .fast import _capturing, _inv_scale_shift, autocast_available, foldable
 
 #: ``compute_dtype`` names -> torch dtypes
 COMPUTE_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
@@ -73,22 +49,15 @@ def check_compute_dtype(name: str) -> torch.dtype:
     return COMPUTE_DTYPES[name]
 
 
-def fold_then_cast(conv: nn.Conv2d, norm: nn.Module | None, dtype: torch.dtype
+def fold_then_cast(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight, bias)`` of the one conv equal to ``norm(conv(.))``: computed in float32
-    from float32 copies of every tensor, then cast to ``dtype`` (one rounding each)."""
-    w = conv.weight.detach().float()
-    bias = conv.bias.detach().float() if conv.bias is not None \
-        else torch.zeros(w.shape[0], device=w.device)
-    if norm is None:
-        return w.to(dtype), bias.to(dtype)
-    scale = torch.rsqrt(norm.running_var.detach().float() + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight.detach().float()
-    shift = (bias - norm.running_mean.detach().float()) * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias.detach().float()
-    return (w * scale.reshape(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
+    """``(weight, bias)`` of the one conv equal to ``norm(conv(.))`` (a foldable pair):
+    computed from float32 copies of every tensor, then cast to ``dtype`` (one rounding)."""
+    def f32(t):
+        return None if t is None else t.detach().float()
+    _, scale, shift = _inv_scale_shift(f32(norm.weight), f32(norm.bias),
+                                       f32(norm.running_mean), f32(norm.running_var), norm.eps)
+    return (f32(conv.weight) * scale.reshape(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
 
 
 # ---- oneDNN's private fused kernels: probed once per dtype ---------------------------
@@ -105,10 +74,11 @@ def _in_a_thread(probe, died):
 
 @functools.cache
 def fused_ops_work(dtype: torch.dtype = torch.float32) -> bool:
-    """Do oneDNN's private fused conv ops run in ``dtype`` here and agree with
-    ``F.conv2d``? Probed once per process and dtype, at first use, in a helper thread
-    (so the caller's dispatch modes, op counters, grad and autocast state neither see
-    nor change it). A failure logs one DEBUG line; the plain ops then run."""
+    """Do oneDNN's private fused conv ops, on a weight reordered into their layout, run in
+    ``dtype`` here and agree with ``F.conv2d``? Probed once per process and dtype, at
+    first use, in a helper thread (so the caller's dispatch modes, op counters, grad and
+    autocast state neither see nor change it). A failure logs one DEBUG line; the plain
+    ops then run."""
     failure = _in_a_thread(lambda: _probe_fused_ops(dtype), 'the probe thread died')
     if failure is not None:
         print_log(f'resnet_backbone: oneDNN fused kernels unavailable in {dtype}, using the '
@@ -121,19 +91,20 @@ def _probe_fused_ops(dtype: torch.dtype) -> str | None:
     if not torch.backends.mkldnn.is_available():
         return 'oneDNN is not available in this torch build'
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 5, 5, generator=g).to(dtype)
-    weight = torch.randn(3, 4, 3, 3, generator=g).to(dtype)
-    bias = torch.randn(3, generator=g).to(dtype)
+    x = torch.randn(2, 16, 9, 9, generator=g).to(dtype).to(memory_format=torch.channels_last)
+    weight = torch.randn(8, 16, 3, 3, generator=g).to(dtype)
+    bias = torch.randn(8, generator=g).to(dtype)
     geometry = ([1, 1], [2, 1], [1, 1], 1)  # padding, stride, dilation, groups
     try:
         with torch.no_grad():
             want = F.conv2d(x, weight, bias, geometry[1], geometry[0], geometry[2],
                             geometry[3])
             acc = torch.randn(want.shape, generator=g).to(dtype)
-            got = _mkldnn_ops._convolution_pointwise(x, weight, bias, *geometry, 'none', [],
+            packed = _mkldnn_ops._reorder_convolution_weight(weight, *geometry, list(x.shape))
+            got = _mkldnn_ops._convolution_pointwise(x, packed, bias, *geometry, 'none', [],
                                                      None)
             into = acc.clone()
-            _mkldnn_ops._convolution_pointwise_.binary(into, x, weight, bias, *geometry,
+            _mkldnn_ops._convolution_pointwise_.binary(into, x, packed, bias, *geometry,
                                                        'add', 1.0, None, [], None)
     except Exception as exc:  # missing op, changed signature, unsupported build: all mean no
         return f'{type(exc).__name__}: {exc}'.splitlines()[0]
@@ -145,42 +116,6 @@ def _probe_fused_ops(dtype: torch.dtype) -> str | None:
     if not torch.allclose(into.float(), acc.float() + want.float(), **tol):
         return '_convolution_pointwise_.binary differs from F.conv2d + add'
     return None
-
-
-@functools.cache
-def _prepack_ok(dtype: torch.dtype) -> bool:
-    """Does a weight reordered by ``_reorder_convolution_weight`` give the fused kernels
-    the plain weight's answers (to rounding: another oneDNN algorithm may run)? Probed
-    once per dtype (a helper thread, as :func:`fused_ops_work`); where not, the plain
-    weight is passed."""
-    return bool(_in_a_thread(lambda: _probe_prepack(dtype), False))
-
-
-def _probe_prepack(dtype: torch.dtype) -> bool:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 16, 9, 9, generator=g).to(dtype).to(memory_format=torch.channels_last)
-    weight = torch.randn(8, 16, 3, 3, generator=g).to(dtype)
-    bias = torch.randn(8, generator=g).to(dtype)
-    geometry = ([1, 1], [2, 2], [1, 1], 1)
-    try:
-        with torch.no_grad():
-            packed = _mkldnn_ops._reorder_convolution_weight(weight, *geometry, list(x.shape))
-            want = _mkldnn_ops._convolution_pointwise(x, weight, bias, *geometry, 'none', [],
-                                                      None)
-            got = _mkldnn_ops._convolution_pointwise(x, packed, bias, *geometry, 'none', [],
-                                                     None)
-            acc = torch.randn(want.shape, generator=g).to(dtype)
-            into_want, into_got = acc.clone(), acc.clone()
-            _mkldnn_ops._convolution_pointwise_.binary(into_want, x, weight, bias, *geometry,
-                                                       'add', 1.0, None, [], None)
-            _mkldnn_ops._convolution_pointwise_.binary(into_got, x, packed, bias, *geometry,
-                                                       'add', 1.0, None, [], None)
-    except Exception:  # noqa: BLE001 - missing op, changed signature: all mean no
-        return False
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else \
-        dict(rtol=2e-2, atol=2e-2 * float(want.abs().max()))
-    return torch.allclose(got.float(), want.float(), **tol) \
-        and torch.allclose(into_got.float(), into_want.float(), **tol)
 
 
 def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -206,7 +141,7 @@ class FoldedConv(nn.Module):
     """A conv with its BN folded in (weight and bias as buffers, in the compute dtype),
     optionally followed by an in-place ReLU (which keeps NaN)."""
 
-    def __init__(self, conv: nn.Conv2d, norm: nn.Module | None, act: bool,
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module, act: bool,
                  dtype: torch.dtype) -> None:
         super().__init__()
         weight, bias = fold_then_cast(conv, norm, dtype)
@@ -228,7 +163,7 @@ class FoldedConv(nn.Module):
         if cached is None or cached[0] != key:
             packed = _mkldnn_ops._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups,
-                list(x.shape)) if _prepack_ok(x.dtype) else self.weight
+                list(x.shape))
             cached = self.__dict__['_packed_weight'] = (key, packed)
         return cached[1]
 
