@@ -2,10 +2,8 @@
 # Both run the idempotent setup first; it takes seconds when nothing changed.
 PY := .venv/bin/python
 
-# PYTHON (the interpreter for a new venv, `PYTHON=/path/to/python3.13 make test`) is for
-# setup only. Exported to every recipe it also reached the suite's subprocesses, where
-# tools/dist_train.sh runs $$PYTHON (a bare interpreter, no torch) instead of .venv's:
-# the README walk failed under `PYTHON=... make test` (2026-11-30, Python 3.13 row).
+# PYTHON picks a new venv's interpreter, for setup only: exported, tools/dist_train.sh in the
+# suite would run it instead of .venv's (why: docs/versions.md, "Notes behind the Makefile").
 unexport PYTHON
 
 .PHONY: setup demo test doctor lint
@@ -15,10 +13,8 @@ setup:
 demo: setup
 	@$(PY) tools/demo.py
 
-# Two processes, one test file each at a time (module fixtures and a file's own order
-# kept); on a 2-core machine the suite's subprocess-heavy end-to-end runs overlap.
-# --no-loadscope-reorder: files go out in tests/conftest.py's longest-first order (xdist
-# would sort them by test count, and the 2-test README walk ran alone at the end).
+# Two processes, one test file each at a time; --no-loadscope-reorder keeps
+# tests/conftest.py's longest-first file order (why: docs/versions.md).
 test: setup
 	@$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
@@ -38,18 +34,16 @@ setup-latest:
 test-latest: setup-latest
 	@$(PY) -m pytest
 
-# make test-matrix: every row of the README's tested version matrix, one after another,
-# each set up in its own venv (build/matrix/<row>/venv), then tested; one summary line per
+# make test-matrix: every row of the tested version matrix (docs/versions.md), one after
+# another, each set up in its own venv (build/matrix/<row>/venv), then tested; one summary line per
 # row at the end (setup and test logs in build/matrix/<row>/). A row is pyX.Y.Z[:STACK],
 # or pyX.Y.Z:compiled for MMCV_OPS=compiled (mmcv built with its own ops; its wheel comes
 # from the per-torch wheel cache when one was built before). The
 # interpreters are pyenv's ($(PYENV_ROOT)/versions/X.Y.Z/bin/pythonX.Y). Choose rows or
 # the suite with MATRIX=... and MATRIX_PYTEST=..., e.g.
 #   make test-matrix MATRIX="py3.12.1 py3.11.7:onedl" MATRIX_PYTEST="-m 'not integration' -q"
-# A cold row downloads about 2.7 GB (2-4 min here); a cold compiled row builds mmcv
-# (13-70 min on 2 cores); the full suite takes 12-30 min a row.
-# On machines whose pip.conf caps torch (these build machines), the latest row needs
-# PIP_CONFIG_FILE=/dev/null.
+# On machines whose pip.conf caps torch, the latest row needs PIP_CONFIG_FILE=/dev/null.
+# Measured times per row: docs/versions.md.
 MATRIX ?= py3.10.13 py3.11.7 py3.12.1 py3.13.0 py3.11.7:latest py3.11.7:onedl py3.11.7:compiled
 MATRIX_PYTEST ?= -q -p no:cacheprovider
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)

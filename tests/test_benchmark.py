@@ -215,7 +215,7 @@ def test_table_marks_cells_that_do_not_apply_with_a_dash():
 
 
 def test_depth_200_runs_ours_and_skips_the_peers_that_lack_it():
-    """README lists depths 18-200: at 200 mmdet's ResNet and torchvision have no such
+    """docs/speed.md lists depths 18-200: at 200 mmdet's ResNet and torchvision have no such
     model, so those peers are skipped with a one-line note and ours run alone."""
     keep, skipped = split_by_depth(200, DEFAULT_MODELS)
     assert keep == ('ours-ref', 'ours-fast', 'ours-snap', 'ours-compiled', 'ours-snap-compiled')

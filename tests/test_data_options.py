@@ -199,7 +199,7 @@ def test_own_data_flags_point_every_split_and_evaluator(tmp_path):
 
 
 def test_readme_onnx_input_is_rgb_normalised_with_the_configs_mean_std():
-    """What the README says the exported ONNX expects: the image as RGB, (x - mean) / std
+    """What docs/export.md says the exported ONNX expects: the image as RGB, (x - mean) / std
     with the config's data_preprocessor values (the detector flips mmcv's BGR load)."""
     import numpy as np
     import torch

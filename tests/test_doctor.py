@@ -169,7 +169,7 @@ def test_doctor_mmcv_build_record(tmp_path, monkeypatch):
 
 
 def test_doctor_names_the_matrix_row(tmp_path):
-    """The row of the README's tested version matrix: Python X.Y + the matching stack."""
+    """The row of the tested version matrix (docs/versions.md): Python X.Y + the stack."""
     installed = doctor._installed_versions()  # works on the upstream and the onedl venv
     pins = {n: installed[n] for n in doctor.STACK_PINS}
     (tmp_path / 'constraints.txt').write_text(

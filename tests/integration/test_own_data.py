@@ -1,4 +1,4 @@
-"""Bring your own data (issue 21, finding 16): the README's section, end to end.
+"""Bring your own data: the README's commands and docs/training.md's section, end to end.
 
 A small COCO-format set laid out unlike ours (images in ``pics/``, annotations in
 ``labels/train.json`` and ``labels/val.json``) with class names of its own ('blob',
