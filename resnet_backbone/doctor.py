@@ -294,5 +294,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    from resnet_backbone.cli import run_tool  # stdlib only, like this module
+    from resnet_backbone.tools.runner import run_tool  # stdlib only, like this module
     sys.exit(run_tool('python -m resnet_backbone.doctor', main))

@@ -1,8 +1,9 @@
 """The error the library raises for a user's mistake: its message is the one line to read.
 
-Library code (``apis``, ``io``, ``engine``) raises it; the command-line layer
-(:mod:`resnet_backbone.cli`) prints its message without a traceback. It lives here, below
-both, so that the library does not import the command line.
+Library code (``apis``, ``io``, ``engine``) raises it, and so do the tools; the tools'
+runner (:func:`resnet_backbone.tools.runner.run_tool`) prints its message without a
+traceback. It lives here, below both, so that the library does not import the command
+line.
 
 Example:
     >>> str(ToolError('--input: no such folder: /nonexistent; pass an existing folder'))

@@ -26,8 +26,9 @@ from resnet_backbone.apis.benchmark import (
     split_by_depth,
     table,
 )
-from resnet_backbone.cli import ToolError, run_tool
+from resnet_backbone.errors import ToolError
 from resnet_backbone.models.compiled import cpu_compiler
+from resnet_backbone.tools.runner import run_tool
 
 #: torch.compile builds CPU kernels with a C++ compiler; the default install needs none
 NEEDS_CXX = pytest.mark.skipif(cpu_compiler() is None, reason='no C++ compiler on PATH: '

@@ -1,4 +1,4 @@
-"""resnet_backbone.cli: how every tool ends (one line, exit codes, --debug)."""
+"""resnet_backbone.tools.runner: how every tool ends (one line, exit codes, --debug)."""
 from __future__ import annotations
 
 import io
@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from resnet_backbone.cli import DEBUG_ENV, one_line, run_tool
+from resnet_backbone.tools.runner import DEBUG_ENV, one_line, run_tool
 
 
 def _fail(exc):
@@ -58,3 +58,25 @@ def test_torch_weights_only_advice_is_never_passed_on():
     line = one_line(e.value)
     assert 'weights_only' not in line and '\n' not in line
     assert 'Custom' in line and 'state_dict' in line
+
+
+def test_the_runner_imports_only_the_standard_library():
+    """The doctor ends through :func:`run_tool` and must run when torch or mmcv is broken:
+    the tools package's ``__init__``, its runner and the error class they use import
+    nothing but the standard library."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import resnet_backbone.tools.runner as runner
+    pkg = Path(runner.__file__).resolve().parents[1]
+    found = []
+    for path in (pkg / 'tools' / '__init__.py', pkg / 'tools' / 'runner.py', pkg / 'errors.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found.append(('.' * node.level) + (node.module or ''))
+            elif isinstance(node, ast.Import):
+                found += [a.name for a in node.names]
+    allowed = set(sys.stdlib_module_names) | {'__future__'}
+    assert [m for m in found if m != '..errors' and m.split('.')[0] not in allowed] == []
+    assert '..errors' in found  # the runner's one import of our own: a leaf

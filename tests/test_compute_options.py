@@ -18,7 +18,7 @@ from PIL import Image
 from resnet_backbone import ResNetV1Custom
 from resnet_backbone.apis.dump import dump_features, read_meta
 from resnet_backbone.apis.features import FeatureExtractor
-from resnet_backbone.cli import ToolError
+from resnet_backbone.errors import ToolError
 from resnet_backbone.models.compiled import (
     CompiledInference,
     cpu_compiler,

@@ -15,8 +15,8 @@ import resnet_backbone.apis.rois as rois
 import resnet_backbone.tools.dump_features as tool
 from resnet_backbone.apis.dump import collect_images, load_levels, output_path
 from resnet_backbone.apis.rois import coco_boxes, load_box_file, lookup
-from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
+from resnet_backbone.errors import ToolError
 
 SHAPES = str(Path(__file__).resolve().parents[1] / 'configs/shapes/retinanet_r18_fpn_shapes.py')
 

@@ -21,8 +21,8 @@ from resnet_backbone.apis.features import (
     extract,
     unpad_to_original,
 )
-from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
+from resnet_backbone.errors import ToolError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / 'configs/shapes/retinanet_r18_fpn_shapes.py')

@@ -190,11 +190,9 @@ def test_whole_pickled_model_is_one_line(name, flags, tmp_path, capsys, monkeypa
 
 # ---------------------------------------------------------------- finding 8
 def _module(path: Path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(path.stem + '_tool', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module that ``tools/<name>.py`` runs (``resnet_backbone.tools.<name>``)."""
+    import importlib
+    return importlib.import_module(f'resnet_backbone.tools.{path.stem}')
 
 
 def test_export_infers_the_depth_from_the_checkpoint(tmp_path, capsys, monkeypatch):

@@ -17,10 +17,13 @@ installed command      file in a checkout           module
 ``rb-doctor``          (none)                       ``python -m resnet_backbone.doctor``
 =====================  ===========================  ==========================================
 
-The files under ``tools/`` only re-export their module (so ``python tools/train.py CONFIG``
-works as mmdet users expect); the commands are ``[project.scripts]`` in pyproject.toml.
+Each file under ``tools/`` is one ``runpy`` call that runs its module as ``python -m``
+would (so ``python tools/train.py CONFIG`` works as mmdet users expect); the commands are
+``[project.scripts]`` in pyproject.toml. Every tool ends through
+:func:`~resnet_backbone.tools.runner.run_tool` (one line on error, exit 130 on Ctrl-C).
 This package sits on top: it may import everything else in ``resnet_backbone``, and
-nothing in the library imports it.
+nothing in the library imports it (the doctor imports the runner). This ``__init__`` and
+the runner import only the standard library: the doctor must run when torch is broken.
 """
 from __future__ import annotations
 

@@ -56,9 +56,10 @@ from ..apis.benchmark import (
     tune_malloc,
 )
 from ..apis.benchmark import run as run_benchmark
-from ..cli import ToolError, run_tool
+from ..errors import ToolError
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
+from .runner import run_tool
 
 MODES = ('eval', 'train')
 #: the smallest input that leaves C5 (stride 32) at least one pixel

@@ -40,10 +40,11 @@ from PIL import Image
 
 from ..apis.dump import DTYPES, collect_images, dump_features
 from ..apis.features import FeatureExtractor
-from ..cli import ToolError, run_tool
 from ..engine.training import setup_environment
+from ..errors import ToolError
 from ..models.inference import COMPUTE_DTYPES
 from . import prog
+from .runner import run_tool
 
 DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'
 BIG_LEVELS = 'c2,c3,c4,c5,p3,p4,p5,p6,p7'

@@ -18,8 +18,8 @@ import argparse
 
 from ..apis.dump_compare import RESULT_FILE, compare_dumps, format_table
 from ..apis.dump_report import write_report
-from ..cli import run_tool
 from . import prog
+from .runner import run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import ToolError, run_tool
+from ..errors import ToolError
 from ..io.fileio import atomic_path
 from ..io.weights import (
     SOURCES,
@@ -42,6 +42,7 @@ from ..io.weights import (
 from ..models.resnet import backbone_for_checkpoint
 from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES
 from . import prog
+from .runner import run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:

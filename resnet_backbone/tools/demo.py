@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from ..apis.visualize import prediction_sheet
-from ..cli import ToolError, run_tool
 from ..data.shapes import generate
 from ..engine.training import (
     apply_train_options,
@@ -34,8 +33,10 @@ from ..engine.training import (
     set_max_iters,
     setup_environment,
 )
+from ..errors import ToolError
 from ..io.checkpoint_io import resumable_checkpoints
 from . import prog
+from .runner import run_tool
 
 #: the checkout this package runs from (an editable install): configs/, data/, work_dirs/
 ROOT = Path(__file__).resolve().parents[2]

@@ -65,11 +65,12 @@ from ..apis.dump_report import report_only, write_report
 from ..apis.dump_store import build_index, check_format_dtype
 from ..apis.features import FeatureExtractor, file_digest
 from ..apis.rois import CocoFile, coco_boxes, load_box_file, read_coco, unmatched_line
-from ..cli import ToolError, run_tool
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import check_launcher, load_config, setup_environment
+from ..errors import ToolError
 from ..models.inference import COMPUTE_DTYPES
 from . import prog
+from .runner import run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:

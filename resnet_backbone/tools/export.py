@@ -33,11 +33,11 @@ import torch
 
 from ..apis import export as export_lib
 from ..apis.export import build_export_model
-from ..cli import run_tool
 from ..engine.training import setup_environment
 from ..io.fileio import atomic_path
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
+from .runner import run_tool
 
 FORMATS = ('onnx', 'torchscript')
 

@@ -36,7 +36,6 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import DefaultScope
 
 from ..apis.features import CheckpointMismatchError, load_detector_checkpoint
-from ..cli import run_tool
 from ..engine.distributed import process_group_closed
 from ..engine.training import (
     add_data_arguments,
@@ -50,6 +49,7 @@ from ..engine.training import (
 from ..models.compiled import CompiledInference
 from ..models.inference import COMPUTE_DTYPES, inference_model
 from . import prog
+from .runner import run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from ..cli import run_tool
 from ..engine.distributed import process_group_closed
 from ..engine.training import (
     add_data_arguments,
@@ -43,6 +42,7 @@ from ..engine.training import (
     setup_environment,
 )
 from . import prog
+from .runner import run_tool
 
 
 def positive_int(text: str) -> int:

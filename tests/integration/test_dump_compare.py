@@ -16,9 +16,10 @@ from resnet_backbone.apis.dump import collect_images, dump_features, output_path
 from resnet_backbone.apis.dump_compare import compare_dumps, compare_maps, format_table
 from resnet_backbone.apis.dump_store import load_levels, save_levels
 from resnet_backbone.apis.features import FeatureExtractor
-from resnet_backbone.cli import ToolError, run_tool
 from resnet_backbone.data.shapes import generate
+from resnet_backbone.errors import ToolError
 from resnet_backbone.tools import compare_dumps as tool
+from resnet_backbone.tools.runner import run_tool
 
 from .conftest import CONFIG, ROOT
 

@@ -17,10 +17,11 @@ import resnet_backbone.apis.dump as dump
 from resnet_backbone.apis.dump import collect_images, dump_features, load_levels, output_path
 from resnet_backbone.apis.dump_store import Manifest, manifest_path, read_manifests, record
 from resnet_backbone.apis.features import FeatureExtractor
-from resnet_backbone.cli import ToolError
 from resnet_backbone.engine.training import load_config
+from resnet_backbone.errors import ToolError
 
 from .conftest import CONFIG, ROOT
+from .fault_injection.sitecustomize import KILL_ENV, fault_env
 from .test_distributed import _free_port
 
 LEVELS = ['c2', 'c5', 'p3']
@@ -134,7 +135,7 @@ def test_torchrun_two_ranks_then_a_killed_rank_and_a_rerun(tmp_path):
     assert sorted(e['image'] for e in index['images']) == sorted(str(i) for i in images)
 
     killed = tmp_path / 'killed'
-    r = _dist(killed, tmp_path / 'in', 2, {dump.KILL_AFTER_ENV: '1:2'})
+    r = _dist(killed, tmp_path / 'in', 2, fault_env(os.environ, **{KILL_ENV: '1:2'}))
     assert r.returncode != 0
     before = {p.name: p.stat().st_mtime_ns for p in killed.glob('*.safetensors')}
     rank1 = [i for k, i in enumerate(images) if k % 2 == 1]

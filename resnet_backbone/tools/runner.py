@@ -1,12 +1,13 @@
 """How our command-line tools end: one line on error, exit 130 on Ctrl-C.
 
-Every ``tools/*.py`` runs its ``main`` through :func:`run_tool`. A failure prints one
-line ``<tool>: error: <what is wrong and the fix>`` and exits 1; Ctrl-C prints one line
-``<tool>: interrupted ...`` (with the tool's resume hint) and exits 130. The full
-traceback is printed when ``--debug`` is on the command line or the environment sets
-``RESNET_BACKBONE_DEBUG=1``.
+Every tool (``resnet_backbone/tools/*.py``, the ``rb-*`` commands) runs its ``main``
+through :func:`run_tool`. A failure prints one line ``<tool>: error: <what is wrong and
+the fix>`` and exits 1; Ctrl-C prints one line ``<tool>: interrupted ...`` (with the
+tool's resume hint) and exits 130. The full traceback is printed when ``--debug`` is on
+the command line or the environment sets ``RESNET_BACKBONE_DEBUG=1``.
 
-This module imports only the standard library: the doctor uses it too, and must work
+This module, like this package's ``__init__``, imports only the standard library (and
+:mod:`resnet_backbone.errors`, which does too): the doctor uses it, and must work
 whatever else is broken.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import ToolError  # the tools import it from here too
+from ..errors import ToolError
 
 DEBUG_ENV = 'RESNET_BACKBONE_DEBUG'
 
