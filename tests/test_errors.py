@@ -11,7 +11,8 @@ import resnet_backbone.apis.export as export_lib
 from resnet_backbone import ResNetV1cCustom, ResNetV1Custom, ResNetV1dCustom
 from resnet_backbone.registry import check_backbone_kwargs
 
-BAD = [
+#: every bad constructor argument, with the one line it raises
+BAD_CONSTRUCTOR = [
     (dict(depth=42), ValueError, r"^depth=42 is not supported; allowed values: 18, 34, 50, "
                                  r"101, 152, 200$"),
     (dict(depth=18, stem_type='wide'), ValueError,
@@ -50,11 +51,28 @@ BAD = [
                                   position='after_conv4')]),
      ValueError, r"^plugin position='after_conv4' is not supported; allowed values: "
                  r"after_conv1, after_conv2, after_conv3$"),
+    # mmcv said "Cannot find None in registry" (its lookup result, not the name)
+    (dict(depth=18, norm_cfg=dict(type='Nope')), ValueError,
+     r"^norm_cfg type='Nope' is not a registered norm layer; allowed values: 'BN', "
+     r"'FrozenBN', 'GN', 'SyncBN', .*'LN'"),
+    # mmcv: a bare assert
+    (dict(depth=18, norm_cfg=dict(type='GN')), ValueError,
+     r"^norm_cfg type='GN' needs num_groups, e\.g\. dict\(type='GN', num_groups=32"),
+    # mmdet (and before: this backbone) built no DCN at all, silently
+    (dict(depth=50, dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False)),
+     ValueError, r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no "
+                 r"stage, so no DCN would be built; set stage_with_dcn, e\.g\. "
+                 r"stage_with_dcn=\(False, True, True, True\), or drop dcn$"),
+    (dict(depth=101, dcn=dict(type='DCNv2'), stage_with_dcn=(False,) * 4), ValueError,
+     r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no stage"),
+    (dict(depth=34, dcn=dict(type='DCN')), ValueError,
+     r"^dcn is only supported by Bottleneck blocks \(depth >= 50\); got dcn with depth=34$"),
 ]
 
 
-@pytest.mark.parametrize('kwargs,exc,pattern', BAD, ids=[str(b[0])[:60] for b in BAD])
-def test_constructor_errors(kwargs, exc, pattern):
+@pytest.mark.parametrize('kwargs,exc,pattern', BAD_CONSTRUCTOR,
+                         ids=[str(b[0])[:60] for b in BAD_CONSTRUCTOR])
+def test_constructor_errors_name_the_argument_and_the_fix(kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern) as info:
         ResNetV1Custom(**kwargs)
     assert '\n' not in str(info.value)
@@ -82,35 +100,6 @@ def test_forward_levels_level_error():
     with pytest.raises(ValueError, match=r"^levels \['c5'\] are not available; allowed "
                                          r"values: 'c1', 'c2', 'c3', 'c4'$"):
         model.forward_levels(torch.rand(1, 3, 32, 32), levels=['c2', 'c5'])
-
-
-# ---------------------------------------------------------------- constructor arguments
-BAD_CONSTRUCTOR = [
-    # mmcv said "Cannot find None in registry" (its lookup result, not the name)
-    (dict(depth=18, norm_cfg=dict(type='Nope')), ValueError,
-     r"^norm_cfg type='Nope' is not a registered norm layer; allowed values: 'BN', "
-     r"'FrozenBN', 'GN', 'SyncBN', .*'LN'"),
-    # mmcv: a bare assert
-    (dict(depth=18, norm_cfg=dict(type='GN')), ValueError,
-     r"^norm_cfg type='GN' needs num_groups, e\.g\. dict\(type='GN', num_groups=32"),
-    # mmdet (and before: this backbone) built no DCN at all, silently
-    (dict(depth=50, dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False)),
-     ValueError, r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no "
-                 r"stage, so no DCN would be built; set stage_with_dcn, e\.g\. "
-                 r"stage_with_dcn=\(False, True, True, True\), or drop dcn$"),
-    (dict(depth=101, dcn=dict(type='DCNv2'), stage_with_dcn=(False,) * 4), ValueError,
-     r"^dcn is set but stage_with_dcn=\(False, False, False, False\) selects no stage"),
-    (dict(depth=34, dcn=dict(type='DCN')), ValueError,
-     r"^dcn is only supported by Bottleneck blocks \(depth >= 50\); got dcn with depth=34$"),
-]
-
-
-@pytest.mark.parametrize('kwargs,exc,pattern', BAD_CONSTRUCTOR,
-                         ids=[str(b[0])[:60] for b in BAD_CONSTRUCTOR])
-def test_constructor_errors_name_the_argument_and_the_fix(kwargs, exc, pattern):
-    with pytest.raises(exc, match=pattern) as info:
-        ResNetV1Custom(**kwargs)
-    assert '\n' not in str(info.value)
 
 
 def test_registered_norm_types_still_build():

@@ -48,35 +48,55 @@ def features(model):
         return model.forward_levels(X, levels=LEVELS)
 
 
-@pytest.mark.parametrize('depth', [18, 50, 101])
-def test_torchvision(depth):
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+def test_torchvision_weights_give_equal_features(depth):
+    """torchvision weights, their dialect detected or named: depth read off the keys, fc
+    dropped, a strict load with 100% coverage into the implied model and into a plain
+    ResNetV1Custom(depth=...), and C1..C5 and forward()'s outputs bitwise torchvision's."""
     tv = randomize_(getattr(torchvision.models, f'resnet{depth}')(weights=None)).eval()
-    model, conv = ours_from(tv.state_dict())
+    sd = tv.state_dict()
+    model, conv = ours_from(sd)  # dialect detected, the model its keys imply
     assert conv.source == 'torchvision' and conv.implied['depth'] == depth
     assert conv.dropped == ['fc.weight', 'fc.bias']
+    ours = ResNetV1Custom(depth=depth, fast=False).eval()  # what a config builds
+    missing, unexpected = ours.load_state_dict(convert(sd, source='torchvision').state_dict,
+                                               strict=True)
+    assert not missing and not unexpected
+    assert {k for k in sd if not k.startswith('fc.')} == set(ours.state_dict())
     ref = create_feature_extractor(tv, {'relu': 'c1', 'layer1': 'c2', 'layer2': 'c3',
                                         'layer3': 'c4', 'layer4': 'c5'})
     with torch.no_grad():
         expected = ref(X)
-    for name, t in features(model).items():
-        assert torch.equal(t, expected[name]), name
+        outs = ours(X)
+    for m in (model, ours):
+        for name, t in features(m).items():
+            assert torch.equal(t, expected[name]), name
+    for o, name in zip(outs, ['c2', 'c3', 'c4', 'c5']):
+        assert torch.equal(o, expected[name]), name
 
 
 @pytest.mark.parametrize('name,implied', [
     ('resnet50', dict(stem_type='classic', avg_down=False)),
     ('resnet50d', dict(stem_type='deep', avg_down=True)),
 ])
-def test_timm(name, implied):
+def test_timm_weights_give_equal_features(name, implied):
+    """timm weights, their dialect detected or named: stem and avg_down read off the keys,
+    a strict load into the implied model and into a plain ResNetV1Custom(depth=50, ...),
+    and C1..C5 bitwise those of timm's features_only model."""
     tm = randomize_(timm.create_model(name, pretrained=False)).eval()
     model, conv = ours_from(tm.state_dict())
     assert conv.source in ('timm', 'torchvision')  # resnet50's keys are torchvision's
     assert {k: conv.implied[k] for k in implied} == implied
+    ours = ResNetV1Custom(depth=50, fast=False, **implied).eval()  # what a config builds
+    ours.load_state_dict(convert(tm.state_dict(), source='timm').state_dict, strict=True)
     fe = timm.create_model(name, pretrained=False, features_only=True).eval()
     fe.load_state_dict({k: v for k, v in tm.state_dict().items() if not k.startswith('fc.')})
     with torch.no_grad():
-        expected = fe(X)
-    for t, ref in zip(features(model).values(), expected):
-        assert torch.equal(t, ref)
+        expected = fe(X)  # [act1 (stride 2), layer1..layer4]
+    assert [f.shape[-1] for f in expected] == [32, 16, 8, 4, 2]
+    for m in (model, ours):
+        for t, ref in zip(features(m).values(), expected):
+            assert torch.equal(t, ref)
 
 
 def to_detectron2(sd):
