@@ -1,6 +1,8 @@
 """The vocabulary every layer shares: the architecture table, stem types, styles,
-output shapes, the one choice check (:func:`check_choice`, :func:`choice_error`) and
-the one "not a tensor" message (:func:`not_a_tensor_error`).
+output shapes, the one choice check (:func:`check_choice`, :func:`choice_error`), the
+backbones' argument checks (:func:`positive_int`, :func:`check_bool`, :func:`per_stage`,
+:func:`check_out_indices`, ...) and the one "not a tensor" message
+(:func:`not_a_tensor_error`).
 
 A leaf: it imports only the standard library, so the weight converters
 (:mod:`resnet_backbone.io`) and the network (:mod:`resnet_backbone.models`) can both use
@@ -17,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-#: depth -> (block kind, blocks per stage). The one source of truth for the layouts;
-#: ``models.resnet.ARCH_SETTINGS`` maps the kinds onto the block classes.
+#: depth -> (block kind, blocks per stage). The one source of truth for the layouts:
+#: ``models.resnet.ARCH_SETTINGS`` maps the kinds onto the block classes, ResNeXt and
+#: ResNet v2 take the bottleneck depths' counts.
 ARCH_LAYOUT: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ('basic', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
@@ -174,3 +177,175 @@ def not_a_tensor_error(name: str, value: object, shape: str = '(N, C, H, W)') ->
     else:
         fix = f'torch.as_tensor({name})'
     return TypeError(f'{name} must be a torch.Tensor {shape}, got {got}; convert it with {fix}')
+
+
+# ---------------------------------------------------------------- argument checks
+# One-line errors, each naming the argument, what is wrong with it and what it takes.
+# ``bool`` is an int to Python; where a count or an index is meant, True is refused.
+
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool``.
+
+    Example:
+        >>> is_int(3), is_int(True), is_int(3.0)
+        (True, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value: object, *, optional: bool = False) -> int | None:
+    """``value`` if it is an int >= 1 (or None where ``optional``), else a one-line error.
+
+    Raises:
+        ValueError: ``'<name> must be a positive int; got <value!r>'``.
+
+    Example:
+        >>> positive_int('base_channels', 64)
+        64
+        >>> positive_int('in_channels', True)
+        Traceback (most recent call last):
+        ...
+        ValueError: in_channels must be a positive int; got True
+    """
+    if (optional and value is None) or (is_int(value) and value >= 1):
+        return value
+    or_none = ' or None' if optional else ''
+    raise ValueError(f'{name} must be a positive int{or_none}; got {value!r}')
+
+
+def check_bool(name: str, value: object, *, optional: bool = False) -> bool | None:
+    """``value`` if it is True or False (or None where ``optional``), else a one-line error.
+
+    Raises:
+        TypeError: ``'<name> must be True or False; got <value!r>'``.
+
+    Example:
+        >>> check_bool('conv_bias', None, optional=True) is None
+        True
+        >>> check_bool('norm_eval', 'yes')
+        Traceback (most recent call last):
+        ...
+        TypeError: norm_eval must be True or False; got 'yes'
+    """
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    allowed_values = 'True, False or None' if optional else 'True or False'
+    raise TypeError(f'{name} must be {allowed_values}; got {value!r}')
+
+
+def check_rate(name: str, value: object) -> float:
+    """``value`` as a float if it is a number in [0, 1), else a one-line error.
+
+    Example:
+        >>> check_rate('drop_path_rate', 0)
+        0.0
+    """
+    if is_int(value) or isinstance(value, float):
+        if 0.0 <= value < 1.0:
+            return float(value)
+    raise ValueError(f'{name} must be a float in [0, 1); got {value!r}')
+
+
+def per_stage(name: str, value: object, num_stages: int, kind: type, *,
+              default: Sequence | None = None, broadcast: bool = False) -> tuple:
+    """One entry per stage: positive ints (``kind=int``: strides, dilations) or bools
+    (``kind=bool``: with_cp, stage_with_dcn), as a tuple.
+
+    Args:
+        name: the argument.
+        value: what was given; None takes ``default``.
+        num_stages: how many entries it needs.
+        kind: ``int`` or ``bool``.
+        default: the value for None.
+        broadcast: a single ``kind`` value counts for every stage (``with_cp=True``).
+
+    Raises:
+        TypeError: not a sequence, or (bools) an entry that is no bool.
+        ValueError: the wrong length, or (ints) an entry that is no positive int.
+
+    Example:
+        >>> per_stage('with_cp', True, 2, bool, broadcast=True)
+        (True, True)
+        >>> per_stage('strides', (1, 2), 3, int)
+        Traceback (most recent call last):
+        ...
+        ValueError: strides must have one entry per stage: num_stages=3 but len(strides)=2 ((1, 2))
+    """
+    if value is None and default is not None:
+        value = default
+    if broadcast and isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return (value,) * num_stages
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        single = f' or one {kind.__name__} for all' if broadcast else ''
+        raise TypeError(f'{name} must be a sequence of {num_stages} {kind.__name__}s '
+                        f'(one per stage){single}; got {value!r}')
+    if len(value) != num_stages:
+        raise ValueError(f'{name} must have one entry per stage: num_stages={num_stages} '
+                         f'but len({name})={len(value)} ({tuple(value)!r})')
+    if kind is int and not all(is_int(v) and v >= 1 for v in value):
+        raise ValueError(f'{name} must hold positive ints; got {tuple(value)!r}')
+    if kind is bool and not all(isinstance(v, bool) for v in value):
+        raise TypeError(f'{name} must hold bools (True or False); got {tuple(value)!r}')
+    return tuple(value)
+
+
+def check_out_indices(out_indices: object, num_stages: int) -> tuple[int, ...]:
+    """``out_indices`` as a tuple if it is a non-empty, sorted, unique sequence of stage
+    indices in ``0..num_stages - 1``, else a one-line error.
+
+    Raises:
+        TypeError: not a non-empty sequence (an int: ``3`` for ``(3,)``).
+        ValueError: an index out of range (or no int), or unsorted or repeated indices.
+
+    Example:
+        >>> check_out_indices([1, 3], 4)
+        (1, 3)
+        >>> check_out_indices((2, 1), 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: out_indices=(2, 1) must be sorted and unique, e.g. (1, 2)
+    """
+    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence) \
+            or not out_indices:
+        example = (out_indices,) if is_int(out_indices) else tuple(range(num_stages))
+        raise TypeError(f'out_indices must be a non-empty sequence of stage indices '
+                        f'in 0..{num_stages - 1}, e.g. {example!r}; got {out_indices!r}')
+    out_indices = tuple(out_indices)
+    if not all(is_int(i) and 0 <= i < num_stages for i in out_indices):
+        raise choice_error(f'out_indices={out_indices!r} out of range', range(num_stages),
+                           f' (num_stages={num_stages})')
+    if list(out_indices) != sorted(set(out_indices)):
+        raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
+                         f'{tuple(sorted(set(out_indices)))!r}')
+    return out_indices
+
+
+def check_frozen_stages(frozen_stages: object, num_stages: int) -> int:
+    """``frozen_stages`` if it is an int in ``-1..num_stages``, else a one-line error.
+
+    Example:
+        >>> check_frozen_stages(5, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: frozen_stages=5 is out of range; allowed values: -1..4 (num_stages=4)
+    """
+    if not (is_int(frozen_stages) and -1 <= frozen_stages <= num_stages):
+        raise choice_error(f'frozen_stages={frozen_stages!r} is out of range',
+                           f'-1..{num_stages}', f' (num_stages={num_stages})')
+    return frozen_stages
+
+
+def resolve_stem_type(stem_type: str | None, deep_stem: bool) -> str:
+    """The stem layout from ``stem_type`` and mmdet's alias ``deep_stem``.
+
+    Example:
+        >>> resolve_stem_type(None, True), resolve_stem_type('small', False)
+        ('deep', 'small')
+    """
+    if stem_type is None:
+        return 'deep' if deep_stem else 'classic'
+    check_choice('stem_type', stem_type, STEM_TYPES)
+    if deep_stem and stem_type != 'deep':
+        raise ValueError(f"deep_stem=True conflicts with stem_type={stem_type!r}; "
+                         "use stem_type='deep' (deep_stem is its alias) or drop deep_stem")
+    return stem_type

@@ -8,32 +8,27 @@ fixes what mmdet gets subtly wrong (see README, "Differences from mmdet").
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from torch import nn
 
 from ..io import weights
 from ..spec import (
     ARCH_LAYOUT,
-    STEM_TYPES,
     STYLES,
-    ShapeSpec,
+    check_bool,
     check_choice,
     choice_error,
-    not_a_tensor_error,
+    per_stage,
     resolve_levels,
+    resolve_stem_type,
 )
 from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .contract import BackboneContract
 from .fast import conv_norm, sequential_conv_norm
 from .inference import for_inference
-from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
 from .resnet_v2 import ResNetV2Custom
 from .stages import ResLayer
 from .stem import build_stem, module_stride
@@ -45,28 +40,27 @@ ARCH_SETTINGS: dict[int, tuple[type[ResBlock], tuple[int, int, int, int]]] = {
     depth: (BLOCKS[kind], counts) for depth, (kind, counts) in ARCH_LAYOUT.items()}
 
 
-#: dtype -> the Tensor/Module method that converts to it (for the dtype-mismatch error)
-_CAST = {torch.float16: 'half', torch.bfloat16: 'bfloat16', torch.float32: 'float',
-         torch.float64: 'double'}
+def _check_dcn_and_plugins(dcn: dict | None, stage_with_dcn: tuple[bool, ...],
+                           plugins: list[dict] | None, block: type[ResBlock], depth: int,
+                           num_stages: int) -> None:
+    """One line where ``dcn`` or ``plugins`` cannot apply as given."""
+    if dcn is not None and issubclass(block, BasicBlock):
+        raise ValueError(f'dcn is only supported by Bottleneck blocks (depth >= 50); '
+                         f'got dcn with depth={depth}')
+    if dcn is not None and not any(stage_with_dcn):
+        # mmdet (default stage_with_dcn=(False,)*4) silently builds no DCN here
+        example = tuple(i > 0 or num_stages == 1 for i in range(num_stages))
+        raise ValueError(f'dcn is set but stage_with_dcn={stage_with_dcn!r} selects no '
+                         f'stage, so no DCN would be built; set stage_with_dcn, e.g. '
+                         f'stage_with_dcn={example!r}, or drop dcn')
+    for p in plugins or []:
+        stages = p.get('stages')
+        if stages is not None and len(stages) != num_stages:
+            raise ValueError(f'plugins: stages must have one entry per stage: '
+                             f'num_stages={num_stages} but len(stages)={len(stages)}')
 
 
-def _as_stage_tuple(name: str, value, num_stages: int, kind: type) -> tuple:
-    """Validate a per-stage sequence (strides, dilations, with_cp, ...) of ``num_stages``."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f'{name} must be a sequence of {num_stages} {kind.__name__}s '
-                        f'(one per stage); got {value!r}')
-    if len(value) != num_stages:
-        raise ValueError(f'{name} must have one entry per stage: num_stages={num_stages} '
-                         f'but len({name})={len(value)} ({tuple(value)!r})')
-    if kind is int and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                               for v in value):
-        raise ValueError(f'{name} must hold positive ints; got {tuple(value)!r}')
-    if kind is bool and not all(isinstance(v, bool) for v in value):
-        raise TypeError(f'{name} must hold bools; got {tuple(value)!r}')
-    return tuple(value)
-
-
-class ResNetV1Custom(BackboneContract, BaseModule):
+class ResNetV1Custom(BackboneContract):
     """ResNet backbone for detection, a drop-in for mmdet's ``ResNet``.
 
     Args:
@@ -128,203 +122,66 @@ class ResNetV1Custom(BackboneContract, BaseModule):
 
     arch_settings = ARCH_SETTINGS
 
-    def __init__(self,
-                 depth: int,
-                 *,
-                 in_channels: int = 3,
-                 stem_channels: int | None = None,
-                 base_channels: int = 64,
-                 num_stages: int = 4,
-                 strides: Sequence[int] | None = None,
-                 dilations: Sequence[int] | None = None,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 style: str = 'pytorch',
-                 stem_type: str | None = None,
-                 deep_stem: bool = False,
-                 avg_down: bool = False,
-                 frozen_stages: int = -1,
-                 conv_cfg: dict | None = None,
-                 norm_cfg: dict | None = None,
-                 norm_eval: bool = True,
-                 dcn: dict | None = None,
+    def __init__(self, depth: int, *, in_channels: int = 3, stem_channels: int | None = None,
+                 base_channels: int = 64, num_stages: int = 4,
+                 strides: Sequence[int] | None = None, dilations: Sequence[int] | None = None,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = 'pytorch',
+                 stem_type: str | None = None, deep_stem: bool = False, avg_down: bool = False,
+                 frozen_stages: int = -1, conv_cfg: dict | None = None,
+                 norm_cfg: dict | None = None, norm_eval: bool = True, dcn: dict | None = None,
                  stage_with_dcn: Sequence[bool] | None = None,
-                 plugins: list[dict] | None = None,
-                 with_cp: bool | Sequence[bool] = False,
-                 zero_init_residual: bool = True,
-                 pretrained: str | None = None,
-                 init_cfg: dict | list[dict] | None = None,
-                 fast: bool = True,
+                 plugins: list[dict] | None = None, with_cp: bool | Sequence[bool] = False,
+                 zero_init_residual: bool = True, pretrained: str | None = None,
+                 init_cfg: dict | list[dict] | None = None, fast: bool = True,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(init_cfg)
-        # ---- validation: one-line errors naming the argument and the allowed values
-        arch_settings = self.arch_settings  # a subclass's own table (ResNeXt-style)
-        check_choice('depth', depth, arch_settings)
-        check_choice('num_stages', num_stages, (1, 2, 3, 4))
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'in_channels must be a positive int; got {in_channels!r}')
-        if not isinstance(base_channels, int) or isinstance(base_channels, bool) or \
-                base_channels < 1:
-            raise ValueError(f'base_channels must be a positive int; got {base_channels!r}')
+        # ---- validate: what every backbone takes (set as attributes), then V1's own
+        block_init_cfg = self._init_common(
+            depth, num_stages, in_channels=in_channels, stem_channels=stem_channels,
+            base_channels=base_channels, out_indices=out_indices, frozen_stages=frozen_stages,
+            conv_cfg=conv_cfg, norm_cfg=norm_cfg, norm_eval=norm_eval, with_cp=with_cp,
+            zero_init_residual=zero_init_residual, pretrained=pretrained, init_cfg=init_cfg,
+            drop_path_rate=drop_path_rate)
         check_choice('style', style, STYLES)
-        if stem_type is None:
-            stem_type = 'deep' if deep_stem else 'classic'
-        else:
-            check_choice('stem_type', stem_type, STEM_TYPES)
-        if deep_stem and stem_type != 'deep':
-            raise ValueError(f"deep_stem=True conflicts with stem_type={stem_type!r}; "
-                             "use stem_type='deep' (deep_stem is its alias) or drop deep_stem")
-        strides = _as_stage_tuple('strides', strides if strides is not None
-                                  else (1, 2, 2, 2)[:num_stages], num_stages, int)
-        dilations = _as_stage_tuple('dilations', dilations if dilations is not None
-                                    else (1,) * num_stages, num_stages, int)
-        if isinstance(out_indices, int) or not isinstance(out_indices, Sequence) or \
-                not out_indices:
-            raise TypeError(f'out_indices must be a non-empty sequence of stage indices '
-                            f'in 0..{num_stages - 1}; got {out_indices!r}')
-        out_indices = tuple(out_indices)
-        if any(not isinstance(i, int) or not 0 <= i < num_stages for i in out_indices):
-            raise choice_error(f'out_indices={out_indices!r} out of range', range(num_stages),
-                               f' (num_stages={num_stages})')
-        if list(out_indices) != sorted(set(out_indices)):
-            raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
-                             f'{tuple(sorted(set(out_indices)))!r}')
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
-            raise choice_error(f'frozen_stages={frozen_stages!r} is out of range',
-                               f'-1..{num_stages}', f' (num_stages={num_stages})')
-        if isinstance(with_cp, bool):
-            with_cp = (with_cp,) * num_stages
-        with_cp = _as_stage_tuple('with_cp', with_cp, num_stages, bool)
-        if stage_with_dcn is None:
-            stage_with_dcn = (False,) * num_stages
-        stage_with_dcn = _as_stage_tuple('stage_with_dcn', stage_with_dcn, num_stages, bool)
-        if dcn is not None and issubclass(arch_settings[depth][0], BasicBlock):
-            raise ValueError(f'dcn is only supported by Bottleneck blocks (depth >= 50); '
-                             f'got dcn with depth={depth}')
-        if dcn is not None and not any(stage_with_dcn):
-            # mmdet (default stage_with_dcn=(False,)*4) silently builds no DCN here
-            example = tuple(i > 0 or num_stages == 1 for i in range(num_stages))
-            raise ValueError(f'dcn is set but stage_with_dcn={stage_with_dcn!r} selects no '
-                             f'stage, so no DCN would be built; set stage_with_dcn, e.g. '
-                             f'stage_with_dcn={example!r}, or drop dcn')
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
-                or not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'drop_path_rate must be a float in [0, 1); got {drop_path_rate!r}')
-        if init_cfg and pretrained:
-            raise ValueError('init_cfg and pretrained cannot both be set; use only '
-                             "init_cfg=dict(type='Pretrained', checkpoint=...)")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f'pretrained must be a str (checkpoint path) or None; '
-                            f'got {type(pretrained).__name__}')
-        for p in plugins or []:
-            stages = p.get('stages')
-            if stages is not None and len(stages) != num_stages:
-                raise ValueError(f'plugins: stages must have one entry per stage: '
-                                 f'num_stages={num_stages} but len(stages)={len(stages)}')
-        # type='FrozenBN' -> our FrozenBatchNorm2d in every scope (mmdet's fails BN loads)
-        norm_cfg = resolve_norm_cfg(norm_cfg)
-        check_norm_cfg(norm_cfg)
+        stem_type = resolve_stem_type(stem_type, check_bool('deep_stem', deep_stem))
+        strides = per_stage('strides', strides, num_stages, int,
+                            default=(1, 2, 2, 2)[:num_stages])
+        dilations = per_stage('dilations', dilations, num_stages, int,
+                              default=(1,) * num_stages)
+        stage_with_dcn = per_stage('stage_with_dcn', stage_with_dcn, num_stages, bool,
+                                   default=(False,) * num_stages)
+        _check_dcn_and_plugins(dcn, stage_with_dcn, plugins, self.block, depth, num_stages)
 
-        # ---- init config, exactly as mmdet
-        block, stage_blocks = arch_settings[depth]
-        self.zero_init_residual = zero_init_residual
-        block_init_cfg = None
-        if isinstance(pretrained, str):
-            warnings.warn('pretrained is deprecated, please use "init_cfg" instead',
-                          DeprecationWarning, stacklevel=2)
-            self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        elif init_cfg is None:
-            self.init_cfg = [dict(type='Kaiming', layer='Conv2d'),
-                             dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
-            last = 'norm2' if issubclass(block, BasicBlock) else \
-                'norm3' if issubclass(block, Bottleneck) else None
-            if zero_init_residual and last is not None:
-                block_init_cfg = dict(type='Constant', val=0, override=dict(name=last))
-
-        self.depth = depth
-        self.stem_type = stem_type
-        self.deep_stem = stem_type == 'deep'
-        self.stem_channels = stem_channels if stem_channels is not None else base_channels
-        self.base_channels = base_channels
-        self.num_stages = num_stages
-        self.strides = strides
-        self.dilations = dilations
-        self.out_indices = out_indices
-        self.style = style
-        self.avg_down = avg_down
-        self.frozen_stages = frozen_stages
-        self.conv_cfg = conv_cfg
-        self.norm_cfg = norm_cfg
-        self.with_cp = with_cp
-        self.norm_eval = norm_eval
-        self.dcn = dcn
-        self.stage_with_dcn = stage_with_dcn
-        self.plugins = plugins
-        self.block = block
-        self.stage_blocks = stage_blocks[:num_stages]
+        # ---- V1's attributes (mmdet's names)
+        self.stem_type, self.deep_stem = stem_type, stem_type == 'deep'
+        self.strides, self.dilations, self.style = strides, dilations, style
+        self.avg_down = check_bool('avg_down', avg_down)
+        self.dcn, self.stage_with_dcn, self.plugins = dcn, stage_with_dcn, plugins
 
         # ---- stem, then stages (registration order = mmdet's, so seeded inits agree)
-        self.in_channels = in_channels
         self.inplanes = self.stem_channels
         self._make_stem_layer(in_channels, self.stem_channels)
         self._check_stem()
         self._stem_conv_stride = module_stride(*self._stem_modules())
         stride = self._stem_conv_stride * module_stride(self.maxpool)
-
-        self.res_layers: list[str] = []
-        channels, out_strides = [], []
         for i, num_blocks in enumerate(self.stage_blocks):
             planes = base_channels * 2 ** i
             layer = self.make_res_layer(
-                block=block, inplanes=self.inplanes, planes=planes, num_blocks=num_blocks,
+                block=self.block, inplanes=self.inplanes, planes=planes, num_blocks=num_blocks,
                 stride=strides[i], dilation=dilations[i], style=style, avg_down=avg_down,
-                with_cp=with_cp[i], conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                with_cp=self.with_cp[i], conv_cfg=conv_cfg, norm_cfg=self.norm_cfg,
                 dcn=dcn if stage_with_dcn[i] else None,
                 plugins=self.make_stage_plugins(plugins, i) if plugins is not None else None,
                 init_cfg=block_init_cfg)
-            self.inplanes = planes * block.expansion
-            self.add_module(f'layer{i + 1}', layer)
-            self.res_layers.append(f'layer{i + 1}')
+            self.inplanes = planes * self.block.expansion
             stride *= strides[i]
-            channels.append(self.inplanes)
-            out_strides.append(stride)
-        self._stage_channels = tuple(channels)
-        self._stage_strides = tuple(out_strides)
-        self.feat_dim = self.inplanes
-        self.drop_path_rate = float(drop_path_rate)
-        for block, rate in zip(self._blocks(), self.drop_path_rates()):
-            block.set_drop_path(rate)
-        self.fast = fast
-        self._freeze_stages()
+            self._add_stage(layer, self.inplanes, stride)
+        self._finish_init(fast)
 
-    def output_shape(self, include_stem: bool = False) -> dict[str, ShapeSpec]:
-        """``{'c2': ShapeSpec(channels, stride), ...}`` for the returned maps.
-
-        With ``include_stem``, ``'c1'`` (the stem output before the max-pool) comes first.
-        """
-        shapes = {}
-        if include_stem:
-            shapes['c1'] = ShapeSpec(self.stem_channels, self._stem_conv_stride)
-        for i in self.out_indices:
-            shapes[f'c{i + 2}'] = ShapeSpec(self._stage_channels[i], self._stage_strides[i])
-        return shapes
-
-    @classmethod
-    def feature_channels(cls, depth: int, base_channels: int = 64,
-                         out_indices: Sequence[int] = (0, 1, 2, 3)) -> list[int]:
-        """Output channels without building the model, e.g. for an FPN's ``in_channels``.
-
-        Args:
-            depth: a key of ``arch_settings``.
-            base_channels: width of the first stage.
-            out_indices: stage indices (0 = C2).
-
-        Example:
-            >>> ResNetV1Custom.feature_channels(18)
-            [64, 128, 256, 512]
-        """
-        check_choice('depth', depth, cls.arch_settings)
-        expansion = cls.arch_settings[depth][0].expansion
-        return [base_channels * 2 ** i * expansion for i in out_indices]
+    def _zero_init_layer(self) -> str | None:
+        """mmdet's: the last norm of a BasicBlock/Bottleneck; none for other blocks."""
+        return 'norm2' if issubclass(self.block, BasicBlock) else \
+            'norm3' if issubclass(self.block, Bottleneck) else None
 
     @property
     def norm1(self) -> nn.Module:
@@ -394,86 +251,11 @@ class ResNetV1Custom(BackboneContract, BaseModule):
                 stage_plugins.append(plugin)
         return stage_plugins
 
-    # ------------------------------------------------------------------ freezing
     def _stem_modules(self) -> list[nn.Module]:
+        """The stem's layers with parameters (frozen with ``frozen_stages >= 0``)."""
         if 'stem' in self._modules:
             return [self.stem]
         return [self.conv1, self.norm1]
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            for m in self._stem_modules():
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            stage = getattr(self, f'layer{i}')
-            stage.eval()
-            for block in stage:
-                block.freeze()
-
-    def train(self, mode: bool = True) -> ResNetV1Custom:
-        """Set train/eval mode; frozen parts and (with ``norm_eval``) every BN stay in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if is_batch_norm(m):
-                    m.eval()
-        return self
-
-    # ------------------------------------------------------------------ init
-    def init_weights(self) -> None:
-        """mmengine's init, except ``init_cfg=dict(type='Pretrained', ...)``.
-
-        mmengine's ``PretrainedInit`` loads keys as they are, non-strictly, and only logs
-        what did not match. Here the checkpoint may be in any dialect (torchvision, timm,
-        detectron2, mmpretrain, mmdet; see :mod:`resnet_backbone.io.weights`), is converted,
-        loaded strictly unless ``strict=False`` is in the init_cfg, and a load report is
-        logged and kept in ``self.load_report``. Extra init_cfg keys: ``source``,
-        ``strict``, ``prefix``, ``allow_pickle``.
-        """
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            self.load_report = weights.load_pretrained(
-                self, cfg['checkpoint'], source=cfg.get('source'),
-                strict=cfg.get('strict', True), prefix=cfg.get('prefix'),
-                allow_pickle=cfg.get('allow_pickle', False))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _dump_init_info(self) -> None:
-        # mmengine logs one INFO line per parameter here when no file handler is set up.
-        # One DEBUG line is enough.
-        print_log(f'{type(self).__name__}: initialised {len(self._params_init_info)} '
-                  'parameter tensors', logger='current', level=logging.DEBUG)
-
-    # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):  # else "... has no attribute 'dim'"
-            raise not_a_tensor_error('x', x)
-        if torch.jit.is_tracing():  # shapes are traced values there; the trace is fixed
-            return
-        if x.dim() != 4:
-            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input; '
-                             f'got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'input has {x.shape[1]} channels but in_channels='
-                             f'{self.in_channels}; pass (N, {self.in_channels}, H, W)')
-        weight = next((p for m in self._stem_modules() for p in m.parameters()), None)
-        if weight is None:
-            return
-        if x.dtype != weight.dtype and not (
-                x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
-            # else the first conv fails with a long dtype-mismatch traceback
-            to_w = f'x.{_CAST[weight.dtype]}()' if weight.dtype in _CAST else \
-                f'x.to({weight.dtype})'
-            to_x = f'model.{_CAST[x.dtype]}()' if x.dtype in _CAST else f'model.to({x.dtype})'
-            fix = (f'pass {to_w}, convert the model with {to_x}, or run under torch.autocast'
-                   if x.is_floating_point() else f'pass {to_w}')
-            raise TypeError(f'input dtype is {x.dtype} but the model\'s parameters are '
-                            f'{weight.dtype}; {fix}')
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """C1: the stem output *before* the max-pool (stride 2, or 1 for 'small')."""
@@ -552,23 +334,40 @@ class ResNetV1Custom(BackboneContract, BaseModule):
         return for_inference(self, dtype, compile, method)
 
 
-def _preset(name: str, doc: str, **preset):
+def _with_preset(name: str, kwargs: dict, **preset) -> dict:
+    """``kwargs`` with a preset class's fixed keywords; one line if ``kwargs`` differ."""
+    clash = sorted(k for k in preset if k in kwargs and kwargs[k] != preset[k])
+    if clash:
+        raise ValueError(f'{name} fixes {", ".join(f"{k}={preset[k]!r}" for k in clash)}; '
+                         f'use ResNetV1Custom to change {", ".join(clash)}')
+    return {**kwargs, **preset}
+
+
+class ResNetV1cCustom(ResNetV1Custom):
+    """ResNet-V1c: ``ResNetV1Custom(stem_type='deep')`` (three 3x3 convs in the stem).
+
+    Example:
+        >>> ResNetV1cCustom(18, base_channels=4).stem_type
+        'deep'
+    """
+
     def __init__(self, depth: int, **kwargs) -> None:
-        clash = sorted(k for k in preset if k in kwargs and kwargs[k] != preset[k])
-        if clash:
-            raise ValueError(f'{name} fixes {", ".join(f"{k}={preset[k]!r}" for k in clash)}; '
-                             f'use ResNetV1Custom to change {", ".join(clash)}')
-        kwargs.update(preset)
-        ResNetV1Custom.__init__(self, depth, **kwargs)
-
-    return type(name, (ResNetV1Custom,), {'__init__': __init__, '__doc__': doc})
+        super().__init__(depth, **_with_preset('ResNetV1cCustom', kwargs, stem_type='deep'))
 
 
-ResNetV1cCustom = _preset(
-    'ResNetV1cCustom', 'ResNet-V1c: ``ResNetV1Custom(stem_type="deep")``.', stem_type='deep')
-ResNetV1dCustom = _preset(
-    'ResNetV1dCustom', "ResNet-V1d, mmdet's ``ResNetV1d``: "
-    '``ResNetV1Custom(stem_type="deep", avg_down=True)``.', stem_type='deep', avg_down=True)
+class ResNetV1dCustom(ResNetV1Custom):
+    """ResNet-V1d, mmdet's ``ResNetV1d``: ``ResNetV1Custom(stem_type='deep',
+    avg_down=True)`` (the deep stem, and an avg-pool before each strided projection).
+
+    Example:
+        >>> m = ResNetV1dCustom(50, base_channels=4)
+        >>> m.stem_type, type(m.layer2[0].downsample[0]).__name__
+        ('deep', 'AvgPool2d')
+    """
+
+    def __init__(self, depth: int, **kwargs) -> None:
+        super().__init__(depth, **_with_preset('ResNetV1dCustom', kwargs, stem_type='deep',
+                                               avg_down=True))
 
 
 class ResNeXtCustom(ResNetV1Custom):
@@ -592,8 +391,7 @@ class ResNeXtCustom(ResNetV1Custom):
         (4, 16, (64, 128, 256, 512))
     """
 
-    arch_settings = {50: (BottleneckX, (3, 4, 6, 3)), 101: (BottleneckX, (3, 4, 23, 3)),
-                     152: (BottleneckX, (3, 8, 36, 3))}
+    arch_settings = {depth: (BottleneckX, ARCH_LAYOUT[depth][1]) for depth in (50, 101, 152)}
 
     def __init__(self, depth: int, *, groups: int = 1, base_width: int = 4, **kwargs) -> None:
         # set before the stages are built: make_res_layer reads them (as in mmdet)

@@ -22,26 +22,22 @@ generic code (reference, BN folded where a BN follows a conv, checkpointed).
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 
 import torch
 from mmcv.cnn import build_conv_layer, build_norm_layer
-from mmengine.logging import print_log
-from mmengine.model import BaseModule, Sequential
+from mmengine.model import Sequential
 from torch import nn
 
-from ..io import weights
-from ..spec import ShapeSpec, check_choice, choice_error, not_a_tensor_error, resolve_levels
+from ..spec import ARCH_LAYOUT, check_bool, check_choice, resolve_levels
 from .blocks import PreActBottleneck
 from .contract import BackboneContract
-from .norm import check_norm_cfg, is_batch_norm, resolve_norm_cfg
-from .stem import STEM_POOL_PADDINGS, build_stem_pool
+from .stem import STEM_POOL_PADDINGS, build_stem_pool, module_stride
 
-#: depth -> units per stage (TF-slim's resnet_v2_50/101/152/200, Keras's 50V2/101V2/152V2)
+#: depth -> units per stage: the bottleneck depths of ``spec.ARCH_LAYOUT`` (TF-slim's
+#: resnet_v2_50/101/152/200, Keras's 50V2/101V2/152V2)
 V2_ARCH_SETTINGS: dict[int, tuple[int, int, int, int]] = {
-    50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+    depth: counts for depth, (kind, counts) in ARCH_LAYOUT.items() if kind == 'bottleneck'}
 #: where a stage's stride sits: its first unit (timm, the paper's PyTorch form) or its
 #: last (TF-slim, Keras)
 STRIDE_IN = ('first', 'last')
@@ -50,7 +46,7 @@ OUT_NORM_DEFAULT = False
 LEVEL_NAMES = ('c2', 'c3', 'c4', 'c5')
 
 
-class ResNetV2Custom(BackboneContract, BaseModule):
+class ResNetV2Custom(BackboneContract):
     """Pre-activation ResNet (v2) backbone for detection: C2..C5 at strides 4/8/16/32.
 
     Args:
@@ -97,152 +93,74 @@ class ResNetV2Custom(BackboneContract, BaseModule):
 
     arch_settings = V2_ARCH_SETTINGS
 
-    def __init__(self,
-                 depth: int,
-                 *,
-                 in_channels: int = 3,
-                 stem_channels: int | None = None,
-                 base_channels: int = 64,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 stride_in: str = 'first',
-                 stem_pool_padding: str = 'symmetric',
-                 conv_bias: bool | None = None,
-                 out_norm: bool = OUT_NORM_DEFAULT,
-                 frozen_stages: int = -1,
-                 conv_cfg: dict | None = None,
-                 norm_cfg: dict | None = None,
-                 norm_eval: bool = True,
-                 with_cp: bool | Sequence[bool] = False,
-                 zero_init_residual: bool = True,
-                 pretrained: str | None = None,
-                 init_cfg: dict | list[dict] | None = None,
-                 fast: bool = True,
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(self, depth: int, *, in_channels: int = 3, stem_channels: int | None = None,
+                 base_channels: int = 64, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 stride_in: str = 'first', stem_pool_padding: str = 'symmetric',
+                 conv_bias: bool | None = None, out_norm: bool = OUT_NORM_DEFAULT,
+                 frozen_stages: int = -1, conv_cfg: dict | None = None,
+                 norm_cfg: dict | None = None, norm_eval: bool = True,
+                 with_cp: bool | Sequence[bool] = False, zero_init_residual: bool = True,
+                 pretrained: str | None = None, init_cfg: dict | list[dict] | None = None,
+                 fast: bool = True, drop_path_rate: float = 0.0) -> None:
         super().__init__(init_cfg)
-        num_stages = 4
-        check_choice('depth', depth, self.arch_settings)
+        # ---- validate: what every backbone takes (set as attributes), then v2's own
+        block_init_cfg = self._init_common(
+            depth, 4, in_channels=in_channels, stem_channels=stem_channels,
+            base_channels=base_channels, out_indices=out_indices, frozen_stages=frozen_stages,
+            conv_cfg=conv_cfg, norm_cfg=norm_cfg, norm_eval=norm_eval, with_cp=with_cp,
+            zero_init_residual=zero_init_residual, pretrained=pretrained, init_cfg=init_cfg,
+            drop_path_rate=drop_path_rate)
         check_choice('stride_in', stride_in, STRIDE_IN)
         check_choice('stem_pool_padding', stem_pool_padding, STEM_POOL_PADDINGS)
-        for name, value in (('in_channels', in_channels), ('base_channels', base_channels),
-                            ('stem_channels', stem_channels)):
-            if value is None and name == 'stem_channels':
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be a positive int; got {value!r}')
-        for name, value in (('out_norm', out_norm), ('norm_eval', norm_eval),
-                            ('zero_init_residual', zero_init_residual)):
-            if not isinstance(value, bool):
-                raise TypeError(f'{name} must be True or False; got {value!r}')
-        if conv_bias is not None and not isinstance(conv_bias, bool):
-            raise TypeError(f'conv_bias must be True, False or None; got {conv_bias!r}')
-        if isinstance(out_indices, int) or not isinstance(out_indices, Sequence) or \
-                not out_indices:
-            raise TypeError(f'out_indices must be a non-empty sequence of stage indices '
-                            f'in 0..{num_stages - 1}; got {out_indices!r}')
-        out_indices = tuple(out_indices)
-        if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_stages
-               for i in out_indices):
-            raise choice_error(f'out_indices={out_indices!r} out of range', range(num_stages),
-                               f' (num_stages={num_stages})')
-        if list(out_indices) != sorted(set(out_indices)):
-            raise ValueError(f'out_indices={out_indices!r} must be sorted and unique, e.g. '
-                             f'{tuple(sorted(set(out_indices)))!r}')
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
-                or not -1 <= frozen_stages <= num_stages:
-            raise choice_error(f'frozen_stages={frozen_stages!r} is out of range',
-                               f'-1..{num_stages}', f' (num_stages={num_stages})')
-        if isinstance(with_cp, bool):
-            with_cp = (with_cp,) * num_stages
-        if isinstance(with_cp, (str, bytes)) or not isinstance(with_cp, Sequence) \
-                or len(with_cp) != num_stages or not all(isinstance(v, bool) for v in with_cp):
-            raise TypeError(f'with_cp must be a bool or a sequence of {num_stages} bools '
-                            f'(one per stage); got {with_cp!r}')
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
-                or not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'drop_path_rate must be a float in [0, 1); got {drop_path_rate!r}')
-        if init_cfg and pretrained:
-            raise ValueError('init_cfg and pretrained cannot both be set; use only '
-                             "init_cfg=dict(type='Pretrained', checkpoint=...)")
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f'pretrained must be a str (checkpoint path) or None; '
-                            f'got {type(pretrained).__name__}')
-        norm_cfg = resolve_norm_cfg(norm_cfg)
-        check_norm_cfg(norm_cfg)
+        check_bool('conv_bias', conv_bias, optional=True)
 
-        block_init_cfg = None
-        if isinstance(pretrained, str):
-            warnings.warn('pretrained is deprecated, please use "init_cfg" instead',
-                          DeprecationWarning, stacklevel=2)
-            self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        elif init_cfg is None:
-            self.init_cfg = [dict(type='Kaiming', layer='Conv2d'),
-                             dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
-            if zero_init_residual:
-                block_init_cfg = dict(type='Constant', val=0, override=dict(name='conv3'))
-
-        self.depth = depth
-        self.in_channels = in_channels
-        self.base_channels = base_channels
-        self.stem_channels = stem_channels if stem_channels is not None else base_channels
-        self.num_stages = num_stages
-        self.out_indices = out_indices
-        self.stride_in = stride_in
-        self.stem_pool_padding = stem_pool_padding
+        # ---- v2's attributes; biases by default as the layout's weights have them
+        self.stride_in, self.stem_pool_padding = stride_in, stem_pool_padding
         self.conv_bias = (stride_in == 'last') if conv_bias is None else conv_bias
-        self.out_norm = out_norm
-        self.frozen_stages = frozen_stages
-        self.conv_cfg = conv_cfg
-        self.norm_cfg = norm_cfg
-        self.norm_eval = norm_eval
-        self.with_cp = tuple(with_cp)
-        self.zero_init_residual = zero_init_residual
-        self.stage_blocks = self.arch_settings[depth]
+        self.out_norm = check_bool('out_norm', out_norm)
 
         # ---- stem: a 7x7/2 conv (no norm, no activation), then the 3x3/2 max-pool
         self.conv1 = build_conv_layer(conv_cfg, in_channels, self.stem_channels, 7, stride=2,
                                       padding=3, bias=self.conv_bias)
         self.maxpool = build_stem_pool(stem_pool_padding)
+        self._stem_conv_stride = module_stride(self.conv1)
 
         # ---- stages: the stride in the first unit ('first') or the last ('last'; the
         # last stage then has none), the projection wherever the width changes
         strides = (1, 2, 2, 2) if stride_in == 'first' else (2, 2, 2, 1)
         inplanes = self.stem_channels
-        self.res_layers: list[str] = []
-        channels = []
         for i, n in enumerate(self.stage_blocks):
-            planes = base_channels * 2 ** i
+            planes, at = base_channels * 2 ** i, 0 if stride_in == 'first' else n - 1
             units = []
             for j in range(n):
-                at = 0 if stride_in == 'first' else n - 1
                 units.append(PreActBottleneck(
                     inplanes, planes, stride=strides[i] if j == at else 1,
-                    with_cp=self.with_cp[i], conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                    with_cp=self.with_cp[i], conv_cfg=conv_cfg, norm_cfg=self.norm_cfg,
                     bias=self.conv_bias, init_cfg=block_init_cfg))
                 inplanes = planes * PreActBottleneck.expansion
-            self.add_module(f'layer{i + 1}', Sequential(*units))
-            self.res_layers.append(f'layer{i + 1}')
-            channels.append(inplanes)
-        self._stage_channels = tuple(channels)
-        self._stage_strides = (4, 8, 16, 32)
+            self._add_stage(Sequential(*units), inplanes, 4 * 2 ** i)
         #: units of stage i run before its level is taken ('last': before the strided one)
         self._tap_after = tuple(n - 1 if stride_in == 'last' and i < 3 else n
                                 for i, n in enumerate(self.stage_blocks))
-        self.feat_dim = inplanes
 
         # ---- level norms: 'norm_c2'.. for the inner levels, the final norm for C5
         self.relu = nn.ReLU(inplace=True)
         self._level_norms: dict[int, str] = {}
-        if out_norm:
-            for i in out_indices:
-                name = 'post_norm' if i == num_stages - 1 else f'norm_{LEVEL_NAMES[i]}'
-                self.add_module(name, build_norm_layer(norm_cfg, channels[i])[1])
+        if self.out_norm:
+            for i in self.out_indices:
+                name = 'post_norm' if i == self.num_stages - 1 else f'norm_{LEVEL_NAMES[i]}'
+                self.add_module(name, build_norm_layer(self.norm_cfg, self._stage_channels[i])[1])
                 self._level_norms[i] = name
+        self._finish_init(fast)
 
-        self.drop_path_rate = float(drop_path_rate)
-        for block, rate in zip(self._blocks(), self.drop_path_rates()):
-            block.set_drop_path(rate)
-        self.fast = fast
-        self._freeze_stages()
+    @classmethod
+    def _arch(cls, depth: int) -> tuple[type[PreActBottleneck], Sequence[int]]:
+        """Every depth is built of :class:`~.blocks.PreActBottleneck` units."""
+        return PreActBottleneck, cls.arch_settings[depth]
+
+    def _zero_init_layer(self) -> str:
+        """conv3: each unit starts as its shortcut (timm's ``zero_init_last``)."""
+        return 'conv3'
 
     # ------------------------------------------------------------------ structure
     @property
@@ -251,94 +169,19 @@ class ResNetV2Custom(BackboneContract, BaseModule):
         pretrained file has; a strict load leaves them as initialised and says so."""
         return tuple(n for n in self._level_norms.values() if n != 'post_norm')
 
-    def output_shape(self, include_stem: bool = False) -> dict[str, ShapeSpec]:
-        """``{'c2': ShapeSpec(channels, stride), ...}`` for the returned maps; with
-        ``include_stem``, ``'c1'`` (the stem conv's output, before the pool) first."""
-        shapes = {'c1': ShapeSpec(self.stem_channels, 2)} if include_stem else {}
-        for i in self.out_indices:
-            shapes[LEVEL_NAMES[i]] = ShapeSpec(self._stage_channels[i], self._stage_strides[i])
-        return shapes
-
-    @classmethod
-    def feature_channels(cls, depth: int, base_channels: int = 64,
-                         out_indices: Sequence[int] = (0, 1, 2, 3)) -> list[int]:
-        """Output channels without building the model.
-
-        Example:
-            >>> ResNetV2Custom.feature_channels(50, base_channels=16)
-            [64, 128, 256, 512]
-        """
-        check_choice('depth', depth, cls.arch_settings)
-        return [base_channels * 2 ** i * PreActBottleneck.expansion for i in out_indices]
-
     # ------------------------------------------------------------------ freezing
     def _stem_modules(self) -> list[nn.Module]:
+        """The stem conv (frozen with ``frozen_stages >= 0``)."""
         return [self.conv1]
 
-    def _freeze_stages(self) -> None:
-        frozen: list[nn.Module] = []
-        if self.frozen_stages >= 0:
-            frozen.append(self.conv1)
+    def _frozen_parts(self) -> list[nn.Module]:
+        """The stem from ``frozen_stages=0`` on, and with stage 4 the final norm."""
+        frozen = super()._frozen_parts()
         if self.frozen_stages == self.num_stages and 3 in self._level_norms:
             frozen.append(getattr(self, self._level_norms[3]))
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            stage = getattr(self, f'layer{i}')
-            stage.eval()
-            for block in stage:
-                block.freeze()
-
-    def train(self, mode: bool = True) -> ResNetV2Custom:
-        """Set train/eval mode; frozen parts and (with ``norm_eval``) every BN stay in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if is_batch_norm(m):
-                    m.eval()
-        return self
-
-    # ------------------------------------------------------------------ init
-    def init_weights(self) -> None:
-        """mmengine's init, except ``Pretrained``: converted (timm, Keras, TF-slim or our
-        own keys), loaded strictly unless ``strict=False``, reported
-        (``self.load_report``)."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            self.load_report = weights.load_pretrained(
-                self, cfg['checkpoint'], source=cfg.get('source'),
-                strict=cfg.get('strict', True), prefix=cfg.get('prefix'),
-                allow_pickle=cfg.get('allow_pickle', False))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _dump_init_info(self) -> None:
-        print_log(f'{type(self).__name__}: initialised {len(self._params_init_info)} '
-                  'parameter tensors', logger='current', level=logging.DEBUG)
+        return frozen
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):  # else "... has no attribute 'dim'"
-            raise not_a_tensor_error('x', x)
-        if torch.jit.is_tracing():
-            return
-        if x.dim() != 4:
-            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input; '
-                             f'got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'input has {x.shape[1]} channels but in_channels='
-                             f'{self.in_channels}; pass (N, {self.in_channels}, H, W)')
-        weight = self.conv1.weight
-        if x.dtype != weight.dtype and not (
-                x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
-            raise TypeError(f"input dtype is {x.dtype} but the model's parameters are "
-                            f'{weight.dtype}; pass x.to({weight.dtype}), convert the model, '
-                            'or run under torch.autocast')
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """C1: the stem conv's output, before the max-pool (no norm, no activation)."""
         return self.conv1(x)
