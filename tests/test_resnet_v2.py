@@ -14,7 +14,7 @@ from conftest import OpCounter, backward_outputs, grads_by_name, randomize_, rel
 from resnet_backbone import ResNetV2Custom
 from resnet_backbone.io import weights
 from resnet_backbone.models.blocks import BlockDescription, PreActBottleneck, Step
-from resnet_backbone.models.resnet import backbone_for_checkpoint
+from resnet_backbone.models.from_checkpoint import backbone_for_checkpoint
 from resnet_backbone.registry import check_backbone_kwargs
 
 #: Keras's ResNet50V2 taps for C2..C5 ('last' layout: before each subsampling unit)

@@ -20,7 +20,7 @@ from conftest import rel_err
 
 from resnet_backbone import ResNetV2Custom
 from resnet_backbone.io import weights
-from resnet_backbone.models.resnet import backbone_for_checkpoint
+from resnet_backbone.models.from_checkpoint import backbone_for_checkpoint
 from resnet_backbone.models.stem import SamePadMaxPool2d
 
 TAPS = ('conv2_block2_out', 'conv3_block3_out', 'conv4_block5_out', 'conv5_block3_out')

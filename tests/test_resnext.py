@@ -30,7 +30,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from resnet_backbone import BottleneckX, ResNeXtCustom
 from resnet_backbone.io.weights import convert, load_pretrained
 from resnet_backbone.models.fast import always_fold
-from resnet_backbone.models.resnet import backbone_for_checkpoint
+from resnet_backbone.models.from_checkpoint import backbone_for_checkpoint
 from resnet_backbone.registry import check_backbone_kwargs
 
 REL = 1e-5  # the fast path's tolerance (tests/test_fast_path.py)

@@ -31,7 +31,8 @@ from ..engine.compat import quiet_init_logging
 from ..errors import ToolError
 from ..io.fileio import atomic_path
 from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
-from ..models.resnet import ResNetV1Custom, backbone_for_checkpoint
+from ..models.from_checkpoint import backbone_for_checkpoint
+from ..models.resnet import ResNetV1Custom
 from ..spec import ARCH_LAYOUT, check_choice
 from .features import FeatureExtractor
 
@@ -84,8 +85,9 @@ def build_export_model(config: str | None = None, checkpoint: str | None = None,
             ``checkpoint`` is a detector checkpoint or a backbone-only file (the neck then
             stays random, and ``log`` says so).
         checkpoint: without ``config``, backbone weights in any dialect that
-            :func:`~resnet_backbone.models.resnet.backbone_for_checkpoint` reads; the
-            depth, stem and shortcut layout are inferred from it (``depth`` overrides).
+            :func:`~resnet_backbone.models.from_checkpoint.backbone_for_checkpoint`
+            reads; the depth, stem and shortcut layout are inferred from it (``depth``
+            overrides).
         depth: without ``config``: the depth (default: inferred from ``checkpoint``, else
             50; without a checkpoint the weights are random, seed 0).
         with_neck: add the config's neck, or (no config) mmdet's FPN (:func:`default_fpn`).

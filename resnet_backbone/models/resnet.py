@@ -8,19 +8,16 @@ fixes what mmdet gets subtly wrong (see README, "Differences from mmdet").
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..io import weights
 from ..spec import (
     ARCH_LAYOUT,
     STYLES,
     check_bool,
     check_choice,
-    choice_error,
     per_stage,
     resolve_levels,
     resolve_stem_type,
@@ -29,7 +26,6 @@ from .blocks import BasicBlock, Bottleneck, BottleneckX, ResBlock
 from .contract import BackboneContract
 from .fast import conv_norm, sequential_conv_norm
 from .inference import for_inference
-from .resnet_v2 import ResNetV2Custom
 from .stages import ResLayer
 from .stem import build_stem, module_stride
 
@@ -403,37 +399,3 @@ class ResNeXtCustom(ResNetV1Custom):
         """A stage of :class:`BottleneckX` with this backbone's groups and widths."""
         return ResLayer(groups=self.groups, base_width=self.base_width,
                         base_channels=self.base_channels, **kwargs)
-
-
-def backbone_for_checkpoint(checkpoint: str | Path | Mapping, *, source: str | None = None,
-                            allow_pickle: bool = False, **overrides):
-    """A ``ResNetV1Custom`` built as the checkpoint's keys imply (depth, stem, shortcut,
-    widths; ``overrides`` win, None means infer), and the converted weights. Grouped 3x3
-    convs in the keys (``groups`` implied) give a ``ResNeXtCustom``; a ResNet v2 file
-    (timm ``resnetv2_*``, Keras, TF-slim) a ``ResNetV2Custom`` in the file's layout
-    (``stride_in``, ``stem_pool_padding``, ``conv_bias``).
-
-    The same inference as ``tools/convert_weights.py``; raises ``ValueError`` (one line)
-    when the depth cannot be told from the keys and no ``depth`` is given.
-    """
-    ckpt = weights.read_checkpoint(checkpoint, allow_pickle=allow_pickle) \
-        if not isinstance(checkpoint, Mapping) else checkpoint
-    converted = weights.convert(ckpt, source=source)
-    implied = dict(converted.implied)
-    implied.update({k: v for k, v in overrides.items() if v is not None})
-    if 'depth' not in implied:
-        raise choice_error('cannot infer the depth from the keys; pass --depth', ARCH_SETTINGS)
-    kwargs = {k: v for k, v in implied.items() if v is not None}
-    if kwargs.pop('variant', None) == 'v2':  # timm resnetv2, Keras, TF-slim
-        v1_only = sorted(k for k in ('stem_type', 'avg_down', 'style', 'groups')
-                         if k in kwargs)
-        if v1_only:
-            raise ValueError(f'{", ".join(v1_only)} do not apply to a ResNet v2 checkpoint '
-                             f'({converted.source}); drop them')
-        model = ResNetV2Custom(**kwargs)
-        weights.fit_to_model(model, converted)
-        return model, converted, kwargs
-    cls = ResNeXtCustom if kwargs.get('groups', 1) != 1 else ResNetV1Custom
-    if cls is ResNetV1Custom:
-        kwargs.pop('groups', None), kwargs.pop('base_width', None)
-    return cls(**kwargs), converted, kwargs

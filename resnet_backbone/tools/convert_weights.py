@@ -39,7 +39,7 @@ from ..io.weights import (
     loaded_state_dict,
     read_checkpoint,
 )
-from ..models.resnet import backbone_for_checkpoint
+from ..models.from_checkpoint import backbone_for_checkpoint
 from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES
 from . import prog
 from .runner import run_tool
