@@ -423,7 +423,7 @@ def test_test_tool_refuses_a_checkpoint_that_does_not_fit(case, r18_retinanet_ch
     """An R18 detector checkpoint on an R34 config: one line with the counts, before any
     data or work dir. (Before: mmengine's non-strict load logged one WARNING and test.py
     printed the mAP of mostly random weights.) --no-strict evaluates it anyway."""
-    from resnet_backbone.apis.features import CheckpointMismatchError
+    from resnet_backbone.io.checkpoint_loading import CheckpointMismatchError
     tool = _test_tool()
 
     def past(*args, **kwargs):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import resnet_backbone.apis.rois as rois
+import resnet_backbone.apis.dump.rois as rois
 import resnet_backbone.tools.dump_features as tool
 from resnet_backbone.apis.dump import collect_images, load_levels, output_path
-from resnet_backbone.apis.rois import coco_boxes, load_box_file, lookup
+from resnet_backbone.apis.dump.rois import coco_boxes, load_box_file, lookup
 from resnet_backbone.engine.training import load_config
 from resnet_backbone.errors import ToolError
 

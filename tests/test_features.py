@@ -12,7 +12,7 @@ import torch
 from conftest import rel_err
 from PIL import Image
 
-import resnet_backbone.apis.dump as dump
+import resnet_backbone.apis.dump.run as dump
 from resnet_backbone import ResNetV1Custom, __version__
 from resnet_backbone.apis.dump import dump_features, fingerprint, load_levels, read_meta
 from resnet_backbone.apis.features import (
@@ -357,7 +357,7 @@ def test_inverted_box_is_one_line_naming_the_argument(tiny_fx, box, what):
     assert msg.startswith(f'boxes[1] = {row} has {what}; boxes are x1, y1, x2, y2 corners'), msg
     assert 'not x, y, w, h' in msg and '\n' not in msg and 'INTERNAL ASSERT' not in msg
     # the same through run_batch, where the argument is rois (one Boxes per sample)
-    from resnet_backbone.apis.rois import Boxes
+    from resnet_backbone.apis.dump.rois import Boxes
     boxes = Boxes(torch.tensor([good, box]), torch.tensor([-1, -1]))
     with pytest.raises(ValueError, match=r'^rois\[0\]\.boxes\[1\] = '):
         tiny_fx.run_batch([tiny_fx.load(_image())], [boxes])

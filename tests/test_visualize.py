@@ -106,7 +106,7 @@ def _png16(tmp_path, rgb: bool = False):
 def test_16bit_png_is_displayed_as_the_model_sees_it(tmp_path, rgb):
     """Before: PIL's convert('RGB') clipped a 16-bit grayscale PNG at 255, so the input
     tile and every overlay's background were (almost) white."""
-    from resnet_backbone.apis.dump_overlay import open_bounded
+    from resnet_backbone.apis.dump.overlay import open_bounded
     from resnet_backbone.apis.visualize import display_rgb
     path, seen = _png16(tmp_path, rgb)
     shown = open_bounded(path, seen.shape[:2])
@@ -132,7 +132,7 @@ def test_16bit_png_overlays_and_sheet_are_not_washed_out(tmp_path):
     shows the image (not white), the maps are drawn over it as for its 8-bit twin."""
     import torch
 
-    from resnet_backbone.apis.dump_overlay import OverlayScale, write_overlays
+    from resnet_backbone.apis.dump.overlay import OverlayScale, write_overlays
     path, seen = _png16(tmp_path)
     eight = tmp_path / 'gray8.png'
     Image.fromarray(seen[..., 0]).save(eight)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib
 
-#: name -> the module of this package that defines it
-_EXPORTS = {'FeatureExtractor': 'features', 'PredictedBoxes': 'features', 'Boxes': 'rois',
-            'RoIFeatures': 'rois'}
+#: name -> the module of this package (or of a subpackage) that defines it
+_EXPORTS = {'FeatureExtractor': 'features', 'PredictedBoxes': 'features',
+            'Boxes': 'dump.rois', 'RoIFeatures': 'dump.rois'}
 __all__ = sorted(_EXPORTS)
 
 

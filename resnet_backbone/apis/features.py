@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmcv.transforms import Compose
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.config import Config
-from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
-from PIL import Image
 from torch import nn
 
 from ..engine.compat import (
@@ -46,22 +42,20 @@ from ..engine.compat import (
     register_mmdet_modules,
 )
 from ..io.checkpoint_io import safe_globals_kept
-from ..io.weights import (
-    _OPTIONAL,
-    _URL_PREFIXES,
-    IncompleteCheckpointError,
-    UnknownDialectError,
-    cached_checkpoint_file,
-    convert,
-    load_state_dict,
-    read_checkpoint,
-    unwrap_state_dict,
-)
+from ..io.checkpoint_loading import coverage_share, file_digest, load_detector_checkpoint
+from ..io.weights import _URL_PREFIXES, cached_checkpoint_file
 from ..models.compiled import CompiledInference
 from ..models.inference import check_compute_dtype, inference_model
 from ..models.resnet import ResNetV1Custom
 from ..spec import choice_error
-from .rois import Boxes, RoIFeatures, predict, roi_extractor, roi_features, to_original
+from .dump.rois import Boxes, RoIFeatures, predict, roi_extractor, roi_features, to_original
+from .images import (
+    ImageInput,
+    build_pipeline,
+    default_pipeline,
+    inference_pipeline,
+    load_image,
+)
 
 #: ImageNet statistics (RGB), used for a bare backbone that has no data preprocessor.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -82,7 +76,7 @@ class FeatureRecord:
     levels: dict[str, torch.Tensor]
     strides: dict[str, int]
     meta: dict = field(default_factory=dict)
-    rois: RoIFeatures | None = None  # with RoIs asked for (see resnet_backbone.apis.rois)
+    rois: RoIFeatures | None = None  # with RoIs asked for (see resnet_backbone.apis.dump.rois)
 
 
 class _BareBackboneDetector(nn.Module):
@@ -98,43 +92,12 @@ class _BareBackboneDetector(nn.Module):
             mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr_to_rgb=True, pad_size_divisor=32)
 
 
-def _default_pipeline() -> list[dict]:
-    return [dict(type='LoadImageFromFile'),
-            dict(type='PackDetInputs', meta_keys=(
-                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
-                'flip_direction'))]
-
-
-def inference_pipeline(cfg) -> list[dict]:
-    """The config's test pipeline, ready for images without annotations.
-
-    ``LoadAnnotations`` is dropped (as mmdet's ``DetInferencer`` does) and the packed
-    meta keys always include the flip state.
-    """
-    pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
-    pipeline = [t for t in pipeline if 'LoadAnnotations' not in str(t['type'])]
-    for t in pipeline:
-        if 'PackDetInputs' in str(t['type']) and 'meta_keys' in t:
-            t['meta_keys'] = tuple(dict.fromkeys(
-                tuple(t['meta_keys']) + ('img_shape', 'ori_shape', 'scale_factor', 'flip',
-                                         'flip_direction')))
-    return pipeline
-
-
 def _as_tuple(value) -> tuple | None:
     if value is None:
         return None
     if isinstance(value, (int, float, np.integer, np.floating)):
         return (float(value),)
     return tuple(float(v) if isinstance(v, (float, np.floating)) else int(v) for v in value)
-
-
-def build_pipeline(pipeline_cfg: Sequence[dict]) -> Compose:
-    """The transforms of a test pipeline config, in mmdet's scope (also in a DataLoader
-    worker process, which starts without mmdet's registrations)."""
-    register_mmdet_modules()
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        return Compose(copy.deepcopy(list(pipeline_cfg)))
 
 
 @dataclass(frozen=True)
@@ -147,11 +110,6 @@ class PredictedBoxes:
 
 #: RoI features for given boxes (one Boxes per sample) or for the predictions
 RoIRequest = Sequence[Boxes] | PredictedBoxes
-
-
-class UnreadableImageError(ValueError):
-    """An input image that cannot be used: its file does not decode, or the test pipeline
-    dropped it. A fault of that one image (a dump skips it), unlike any other error."""
 
 
 class FeatureExtractor:
@@ -201,7 +159,7 @@ class FeatureExtractor:
         self.compute_dtype, self.compile = compute_dtype, bool(compile)
         self._run_backbone = self._backbone_runner()
         self.pipeline_cfg = copy.deepcopy(list(pipeline) if pipeline is not None
-                                          else _default_pipeline())
+                                          else default_pipeline())
         self.pipeline = build_pipeline(self.pipeline_cfg)
         self.strides = self._probe_strides()
         default = [f'c{int(math.log2(s))}' for s in self._backbone_out_strides()]
@@ -225,8 +183,9 @@ class FeatureExtractor:
         ``init_cfg=dict(type='Pretrained')``: a detector checkpoint must fit the whole
         detector; a backbone-only file (from ``tools/convert_weights.py``, torchvision,
         timm, ... in any dialect of :mod:`resnet_backbone.io.weights`) must fit the backbone,
-        and the neck and heads keep their seeded random initialisation. Anything else
-        raises :class:`CheckpointMismatchError`, one line naming the file and the
+        and the neck and heads keep their seeded random initialisation
+        (:func:`~resnet_backbone.io.checkpoint_loading.load_detector_checkpoint`). Anything
+        else raises its ``CheckpointMismatchError``, one line naming the file and the
         missing and unexpected counts. ``strict=False`` loads whatever fits, and says
         what did not. :attr:`weights` records what was loaded and its coverage.
 
@@ -305,9 +264,9 @@ class FeatureExtractor:
                        'file': str(local), 'sha256': file_digest(local), 'seed': seed,
                        'note': 'backbone from init_cfg, the rest randomly initialised'}
             if report is not None:
+                share = coverage_share(model, model.backbone, report)
                 weights['coverage'] = {'backbone': round(report.coverage, 4),
-                                       'detector': round(_share(model, model.backbone,
-                                                                report), 4)}
+                                       'detector': round(share, 4)}
             return weights
         return {'source': 'random', 'seed': seed,
                 'note': note or 'no checkpoint given: random initialisation'}
@@ -397,7 +356,7 @@ class FeatureExtractor:
         return {lv: out[lv] for lv in levels}, p_outs
 
     def roi_extractor(self) -> tuple[nn.Module, str]:
-        """The RoI extractor (see :func:`resnet_backbone.apis.rois.roi_extractor`) and
+        """The RoI extractor (see :func:`resnet_backbone.apis.dump.rois.roi_extractor`) and
         where it came from; built once."""
         if getattr(self, '_roi', None) is None:
             if self._p_channels is None:
@@ -409,7 +368,8 @@ class FeatureExtractor:
         return self._roi
 
     def load(self, image: ImageInput) -> dict:
-        """Run the test pipeline on one image (see :func:`load_image`)."""
+        """Run the test pipeline on one image (see
+        :func:`~resnet_backbone.apis.images.load_image`)."""
         return load_image(self.pipeline, image)
 
     def collate(self, samples: Sequence[dict]) -> dict:
@@ -439,8 +399,8 @@ class FeatureExtractor:
         """The maps of loaded samples (:meth:`load`), in one forward pass; one record per
         sample, its maps (1, C, h, w) views into the batch's.
 
-        ``rois``: also RoI features (:mod:`resnet_backbone.apis.rois`), for a list of
-        :class:`~resnet_backbone.apis.rois.Boxes` per sample (original-image pixels) or
+        ``rois``: also RoI features (:mod:`resnet_backbone.apis.dump.rois`), for a list of
+        :class:`~resnet_backbone.apis.dump.rois.Boxes` per sample (original-image pixels) or
         for the detector's own predictions (:class:`PredictedBoxes`).
 
         An image's maps equal its batch-1 maps only if the batch shares one padded shape
@@ -490,12 +450,12 @@ class FeatureExtractor:
                      boxes: Boxes | PredictedBoxes | torch.Tensor | np.ndarray | Sequence
                      ) -> FeatureRecord:
         """The maps of one image and the RoI features of ``boxes`` or of the detector's
-        predictions: ``record.rois`` (:class:`~resnet_backbone.apis.rois.RoIFeatures`:
+        predictions: ``record.rois`` (:class:`~resnet_backbone.apis.dump.rois.RoIFeatures`:
         ``rois`` (N, C, 7, 7), ``pooled`` (N, C), one record per box).
 
         ``boxes``: an (N, 4) tensor, numpy array or list of ``x1, y1, x2, y2`` in
         original-image pixels (labels -1, no scores); a
-        :class:`~resnet_backbone.apis.rois.Boxes` (with labels and scores); or
+        :class:`~resnet_backbone.apis.dump.rois.Boxes` (with labels and scores); or
         :class:`PredictedBoxes` for the detector's own predictions. Another shape is a
         one-line ``ValueError``.
 
@@ -556,165 +516,6 @@ def check_boxes(boxes: torch.Tensor, arg: str) -> None:
                      'first, e.g. [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]')
 
 
-#: what :meth:`FeatureExtractor.preprocess` accepts (see :func:`as_image_array`)
-ImageInput = str | Path | np.ndarray | torch.Tensor | Image.Image
-
-
-def load_image(pipeline: Compose, image: ImageInput) -> dict:
-    """Run a test ``pipeline`` (:func:`build_pipeline`) on one image: ``{'inputs':
-    (3, H, W) uint8 tensor, 'data_samples': DetDataSample}``, what a DataLoader worker
-    hands over.
-
-    ``image`` is anything :func:`as_image_array` accepts: a file path, a numpy array
-    (BGR, as ``mmcv.imread`` returns), a PIL image or a tensor (RGB, as torchvision
-    reads them), grayscale or with alpha, with pixel values 0-255. A missing file
-    raises ``FileNotFoundError``; a file that does not decode, or an image the
-    pipeline drops, :class:`UnreadableImageError`.
-    """
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f'image {str(image)!r}: no such file')
-        data = dict(img_path=str(image), img_id=0)
-        for t in pipeline.transforms:  # as Compose does, telling decode errors apart
-            try:
-                data = t(data)
-            except Exception as exc:  # noqa: BLE001 - only the loading step's: bad input
-                if 'LoadImage' not in type(t).__name__:
-                    raise  # a later transform failing is no fault of the image
-                said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise UnreadableImageError(
-                    f'image {str(image)!r} cannot be decoded ({said})') from exc
-            if data is None:
-                break
-    else:
-        array = as_image_array(image)
-        data = dict(img=array, img_id=0, img_path=None, ori_shape=array.shape[:2],
-                    img_shape=array.shape[:2])
-        transforms = [t for t in pipeline.transforms
-                      if 'LoadImage' not in type(t).__name__]
-        for t in transforms:
-            data = t(data)
-    if data is None:
-        raise UnreadableImageError(f'the test pipeline dropped image {_describe(image)}')
-    return data
-
-
-def _describe(image) -> str:
-    if isinstance(image, (str, Path)):
-        return repr(str(image))
-    shape = getattr(image, 'shape', None) or getattr(image, 'size', None)
-    return f'({type(image).__name__}, shape {tuple(shape) if shape is not None else "?"})'
-
-
-def as_image_array(image) -> np.ndarray:
-    """One image as the (H, W, 3) BGR array, 0-255, that mmdet's test pipeline expects.
-
-    Accepted, with pixel values **0-255** (the model normalises them itself):
-
-    - numpy arrays in **BGR** order (as ``mmcv.imread``/``cv2.imread`` return): (H, W)
-      grayscale, (H, W, 1), (H, W, 2) gray + alpha, (H, W, 3) BGR, (H, W, 4) BGRA;
-    - PIL images (any mode that converts to RGB: L, RGB, RGBA, P, ...);
-    - tensors in **RGB** order, channels first (as ``torchvision.io.read_image``
-      returns): (H, W), (C, H, W) or (1, C, H, W) with C = 1, 2, 3 or 4.
-
-    uint8 is taken as is; other integer and float dtypes must hold 0-255 values. Alpha is
-    dropped and grayscale is repeated into three channels. Refused, with one line saying
-    what to pass: a float image whose values lie in [0, 1] (scale it: ``img * 255``),
-    negative values (already normalised: pass the raw image), values above 255 (e.g.
-    16-bit: scale to 8 bits), NaN/Inf, channels-first numpy arrays, a batch of several
-    images, and any other type.
-    """
-    order = 'BGR'
-    if isinstance(image, np.ndarray):
-        array, what = image, 'numpy array'
-    elif isinstance(image, torch.Tensor):
-        what, order = 'tensor', 'RGB'
-        t = image.detach().cpu()
-        if t.dim() == 4:
-            if t.shape[0] != 1:
-                raise ValueError(f'got a batch of {t.shape[0]} images (tensor of shape '
-                                 f'{tuple(t.shape)}); pass one image at a time, e.g. '
-                                 'extract(fx, list(batch))')
-            t = t[0]
-        if t.dim() == 3:
-            if t.shape[0] not in (1, 2, 3, 4):
-                raise ValueError(f'tensor images are channels first, (C, H, W) with C = 1, '
-                                 f'2, 3 or 4; got shape {tuple(image.shape)} (for an (H, W, '
-                                 'C) tensor pass t.permute(2, 0, 1))')
-            t = t.permute(1, 2, 0)
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        array = t.numpy()
-    elif _is_pil(image):
-        what, order = 'PIL', 'RGB'  # 'a PIL image', not 'a PIL image image'
-        if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-            array = np.asarray(image)  # 16/32-bit values: checked below, not clipped
-        else:
-            array = np.asarray(image.convert('RGB'))
-    else:
-        many = ('; for several images use extract(fx, images)'
-                if isinstance(image, (list, tuple)) else '')
-        raise TypeError(f'cannot read an image from a {type(image).__name__}; pass a file '
-                        'path, a numpy array (H, W[, C]) in BGR order, a PIL image, or a '
-                        f'(C, H, W) tensor in RGB order, with pixel values 0-255{many}')
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        hint = ''
-        if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4):
-            hint = ' (this one looks channels first: pass array.transpose(1, 2, 0))'
-        elif array.ndim == 4 and array.shape[0] == 1:
-            hint = ' (a batch of one: pass array[0])'
-        raise ValueError(f'a {what} image must be (H, W) or (H, W, C) with C = 1, 2, 3 or '
-                         f'4 channels; got shape {tuple(array.shape)}{hint}')
-    if 0 in array.shape[:2]:
-        raise ValueError(f'the {what} image is empty: shape {tuple(array.shape)}')
-    array = _check_pixel_values(array, what)
-    channels = array.shape[-1]
-    if channels in (2, 4):
-        array = array[..., :channels - 1]  # drop alpha
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    elif order == 'RGB':
-        array = array[..., ::-1]
-    return np.ascontiguousarray(array)
-
-
-def _is_pil(image) -> bool:
-    return isinstance(image, Image.Image)
-
-
-def _check_pixel_values(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` as uint8 or float32 holding 0-255 values; one line for anything else."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                   or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f'a {what} image of dtype {array.dtype} is not supported; pass '
-                        'uint8 (or float) pixel values 0-255')
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(f'the {what} image holds NaN or Inf values; pass finite pixel '
-                         'values 0-255')
-    lo, hi = float(array.min()), float(array.max())
-    if lo < 0:
-        raise ValueError(f'the {what} image has negative values (min {lo:.3g}): it looks '
-                         'already normalised; pass the raw pixel values 0-255 (the model '
-                         'normalises them with its own mean and std)')
-    if hi > 255:
-        sixteen = (' (16-bit: keep the high byte, (np.asarray(img) >> 8).astype(np.uint8), '
-                   'as cv2.imread does with a 16-bit file)'
-                   if np.issubdtype(array.dtype, np.integer) and hi < 1 << 16 else '')
-        raise ValueError(f'the {what} image has values up to {hi:.6g}, beyond 0-255 (e.g. '
-                         f'16-bit): scale it to 8-bit pixel values 0-255 first{sixteen}')
-    if np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.uint8)
-    if 0 < hi <= 1:
-        raise ValueError(f'the {what} image is float with values in [0, 1] (max {hi:.3g}); '
-                         'pass pixel values 0-255, e.g. img * 255 (values in [0, 1] would '
-                         'be read as almost black)')
-    return array.astype(np.float32)
-
-
 def _check_feature_maps(backbone: nn.Module, out, size: int) -> None:
     """Raise one line unless ``out`` (the backbone's output for a (1, 3, size, size)
     input) is a tuple of (N, C, H, W) maps, e.g. for a classifier passed as a backbone."""
@@ -731,102 +532,6 @@ def _check_feature_maps(backbone: nn.Module, out, size: int) -> None:
         'a tuple of (N, C, H, W) maps; for a torchvision or timm ResNet, load its weights '
         'into ours: m = ResNetV1Custom(depth=...); '
         'resnet_backbone.io.weights.load_pretrained(m, model.state_dict())')
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not fit the config's model; the message is one line naming
-    the file, the missing and unexpected counts, and ``--no-strict``/``strict=False``."""
-
-
-def _share(model: nn.Module, part: nn.Module, report) -> float:
-    """% of ``model``'s parameter and buffer elements that ``report``'s load into
-    ``part`` filled (step counters excluded, as in the load report)."""
-    total = sum(t.numel() for k, t in model.state_dict().items() if not _OPTIONAL.search(k))
-    own = part.state_dict()
-    covered = sum(own[k].numel() for k in report.loaded if not _OPTIONAL.search(k))
-    return 100.0 * covered / max(total, 1)
-
-
-def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: int = 0,
-                             strict: bool = True) -> dict:
-    """Load ``checkpoint`` into the detector ``model``; returns the weights record.
-
-    A detector checkpoint (keys of the neck or heads besides ``backbone.``) is loaded
-    into the whole detector, a backbone-only file (any dialect; see
-    :mod:`resnet_backbone.io.weights`) into ``model.backbone`` after the rest was
-    initialised from the config (seeded). Both strictly unless ``strict=False``, with
-    the load report of ``init_cfg=dict(type='Pretrained')`` in the log. A strict load
-    that does not fit raises :class:`CheckpointMismatchError` (one line).
-    """
-    name = str(checkpoint)
-    ckpt = read_checkpoint(checkpoint)  # one line naming an unreadable file
-    sd = unwrap_state_dict(ckpt)
-    parts = {n for n, _ in model.named_children()} - {'backbone', 'data_preprocessor'}
-    detector_file = any(k.split('.', 1)[0] in parts for k in sd)
-    fix = ('pass a checkpoint made with this config (or its backbone alone), or '
-           '--no-strict (strict=False) to load only the tensors that fit')
-    record = {'source': 'checkpoint', 'checkpoint': name, 'sha256': file_digest(checkpoint)}
-    try:
-        if detector_file:
-            report = load_state_dict(model, sd, source='detector checkpoint', strict=strict,
-                                     checkpoint=name)
-            record.update(loaded='detector', coverage={'detector': round(report.coverage, 4)})
-        else:
-            backbone = model.backbone
-            try:
-                converted = convert(ckpt, target_cfg={
-                    'norm_cfg': getattr(backbone, 'norm_cfg', None) or {}})
-            except UnknownDialectError as exc:
-                raise CheckpointMismatchError(
-                    f'{name}: neither a detector checkpoint nor backbone weights: '
-                    f'{exc.message("the file converted with tools/convert_weights.py")}'
-                ) from None
-            # the rest of the detector: the config's initialisation, seeded; the
-            # backbone's own init_cfg is skipped (the file replaces it)
-            backbone.init_cfg = None
-            torch.manual_seed(seed)
-            with quiet_init_logging():
-                model.init_weights()
-            report = load_state_dict(backbone, converted.state_dict,
-                                     source=f'backbone-only {converted.label} checkpoint',
-                                     strict=strict, checkpoint=name)
-            share = _share(model, backbone, report)
-            record.update(source='backbone-checkpoint', loaded='backbone',
-                          dialect=converted.label, seed=seed,
-                          coverage={'backbone': round(report.coverage, 4),
-                                    'detector': round(share, 4)},
-                          note=f'backbone-only checkpoint: {report.coverage:.2f}% of the '
-                               f'backbone loaded from it ({share:.2f}% of the detector); '
-                               f'the neck and heads are randomly initialised (seed {seed})')
-            print_log(f'{name}: {record["note"]}', logger='current', level=logging.WARNING)
-    except IncompleteCheckpointError as exc:
-        r = exc.report
-        what = 'detector' if detector_file else 'backbone'
-        raise CheckpointMismatchError(
-            f'checkpoint {name} does not fit this config\'s {what}: {len(r.missing)} '
-            f'missing, {len(r.unexpected)} unexpected, {len(r.mismatched)} shape-mismatched '
-            f'tensors (coverage {r.coverage:.2f}%, e.g. '
-            f'{(r.missing or r.unexpected or [k for k, _, _ in r.mismatched])[0]}); {fix}'
-        ) from None
-    if not report.complete:  # strict=False: say what did not load, keep the counts
-        record.update(strict=False, seed=seed, missing=len(report.missing),
-                      unexpected=len(report.unexpected), mismatched=len(report.mismatched))
-    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-    if isinstance(meta, dict) and 'dataset_meta' in meta:
-        model.dataset_meta = meta['dataset_meta']
-    return record
-
-
-def file_digest(path: str | Path) -> str | None:
-    """sha256 of a file's bytes (hex), or None for a name that is no local file (a URL)."""
-    path = Path(str(path))
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def config_digest(cfg) -> str:

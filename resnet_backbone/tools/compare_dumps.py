@@ -10,14 +10,14 @@ bfloat16, a converted checkpoint, the fast mode). Both are ``rb-dump --out`` fol
 the same images; images are matched by their path relative to the folder. Prints a
 table, writes ``DIR_B/compare.json`` and rebuilds DIR_B's report (``index.html``) with a
 section showing it. The metrics
-are defined in resnet_backbone/apis/dump_compare.py and docs/dump_compare.md.
+are defined in resnet_backbone/apis/dump/compare.py and docs/dump_compare.md.
 """
 from __future__ import annotations
 
 import argparse
 
-from ..apis.dump_compare import RESULT_FILE, compare_dumps, format_table
-from ..apis.dump_report import write_report
+from ..apis.dump.compare import RESULT_FILE, compare_dumps, format_table
+from ..apis.dump.report import write_report
 from . import prog
 from .runner import run_tool
 

@@ -12,7 +12,7 @@ Installed as ``rb-dump`` (same arguments); ``python tools/dump_features.py`` run
 
 Decoding runs in --workers DataLoader processes and writing in --writers threads beside
 the forward; --batch-size batches images of one padded shape (see
-:mod:`resnet_backbone.apis.dump`). With --launcher (torchrun: tools/dist_dump.sh) each
+:mod:`resnet_backbone.apis.dump.run`). With --launcher (torchrun: tools/dist_dump.sh) each
 rank dumps its own shard, and rank 0 writes one index at the end.
 
 PATH is one image, a folder (searched recursively), or a .txt list of paths. Each image
@@ -51,23 +51,16 @@ from pathlib import Path
 import torch.distributed as dist
 from mmengine.config import DictAction
 
-from ..apis.dump import (
-    DTYPES,
-    FORMATS,
-    OVERLAY_MODES,
-    RoISource,
-    check_out_dir,
-    collect_images,
-    dump_features,
-)
-from ..apis.dump_overlay import DEFAULT_MAX_SIDE
-from ..apis.dump_report import report_only, write_report
-from ..apis.dump_store import build_index, check_format_dtype
-from ..apis.features import FeatureExtractor, file_digest
-from ..apis.rois import CocoFile, coco_boxes, load_box_file, read_coco, unmatched_line
+from ..apis.dump.overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES
+from ..apis.dump.report import report_only, write_report
+from ..apis.dump.rois import CocoFile, coco_boxes, load_box_file, read_coco, unmatched_line
+from ..apis.dump.run import RoISource, check_out_dir, collect_images, dump_features
+from ..apis.dump.store import DTYPES, FORMATS, build_index, check_format_dtype
+from ..apis.features import FeatureExtractor
 from ..engine.distributed import init_process_group, process_group_closed
 from ..engine.training import check_launcher, load_config, setup_environment
 from ..errors import ToolError
+from ..io.checkpoint_loading import file_digest
 from ..models.inference import COMPUTE_DTYPES
 from . import prog
 from .runner import run_tool

@@ -35,7 +35,6 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import DefaultScope
 
-from ..apis.features import CheckpointMismatchError, load_detector_checkpoint
 from ..engine.distributed import process_group_closed
 from ..engine.training import (
     add_data_arguments,
@@ -46,6 +45,7 @@ from ..engine.training import (
     prepare_data,
     setup_environment,
 )
+from ..io.checkpoint_loading import CheckpointMismatchError, load_detector_checkpoint
 from ..models.compiled import CompiledInference
 from ..models.inference import COMPUTE_DTYPES, inference_model
 from . import prog
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_checkpoint_fits(cfg, checkpoint: str) -> None:
     """One line unless ``checkpoint`` is a detector checkpoint that loads strictly into
-    the config's model (:func:`resnet_backbone.apis.features.load_detector_checkpoint`).
+    the config's model (:func:`resnet_backbone.io.checkpoint_loading.load_detector_checkpoint`).
 
     mmengine's Runner loads non-strictly: an R18 checkpoint on an R50 config logged one
     WARNING and printed an mAP of mostly random weights. ``--no-strict`` skips this.

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from resnet_backbone.apis.dump import collect_images, dump_features, output_path
-from resnet_backbone.apis.dump_compare import compare_dumps, compare_maps, format_table
-from resnet_backbone.apis.dump_store import load_levels, save_levels
+from resnet_backbone.apis.dump.compare import compare_dumps, compare_maps, format_table
+from resnet_backbone.apis.dump.store import load_levels, save_levels
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.data.shapes import generate
 from resnet_backbone.errors import ToolError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from resnet_backbone.apis.dump import collect_images, dump_features
-from resnet_backbone.apis.dump_report import PAGE_SIZE, write_report
+from resnet_backbone.apis.dump.report import PAGE_SIZE, write_report
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.errors import ToolError
 from resnet_backbone.tools.dump_features import main as dump_main

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-import resnet_backbone.apis.dump as dump
+import resnet_backbone.apis.dump.run as dump
 from resnet_backbone.apis.dump import collect_images, dump_features, load_levels, output_path
-from resnet_backbone.apis.dump_store import Manifest, manifest_path, read_manifests, record
+from resnet_backbone.apis.dump.store import Manifest, manifest_path, read_manifests, record
 from resnet_backbone.apis.features import FeatureExtractor
 from resnet_backbone.engine.training import load_config
 from resnet_backbone.errors import ToolError

@@ -16,8 +16,8 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from resnet_backbone.apis.dump import collect_images, load_levels, output_path
+from resnet_backbone.apis.dump.rois import Boxes, coco_boxes, load_box_file, lookup
 from resnet_backbone.apis.features import FeatureExtractor, PredictedBoxes
-from resnet_backbone.apis.rois import Boxes, coco_boxes, load_box_file, lookup
 from resnet_backbone.engine.training import load_config
 from resnet_backbone.errors import ToolError
 

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import ToolError
-from ..io.fileio import atomic_write_bytes
-from .dump_store import MANIFESTS, read_manifests
+from ...errors import ToolError
+from ...io.fileio import atomic_write_bytes
+from .store import MANIFESTS, read_manifests
 
 REPORT = 'index.html'
 #: per level statistics, in column order (as in index.csv)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ..io.fileio import atomic_write_bytes
-from .visualize import blend, channel_grid, display_rgb, feature_sheet, save_png
+from ...io.fileio import atomic_write_bytes
+from ..visualize import blend, channel_grid, display_rgb, feature_sheet, save_png
 
 OVERLAY_MODES = ('mean', 'topk')
 DEFAULT_MAX_SIDE = 1024

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ToolError
+from ...errors import ToolError
 
 ROI_SIZE = 7
 FINEST_SCALE = 56

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ToolError
-from ..io.fileio import atomic_path, atomic_write_bytes
-from ..spec import check_choice
-from ..version import __version__
-from .features import FeatureExtractor, settings_digest, state_dict_digest
+from ...errors import ToolError
+from ...io.fileio import atomic_path, atomic_write_bytes
+from ...spec import check_choice
+from ...version import __version__
+from ..features import FeatureExtractor, settings_digest, state_dict_digest
 
 #: safetensors first: the default (uncompressed, no zip CRC; measured in docs/dumping.md)
 FORMATS = ('safetensors', 'npz', 'pt')

@@ -3,7 +3,7 @@
 The run, per process (rank):
 
 1. **Plan.** Every input image's output file is looked up in the manifests
-   (:mod:`~resnet_backbone.apis.dump_store`): reading one JSON line per image, not the
+   (:mod:`~resnet_backbone.apis.dump.store`): reading one JSON line per image, not the
    arrays files. An image is done when its latest record has this run's fingerprint, its
    image file is unchanged (size and mtime), its arrays file exists and (with
    ``--overlay``) its overlays were drawn the same way. A file that has no record (from
@@ -19,7 +19,7 @@ The run, per process (rank):
    out-of-memory error in a batch retries that batch one image at a time (said once).
 5. **Write** beside the next forward: writer threads (``writers``) behind a bounded queue
    take the maps, compute statistics (float32), cast to the storage dtype, draw overlays
-   (:mod:`~resnet_backbone.apis.dump_overlay`), write the arrays file, then append the
+   (:mod:`~resnet_backbone.apis.dump.overlay`), write the arrays file, then append the
    manifest record. Only the forward is on the critical path, and memory stays bounded.
 6. **Index.** Rank 0 follows all ranks' manifests for one progress bar, then writes
    ``index.json``/``index.csv`` once.
@@ -58,12 +58,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # a dependency of mmdet
 
-from ..errors import ToolError
-from ..io.fileio import remove_dead_writers_temp_files
-from ..spec import check_choice
-from .dump_overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
-from .dump_report import write_report
-from .dump_store import (
+from ...errors import ToolError
+from ...io.fileio import remove_dead_writers_temp_files
+from ...spec import check_choice
+from ..features import FeatureExtractor, FeatureRecord, PredictedBoxes, level_stats
+from ..images import UnreadableImageError, build_pipeline, load_image
+from .overlay import DEFAULT_MAX_SIDE, OVERLAY_MODES, OverlayScale, write_overlays
+from .report import write_report
+from .rois import lookup
+from .store import (
     DTYPES,
     FORMATS,
     Manifest,
@@ -79,20 +82,10 @@ from .dump_store import (
     record,
     save_levels,
 )
-from .features import (
-    FeatureExtractor,
-    FeatureRecord,
-    PredictedBoxes,
-    UnreadableImageError,
-    build_pipeline,
-    level_stats,
-    load_image,
-)
-from .rois import lookup
 
-__all__ = ['DTYPES', 'FORMATS', 'OVERLAY_MODES', 'DumpSummary', 'collect_images',
-           'dump_features', 'fingerprint', 'load_levels', 'output_path', 'read_meta',
-           'save_levels']
+__all__ = ['DTYPES', 'FORMATS', 'OVERLAY_MODES', 'DumpOptions', 'DumpSummary', 'RoISource',
+           'collect_images', 'dump_features', 'fingerprint', 'load_levels', 'output_path',
+           'read_meta', 'save_levels']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 NO_SUCH_FILE = 'no such file'
@@ -144,7 +137,7 @@ class DumpSummary:
 class RoISource:
     """Where a dump's RoI boxes come from: ``kind`` ``'gt'`` (a COCO annotation file),
     ``'file'`` (a JSON/CSV box file) with their ``table`` (see
-    :mod:`resnet_backbone.apis.rois`), or ``'pred'`` (the detector's predictions)."""
+    :mod:`resnet_backbone.apis.dump.rois`), or ``'pred'`` (the detector's predictions)."""
 
     kind: str
     table: dict | None = None
@@ -254,9 +247,12 @@ class _Plan:
     adopt: dict[str, dict] = field(default_factory=dict)  # str(image) -> record to append
 
 
-def _plan(images: Sequence[Path], root: Path, out_dir: Path, fp: dict, *, fmt: str,
-          overlay: bool, overlay_mode: str, max_side: int, overwrite: bool) -> _Plan:
+def _plan(images: Sequence[Path], root: Path, out_dir: Path, fp: dict,
+          options: DumpOptions) -> _Plan:
+    """What is done and what is to do, from the manifests (see the module docs); raises
+    one line, before anything is written, for files dumped with other settings."""
     plan = _Plan()
+    fmt, overlay, overwrite = options.fmt, options.overlay, options.overwrite
     records = read_manifests(out_dir)
     for image in images:
         target = output_path(image, root, out_dir, fmt)
@@ -284,7 +280,8 @@ def _plan(images: Sequence[Path], root: Path, out_dir: Path, fp: dict, *, fmt: s
             plan.adopt.pop(str(image), None)
             continue
         stem = overlay_stem(image, root, out_dir)
-        drawn = (rec.get('overlay') == overlay_mode and rec.get('overlay_max_side') == max_side
+        drawn = (rec.get('overlay') == options.overlay_mode
+                 and rec.get('overlay_max_side') == options.overlay_max_side
                  and stem.with_name(f'{stem.name}.sheet.png').is_file())
         if (overwrite or rec.get('source') is None or rec['source'] != source_stamp(image)
                 or (overlay and not drawn)):
@@ -292,6 +289,12 @@ def _plan(images: Sequence[Path], root: Path, out_dir: Path, fp: dict, *, fmt: s
             plan.adopt.pop(str(image), None)
         else:
             plan.done += 1
+    if plan.stale and not overwrite:
+        target, why = plan.stale[0]
+        raise ToolError(f'{len(plan.stale)} of the files already in {out_dir} were dumped '
+                        f'with {why} (e.g. {target}); pass --overwrite to redo every image '
+                        'with these settings, or choose another output folder; nothing was '
+                        'written')
     return plan
 
 
@@ -531,6 +534,76 @@ def _gather(obj) -> list:
 
 
 # ---------------------------------------------------------------- the run
+@dataclass(frozen=True)
+class DumpOptions:
+    """How a dump runs and what it stores: :func:`dump_features`'s keywords, checked once.
+
+    Attributes:
+        fmt: the arrays files' format, one of :data:`FORMATS`.
+        dtype: the storage dtype, one of :data:`DTYPES` (statistics are taken in float32).
+        overlay: also draw overlays (:mod:`~resnet_backbone.apis.dump.overlay`).
+        overlay_mode: how a level's channels become one heatmap, one of
+            :data:`OVERLAY_MODES`.
+        overlay_max_side: the overlays' longer side, at most (pixels).
+        overwrite: remove the files dumped with other settings and redo every image.
+        config: the config file, recorded with every image.
+        progress: a progress bar (rank 0 only).
+        batch_size: images per forward (same padded shape only; see the module docs).
+        workers: DataLoader worker processes for decoding and the test pipeline
+            (0: in this process).
+        writers: threads that write beside the forward (0: write in this thread).
+        rois: also RoI features per image (:class:`RoISource`): arrays ``rois`` (N, C,
+            7, 7) and ``roi_pooled`` (N, C) beside the levels, and ``meta['rois']``.
+    """
+
+    fmt: str = 'safetensors'
+    dtype: str = 'float32'
+    overlay: bool = False
+    overlay_mode: str = 'mean'
+    overlay_max_side: int = DEFAULT_MAX_SIDE
+    overwrite: bool = False
+    config: str | None = None
+    progress: bool = True
+    batch_size: int = 1
+    workers: int = 0
+    writers: int = 1
+    rois: RoISource | None = None
+
+    def __post_init__(self) -> None:
+        check_format_dtype(self.fmt, self.dtype)
+        check_choice('overlay_mode', self.overlay_mode, OVERLAY_MODES, quote=False)
+        for name in ('batch_size', 'overlay_max_side'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ToolError(f'{name} must be a positive integer; got {value!r}')
+        for name in ('workers', 'writers'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ToolError(f'{name} must be 0 or more; got {value!r}')
+
+    def fingerprint(self, fx: FeatureExtractor) -> dict:
+        """What every record of this dump must have been made with (see the module docs)."""
+        fp = fingerprint(fx, dtype=self.dtype, fmt=self.fmt)
+        if self.rois is not None:  # only then: records dumped without RoIs keep theirs
+            fp['rois'] = self.rois.fingerprint()
+        return fp
+
+
+@dataclass
+class _Shard:
+    """One rank's share of a run: who it is, what it writes into, what it was handed."""
+
+    rank: int
+    world: int
+    run_id: str
+    fp: dict  # this run's fingerprint (DumpOptions.fingerprint)
+    manifest: Manifest
+    total: int  # images to do on all ranks: the progress bar's length
+    scale: OverlayScale | None = None
+    ready: dict[str, FeatureRecord] = field(default_factory=dict)  # str(image) -> done
+    tail: ManifestTail | None = None  # rank 0's follower of the other ranks' manifests
+
+
 def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_dir: Path, *,
                   fmt: str = 'safetensors', dtype: str = 'float32', overlay: bool = False,
                   overlay_mode: str = 'mean', overlay_max_side: int = DEFAULT_MAX_SIDE,
@@ -547,52 +620,30 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
     the module docstring.
 
     Args:
-        batch_size: images per forward (same padded shape only; see the module docs).
-        workers: DataLoader worker processes for decoding and the test pipeline
-            (0: in this process).
-        writers: threads that write beside the forward (0: write in this thread).
-        rois: also RoI features per image (:class:`RoISource`): arrays ``rois`` (N, C,
-            7, 7) and ``roi_pooled`` (N, C) beside the levels, and ``meta['rois']``.
+        fx: the model.
+        images: the input images (:func:`collect_images`); ``root``: their common folder,
+            which the output paths mirror.
+        out_dir: the dump folder.
+        fmt, dtype, overlay, overlay_mode, overlay_max_side, overwrite, config, progress,
+            batch_size, workers, writers, rois: the fields of :class:`DumpOptions`.
     """
-    check_format_dtype(fmt, dtype)
-    check_choice('overlay_mode', overlay_mode, OVERLAY_MODES, quote=False)
-    for name, value in (('batch_size', batch_size), ('overlay_max_side', overlay_max_side)):
-        if not isinstance(value, int) or value < 1:
-            raise ToolError(f'{name} must be a positive integer; got {value!r}')
-    for name, value in (('workers', workers), ('writers', writers)):
-        if not isinstance(value, int) or value < 0:
-            raise ToolError(f'{name} must be 0 or more; got {value!r}')
+    options = DumpOptions(
+        fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
+        overlay_max_side=overlay_max_side, overwrite=overwrite, config=config,
+        progress=progress, batch_size=batch_size, workers=workers, writers=writers, rois=rois)
     rank, world = _dist_info()
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     images = list(images)
-    fp = fingerprint(fx, dtype=dtype, fmt=fmt)
-    if rois is not None:  # only then: records dumped without RoIs keep their fingerprint
-        fp['rois'] = rois.fingerprint()
-    plan = _plan(images, root, out_dir, fp, fmt=fmt, overlay=overlay,
-                 overlay_mode=overlay_mode, max_side=overlay_max_side, overwrite=overwrite)
-    if plan.stale and not overwrite:
-        target, why = plan.stale[0]
-        raise ToolError(f'{len(plan.stale)} of the files already in {out_dir} were dumped '
-                        f'with {why} (e.g. {target}); pass --overwrite to redo every image '
-                        'with these settings, or choose another output folder; nothing was '
-                        'written')
+    fp = options.fingerprint(fx)
+    plan = _plan(images, root, out_dir, fp, options)
     mine = [img for i, img in enumerate(images) if i % world == rank]
-    mine_set = {str(i) for i in mine}
     todo = [img for img in mine if str(img) in plan.todo]
     # rank 0 follows the other ranks' manifests from before the run id exists: no record
     # of this run can be written before its tail starts, so none is missed by the bar
     tail = ManifestTail(out_dir) if progress and rank == 0 and world > 1 else None
-    removed = 0
-    if rank == 0 and out_dir.is_dir():
-        # killed writers' temporary files, before the broadcast: no rank passes it before
-        # rank 0 joins, so no write of this run has started on any host (the pids in the
-        # names are only this host's)
-        with _writable(out_dir):
-            removed = len(remove_dead_writers_temp_files(out_dir))
-    run_id = _broadcast(uuid.uuid4().hex)
-    summary = DumpSummary(ranks=world)
-    summary.removed_temp = removed
+    removed = _remove_killed_writers_files(out_dir) if rank == 0 else 0
+    run_id = _broadcast(uuid.uuid4().hex)  # after the removal: see there
     t0 = time.time()
     with _writable(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -600,37 +651,20 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         for target, _ in plan.stale:  # overwrite: no stale file may outlive this run's start
             if target in own:
                 target.unlink(missing_ok=True)
-        manifest = Manifest(out_dir, rank)
+        shard = _Shard(rank, world, run_id, fp, Manifest(out_dir, rank), len(plan.todo),
+                       tail=tail)
         try:
-            for image, rec in plan.adopt.items():  # files without records get theirs now
-                if image in mine_set:
-                    manifest.append(record('dumped', image, rec['meta']['file'], rank=rank,
-                                           run=run_id, adopted=True,  # not progress
-                                           **{k: v for k, v in rec.items() if k != 'meta'},
-                                           meta=rec['meta']))
-            scale, ready = (_overlay_scale(fx, images, out_dir, fp, rank, rois) if overlay
-                            else (None, {}))
-            ready = {k: v for k, v in ready.items() if k in {str(i) for i in todo}}
-            mine_stats = _run(fx, todo, root, out_dir, manifest, fp, run_id, rank, world,
-                              fmt=fmt, dtype=dtype, overlay=overlay, overlay_mode=overlay_mode,
-                              max_side=overlay_max_side, scale=scale, config=config,
-                              progress=progress and rank == 0, total=len(plan.todo), tail=tail,
-                              batch_size=batch_size, workers=workers, writers=writers,
-                              rois=rois, ready=ready)
+            _adopt(plan, {str(i) for i in mine}, shard)
+            if overlay:
+                shard.scale, ready = _overlay_scale(fx, images, out_dir, fp, rank, rois)
+                shard.ready = {k: v for k, v in ready.items() if k in {str(i) for i in todo}}
+            mine_stats = _run(fx, todo, root, out_dir, shard, options)
         finally:
-            manifest.close()
+            shard.manifest.close()
         mine_stats['already'] = len(mine) - len(todo)
-        shown = mine_stats.pop('shown', set())
-        summary.seconds = time.time() - t0
-        for who, s in enumerate(_gather(mine_stats)):
-            summary.dumped += s['dumped']
-            summary.bytes += s['bytes']
-            summary.already_there += s['already']
-            summary.skipped += [tuple(x) for x in s['skipped']]
-            for image, reason in s['skipped']:  # those rank 0 did not see come in
-                if rank == 0 and image not in shown:
-                    print(f'{skipped_prefix(who, world)}WARNING: skipped {image}: {reason}',
-                          file=sys.stderr, flush=True)
+        seconds = time.time() - t0  # this rank's own time, not its wait for the others
+        summary = _summarise(mine_stats, rank, world)
+        summary.removed_temp, summary.seconds = removed, seconds
         _barrier()
         if rank == 0:
             summary.index = build_index(out_dir, [str(i) for i in images])[0]
@@ -638,6 +672,44 @@ def dump_features(fx: FeatureExtractor, images: Sequence[Path], root: Path, out_
         else:
             summary.index = out_dir / 'index.json'
         _barrier()
+    return summary
+
+
+def _remove_killed_writers_files(out_dir: Path) -> int:
+    """Rank 0 removes the temporary files of killed writers before the run id is sent:
+    no rank passes that broadcast before rank 0 joins it, so no write of this run has
+    started on any host (the pids in the names are only this host's)."""
+    if not out_dir.is_dir():
+        return 0
+    with _writable(out_dir):
+        return len(remove_dead_writers_temp_files(out_dir))
+
+
+def _adopt(plan: _Plan, mine: set[str], shard: _Shard) -> None:
+    """Append the records of this rank's files that have none (an older version's, or a
+    kill between a file and its record); they are not progress of this run."""
+    for image, rec in plan.adopt.items():
+        if image in mine:
+            shard.manifest.append(record(
+                'dumped', image, rec['meta']['file'], rank=shard.rank, run=shard.run_id,
+                adopted=True, **{k: v for k, v in rec.items() if k != 'meta'},
+                meta=rec['meta']))
+
+
+def _summarise(mine_stats: dict, rank: int, world: int) -> DumpSummary:
+    """All ranks' counts in one summary; rank 0 names the skipped images it has not
+    named yet (those whose records it did not see come in)."""
+    summary = DumpSummary(ranks=world)
+    shown = mine_stats.pop('shown', set())
+    for who, s in enumerate(_gather(mine_stats)):
+        summary.dumped += s['dumped']
+        summary.bytes += s['bytes']
+        summary.already_there += s['already']
+        summary.skipped += [tuple(x) for x in s['skipped']]
+        for image, reason in s['skipped']:
+            if rank == 0 and image not in shown:
+                print(f'{skipped_prefix(who, world)}WARNING: skipped {image}: {reason}',
+                      file=sys.stderr, flush=True)
     return summary
 
 
@@ -666,151 +738,159 @@ def _overlay_scale(fx: FeatureExtractor, images: Sequence[Path], out_dir: Path, 
 #: Rank 0 stops waiting for the other ranks' records after this long without one (s).
 STALL_S = 600.0
 
-#: Fault injection for the tests: ``RANK:N`` makes that rank kill itself (SIGKILL, no
-#: clean-up of any kind) right after its N-th image is written, as a crashed node would.
-KILL_AFTER_ENV = 'RESNET_BACKBONE_DUMP_KILL_AFTER'
+
+def _write(fx: FeatureExtractor, item: _Item, rec: FeatureRecord, root: Path, out_dir: Path,
+           shard: _Shard, options: DumpOptions) -> int:
+    """One image's overlays, then its arrays file, then its manifest record (which marks
+    it done); returns the bytes written."""
+    dtype, overlay = DTYPES[options.dtype], options.overlay
+    target = output_path(item.image, root, out_dir, options.fmt)
+    levels32 = {k: v.detach() for k, v in rec.levels.items()}
+    meta = dict(rec.meta)
+    meta['levels'] = {k: {'shape': list(v.shape), 'stride': rec.strides[k],
+                          'dtype': options.dtype, **level_stats(v)}
+                      for k, v in levels32.items()}
+    meta.update(weights=fx.weights, config=options.config, format=options.fmt,
+                fingerprint=shard.fp, source=item.source,
+                overlay=options.overlay_mode if overlay else None,
+                overlay_max_side=options.overlay_max_side if overlay else None)
+    if overlay and shard.scale is not None:  # before the arrays: the record marks completion
+        stem = overlay_stem(item.image, root, out_dir)
+        meta['overlay_scale'] = {k: shard.scale.ranges[k] for k in levels32}
+        write_overlays(item.image, {k: v.cpu() for k, v in levels32.items()},
+                       rec.strides, meta, stem, shard.scale, mode=options.overlay_mode,
+                       max_side=options.overlay_max_side)
+    stored = {k: v.to(dtype).cpu() for k, v in levels32.items()}
+    if rec.rois is not None:  # beside the levels, same storage dtype
+        stored['rois'] = rec.rois.rois.to(dtype).cpu()
+        stored['roi_pooled'] = rec.rois.pooled.to(dtype).cpu()
+        meta['rois'] = rec.rois.records
+        meta['image_id'] = rec.rois.image_id  # the COCO image id (--rois gt), else None
+        meta['roi_extractor'] = fx.roi_extractor()[1]
+        if rec.rois.note:
+            meta['rois_note'] = rec.rois.note
+    nbytes = save_levels(target, stored, meta, options.fmt)
+    rel = str(target.relative_to(out_dir))
+    shard.manifest.append(record(
+        'dumped', str(item.image), rel, rank=shard.rank, run=shard.run_id, fingerprint=shard.fp,
+        source=item.source, overlay=meta['overlay'],
+        overlay_max_side=meta['overlay_max_side'], bytes=nbytes,
+        meta=index_entry(str(item.image), rel, meta)))
+    return nbytes
 
 
-def _kill_after(rank: int) -> int | None:
-    spec = os.environ.get(KILL_AFTER_ENV, '')
-    if ':' not in spec:
-        return None
-    who, n = spec.split(':', 1)
-    return int(n) if int(who) == rank else None
+class _Progress:
+    """Rank 0's bar over all ranks (the others' records followed in their manifests),
+    and the one place skipped images are named.
 
+    Skipped images are named by rank 0 alone, every rank's with its rank (the others'
+    from their manifests as they come in): another rank's stderr may be another node's
+    console (torchrun shows its own node's ranks) or filtered by the launcher, and on
+    rank 0's console its lines broke into the progress bar, with no rank named.
+    """
 
-def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path,
-         manifest: Manifest, fp: dict, run_id: str, rank: int, world: int, *, fmt: str,
-         dtype: str, overlay: bool, overlay_mode: str, max_side: int,
-         scale: OverlayScale | None, config: str | None, progress: bool, total: int,
-         batch_size: int, workers: int, writers: int, rois: RoISource | None,
-         ready: dict[str, FeatureRecord], tail: ManifestTail | None = None) -> dict:
-    """This rank's loop: load -> batch -> forward -> writers. Returns its counts.
-    ``tail``: rank 0's follower of the other ranks' manifests (made before the run id
-    was sent), for one progress bar."""
-    stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
-    kill_after = _kill_after(rank)
-    lock = threading.Lock()
-    tail = tail if progress and world > 1 else None
-    bar = tqdm(total=total, desc='dump', unit='img', disable=not progress or total == 0,
-               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)  # no bar: nothing to do
-    started = time.time()
-    seen_bytes = [0]
+    def __init__(self, shard: _Shard, show: bool) -> None:
+        self.shard = shard
+        self.tail = shard.tail if show and shard.world > 1 else None
+        self.bar = tqdm(total=shard.total, desc='dump', unit='img',
+                        disable=not show or shard.total == 0,  # no bar: nothing to do
+                        file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        self.lock = threading.Lock()
+        self.started, self.seen_bytes = time.time(), 0
+        self.shown: set[str] = set()
 
-    def tick(n: int, nbytes: int) -> None:
-        with lock:
-            seen_bytes[0] += nbytes
-            rate = seen_bytes[0] / 1e6 / max(time.time() - started, 1e-9)
-            bar.set_postfix_str(f'{rate:.3g} MB/s', refresh=False)
-            bar.update(n)
+    def tick(self, n: int, nbytes: int) -> None:
+        with self.lock:
+            self.seen_bytes += nbytes
+            rate = self.seen_bytes / 1e6 / max(time.time() - self.started, 1e-9)
+            self.bar.set_postfix_str(f'{rate:.3g} MB/s', refresh=False)
+            self.bar.update(n)
 
-    def say(line: str) -> None:
+    def say(self, line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
-    # Skipped images are named by rank 0 alone, every rank's with its rank (the others'
-    # from their manifests as they come in): another rank's stderr may be another node's
-    # console (torchrun shows its own node's ranks) or filtered by the launcher, and on
-    # rank 0's console its lines broke into the progress bar, with no rank named.
-    shown: set[str] = set()
+    def skipped(self, image: str, reason: str | None, who: int) -> None:
+        self.shown.add(image)
+        self.say(f'{skipped_prefix(who, self.shard.world)}WARNING: skipped {image}: {reason}')
 
-    def skipped(image: str, reason: str | None, who: int) -> None:
-        shown.add(image)
-        say(f'{skipped_prefix(who, world)}WARNING: skipped {image}: {reason}')
+    def follow_others(self) -> None:
+        if self.tail is None:
+            return
+        shard = self.shard
+        new = [r for r in self.tail.poll(skip=shard.manifest.path)
+               if r.get('run') == shard.run_id and r.get('rank') != shard.rank
+               and not r.get('adopted')]
+        if new:
+            self.tick(len(new), sum(r.get('bytes', 0) for r in new))
+        for r in new:
+            if r.get('status') == 'skipped':
+                self.skipped(r.get('image'), r.get('reason'), r.get('rank'))
+
+    def wait_for_others(self) -> None:
+        """Keep the bar moving until every rank's records are in (a rank that died ends
+        the whole job under torchrun; a stall of :data:`STALL_S` ends the wait here)."""
+        last_n, last_change = self.bar.n, time.time()
+        while (self.tail is not None and self.bar.n < self.shard.total
+               and time.time() - last_change < STALL_S):
+            time.sleep(0.5)
+            self.follow_others()
+            if self.bar.n != last_n:
+                last_n, last_change = self.bar.n, time.time()
+
+
+def _run(fx: FeatureExtractor, todo: list[Path], root: Path, out_dir: Path, shard: _Shard,
+         options: DumpOptions) -> dict:
+    """This rank's loop: load -> batch -> forward -> writers. Returns its counts."""
+    stats = {'dumped': 0, 'bytes': 0, 'skipped': []}
+    progress = _Progress(shard, options.progress and shard.rank == 0)
 
     def write(job: tuple[_Item, FeatureRecord]) -> None:
-        item, rec = job
-        target = output_path(item.image, root, out_dir, fmt)
-        levels32 = {k: v.detach() for k, v in rec.levels.items()}
-        meta = dict(rec.meta)
-        meta['levels'] = {k: {'shape': list(v.shape), 'stride': rec.strides[k],
-                              'dtype': dtype, **level_stats(v)}
-                          for k, v in levels32.items()}
-        meta.update(weights=fx.weights, config=config, format=fmt, fingerprint=fp,
-                    source=item.source, overlay=overlay_mode if overlay else None,
-                    overlay_max_side=max_side if overlay else None)
-        if overlay and scale is not None:  # before the arrays: the record marks completion
-            stem = overlay_stem(item.image, root, out_dir)
-            meta['overlay_scale'] = {k: scale.ranges[k] for k in levels32}
-            write_overlays(item.image, {k: v.cpu() for k, v in levels32.items()},
-                           rec.strides, meta, stem, scale, mode=overlay_mode,
-                           max_side=max_side)
-        stored = {k: v.to(DTYPES[dtype]).cpu() for k, v in levels32.items()}
-        if rec.rois is not None:  # beside the levels, same storage dtype
-            stored['rois'] = rec.rois.rois.to(DTYPES[dtype]).cpu()
-            stored['roi_pooled'] = rec.rois.pooled.to(DTYPES[dtype]).cpu()
-            meta['rois'] = rec.rois.records
-            meta['image_id'] = rec.rois.image_id  # the COCO image id (--rois gt), else None
-            meta['roi_extractor'] = fx.roi_extractor()[1]
-            if rec.rois.note:
-                meta['rois_note'] = rec.rois.note
-        nbytes = save_levels(target, stored, meta, fmt)
-        rel = str(target.relative_to(out_dir))
-        manifest.append(record('dumped', str(item.image), rel, rank=rank, run=run_id,
-                               fingerprint=fp, source=item.source, overlay=meta['overlay'],
-                               overlay_max_side=meta['overlay_max_side'], bytes=nbytes,
-                               meta=index_entry(str(item.image), rel, meta)))
-        with lock:
+        nbytes = _write(fx, *job, root, out_dir, shard, options)
+        with progress.lock:
             stats['dumped'] += 1
             stats['bytes'] += nbytes
-            if kill_after is not None and stats['dumped'] >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # the fault test's dying rank
-        tick(1, nbytes)
+        progress.tick(1, nbytes)
 
-    def follow_others() -> None:
-        if tail is not None:
-            new = [r for r in tail.poll(skip=manifest.path)
-                   if r.get('run') == run_id and r.get('rank') != rank
-                   and not r.get('adopted')]
-            if new:
-                tick(len(new), sum(r.get('bytes', 0) for r in new))
-            for r in new:
-                if r.get('status') == 'skipped':
-                    skipped(r.get('image'), r.get('reason'), r.get('rank'))
+    def skip(item: _Item) -> None:
+        stats['skipped'].append((str(item.image), item.reason))
+        if shard.rank == 0:
+            progress.skipped(str(item.image), item.reason, shard.rank)
+        rel = str(output_path(item.image, root, out_dir, options.fmt).relative_to(out_dir))
+        shard.manifest.append(record('skipped', str(item.image), rel, rank=shard.rank,
+                                     run=shard.run_id, reason=item.reason))
+        progress.tick(1, 0)
 
-    forward = _Forward(fx, say, rois)
+    forward = _Forward(fx, progress.say, options.rois)
     loader = DataLoader(_Images(fx.pipeline_cfg, todo), batch_size=None, shuffle=False,
-                        num_workers=workers, collate_fn=_identity)
-    pool = _Writers(write, writers, depth=max(2, writers) * batch_size)
+                        num_workers=options.workers, collate_fn=_identity)
+    pool = _Writers(write, options.writers,
+                    depth=max(2, options.writers) * options.batch_size)
     clean = False
     try:
         last_poll = 0.0
-        for batch in _batches(_received_whole(iter(loader)), fx, batch_size):
+        for batch in _batches(_received_whole(iter(loader)), fx, options.batch_size):
             pool.check()
             if batch[0].sample is None:
-                item = batch[0]
-                stats['skipped'].append((str(item.image), item.reason))
-                if rank == 0:
-                    skipped(str(item.image), item.reason, rank)
-                rel = str(output_path(item.image, root, out_dir, fmt).relative_to(out_dir))
-                manifest.append(record('skipped', str(item.image), rel, rank=rank,
-                                       run=run_id, reason=item.reason))
-                tick(1, 0)
+                skip(batch[0])
                 continue
-            need = [i for i in batch if str(i.image) not in ready]  # not measured already
+            need = [i for i in batch if str(i.image) not in shard.ready]  # not measured yet
             computed = dict(zip(map(id, need), forward([i.sample for i in need],
                                                        [i.image for i in need]) if need else []))
             for item in batch:
-                rec = ready.pop(str(item.image), None) or computed[id(item)]
+                rec = shard.ready.pop(str(item.image), None) or computed[id(item)]
                 item.sample = None  # the input is no longer needed: free it
                 pool.put((item, rec))
             computed = rec = None  # the writers own these maps now: not held here too
             if time.time() - last_poll > 1.0:
-                follow_others()
+                progress.follow_others()
                 last_poll = time.time()
         clean = True
     finally:
         pool.close(cancel=not clean)
         if not clean:
-            bar.close()  # the error line that follows starts on a line of its own
-    # rank 0 keeps the bar moving until every rank's records are in (a rank that died
-    # ends the whole job under torchrun; a stall of 10 minutes ends the wait here)
-    last_n, last_change = bar.n, time.time()
-    while tail is not None and bar.n < total and time.time() - last_change < STALL_S:
-        time.sleep(0.5)
-        follow_others()
-        if bar.n != last_n:
-            last_n, last_change = bar.n, time.time()
-    bar.close()
+            progress.bar.close()  # the error line that follows starts on a line of its own
+    progress.wait_for_others()
+    progress.bar.close()
     stats['forward_seconds'] = forward.seconds
-    stats['shown'] = shown  # not gathered: rank 0's own account
+    stats['shown'] = progress.shown  # not gathered: rank 0's own account
     return stats

@@ -47,7 +47,7 @@ A statistic that has no value (no finite position at all) is written as ``null``
 
 Example:
     >>> import json, tempfile, torch
-    >>> from resnet_backbone.apis.dump_store import save_levels
+    >>> from resnet_backbone.apis.dump.store import save_levels
     >>> def dump(folder, scale):  # what rb-dump writes, by hand: one image, level c5
     ...     folder = Path(folder)
     ...     c5 = torch.arange(1., 9.).reshape(1, 2, 2, 2) * scale
@@ -75,9 +75,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # a dependency of mmdet
 
-from ..errors import ToolError
-from ..io.fileio import atomic_write_bytes
-from .dump_store import FORMATS, load_levels, read_manifests
+from ...errors import ToolError
+from ...io.fileio import atomic_write_bytes
+from .store import FORMATS, load_levels, read_manifests
 
 __all__ = ['ROI_KEYS', 'STAT_KEYS', 'compare_dumps', 'compare_maps', 'format_table']
 
