@@ -1,4 +1,4 @@
-"""tools/ops_coverage.py, the zoo sweep behind docs/ops_coverage.md: what it changes in a
+"""benchmarks/ops_coverage.py, the zoo sweep behind docs/ops_coverage.md: what it changes in a
 config before running it, how it counts calls into ``mmcv._ext``, and that the committed
 report is what the committed data renders to."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('ops_coverage', ROOT / 'tools/ops_coverage.py')
+    spec = importlib.util.spec_from_file_location('ops_coverage',
+                                                  ROOT / 'benchmarks/ops_coverage.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

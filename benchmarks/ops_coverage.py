@@ -42,10 +42,10 @@ earlier run's JSON instead.
 Writes ``--json`` (default docs/ops_coverage.json) after every config and ``--md``
 (default docs/ops_coverage.md) at the end; progress lines go to stderr.
 
-    python tools/ops_coverage.py                                  # the whole sweep
-    python tools/ops_coverage.py --configs 'faster_rcnn/*' --limit 5 --json /tmp/c.json
-    python tools/ops_coverage.py --reference-python .venv/bin/python   # + compiled re-run
-    python tools/ops_coverage.py --render-only                    # md from the JSON
+    python benchmarks/ops_coverage.py                                  # the whole sweep
+    python benchmarks/ops_coverage.py --configs 'faster_rcnn/*' --limit 5 --json /tmp/c.json
+    python benchmarks/ops_coverage.py --reference-python .venv/bin/python   # + compiled re-run
+    python benchmarks/ops_coverage.py --render-only                    # md from the JSON
 """
 from __future__ import annotations
 
@@ -703,7 +703,7 @@ def render_md(data: dict) -> str:
     lines = [
         '# mmcv ops coverage of the mmdet zoo (ResNet-family backbones)',
         '',
-        f'Written by `tools/ops_coverage.py` (its docstring says what each config goes '
+        f'Written by `benchmarks/ops_coverage.py` (its docstring says what each config goes '
         f'through: build without checkpoints, one loss step with `backward()`, one '
         f'`predict`, on CPU). Backend: **`mmcv._ext` = {meta["backend"]}** '
         f'({", ".join(f"{k} {v}" for k, v in meta["versions"].items())}); '

@@ -1,15 +1,16 @@
 """Time ResNetV1Custom against its peers, like for like, next to the machine's conv limit.
 
-    python tools/benchmark.py [--depth 50] [--batch 2] [--size 512] [--modes eval,train]
+    python benchmarks/benchmark.py [--depth 50] [--batch 2] [--size 512] [--modes eval,train]
         [--with-cp] [--channels-last] [--amp-dtype bfloat16] [--compute-dtype bf16]
         [--device cpu] [--repeats 7] [--warmup 2] [--frozen-stages 1]
         [--models mmdet,ours-ref,ours-fast,torchvision,mmdet-compiled,ours-compiled]
         [--malloc-tuned] [--profile] [--json out.json] [--plot out.png]
-    python tools/benchmark.py --overhead [--depth 50] [--batch 2] [--size 64] [--repeats 20]
+    python benchmarks/benchmark.py --overhead [--depth 50] [--batch 2] [--size 64] [--repeats 20]
         [--threads 1] [--models mmdet,ours-fast,ours-ref,torchvision,mmdet-cp,ours-fast-cp]
         [--json out.json]
 
-Installed as ``rb-benchmark`` (same arguments); ``python tools/benchmark.py`` runs the same code.
+Run from a checkout; ``rb-benchmark`` (same arguments) runs this file when the package is
+installed from the checkout (``pip install -e .``, as tools/setup.sh does).
 
 Identical weights, the same memory format for every model (``--channels-last``),
 interleaved repeats after warm-up, medians compared within one run. Reports time per
@@ -19,7 +20,7 @@ fraction of this machine's conv limit, measured in the same run (the best of a f
 oneDNN channels_last convs, fp32 and bf16). The default models include two compiled
 ones (minutes of compile time); ``--models mmdet,ours-ref,ours-fast,torchvision`` skips
 them. ``--models`` also takes ``ours-bf16`` (the bf16 inference tier), ``-cp``,
-``-nchw`` and ``-nofuse`` variants (see ``resnet_backbone.apis.benchmark``).
+``-nchw`` and ``-nofuse`` variants (see :mod:`bench_models`).
 ``--profile`` adds time per stage and its fraction of the limit. On CPU, glibc maps
 every buffer above 32 MB afresh and each 4 KiB page then faults once: ``--malloc-tuned``
 takes that out; run it beside a default run and quote both. Every argument is checked,
@@ -43,23 +44,14 @@ from pathlib import Path
 
 import torch
 
-from ..apis.benchmark import (
-    DEFAULT_MODELS,
-    OVERHEAD_MODELS,
-    check_overhead_models,
-    overhead_table,
-    parse_model,
-    plot,
-    run_overhead,
-    save_json,
-    table,
-    tune_malloc,
-)
-from ..apis.benchmark import run as run_benchmark
-from ..errors import ToolError
-from ..spec import ARCH_LAYOUT, allowed
-from . import prog
-from .runner import run_tool
+from bench_models import DEFAULT_MODELS, OVERHEAD_MODELS, check_overhead_models, parse_model
+from bench_report import overhead_table, plot, save_json, table
+from bench_timing import run as run_benchmark
+from bench_timing import run_overhead, tune_malloc
+from resnet_backbone.errors import ToolError
+from resnet_backbone.spec import ARCH_LAYOUT, allowed
+from resnet_backbone.tools import prog
+from resnet_backbone.tools.runner import run_tool
 
 MODES = ('eval', 'train')
 #: the smallest input that leaves C5 (stride 32) at least one pixel
@@ -237,7 +229,7 @@ def main(argv=None) -> dict:
 
 
 def run() -> None:
-    """``rb-benchmark`` / ``python tools/benchmark.py``: :func:`main`, one-line errors."""
+    """``python benchmarks/benchmark.py`` / ``rb-benchmark``: :func:`main`, one-line errors."""
     run_tool(prog('benchmark.py'), main)
 
 

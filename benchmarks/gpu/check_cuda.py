@@ -1,21 +1,24 @@
 """CUDA checks that CPU CI cannot make: ours vs mmdet's ResNet on the GPU, the fast path,
 the bf16 tier, with_cp gradients, autocast, channels_last, and one 2x3x800x1344 train
 step's peak memory. Prints one line per check; JSON to argv[1]. On a CPU it runs tiny
-(the autocast checks are then trivial). How to run it on the lent GPU: tools/gpu/bundle.sh.
+(the autocast checks are then trivial). How to run it on the lent GPU: benchmarks/gpu/bundle.sh.
 
 Results of 2026-12-01 (H200): docs/benchmark.md, "GPU (H200)".
 """
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 from mmdet.models.backbones import ResNet
 
-from resnet_backbone.apis.benchmark import shared_weights
 from resnet_backbone.models.fast import always_fold
 from resnet_backbone.models.inference import inference_model
 from resnet_backbone.models.resnet import ResNetV1Custom
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_models
+from bench_models import shared_weights  # noqa: E402
 
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 size, batch = (512, 2) if dev == 'cuda' else (64, 1)

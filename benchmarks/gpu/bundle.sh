@@ -4,8 +4,8 @@
 # checkout with a set-up .venv; then, on the GPU machine (the `device` tool, carrying
 # .gpu/site and .gpu/shims):
 #   export PYTHONPATH=$PWD/.gpu/shims:$PWD/.gpu/site:$PWD
-#   python3 tools/gpu/check_cuda.py out.json
-#   python3 tools/benchmark.py --device cuda --depth 50 --batch 2 --size 800 --width 1344 \
+#   python3 benchmarks/gpu/check_cuda.py out.json
+#   python3 benchmarks/benchmark.py --device cuda --depth 50 --batch 2 --size 800 --width 1344 \
 #       --channels-last --amp-dtype bfloat16 --json out.json
 # mmengine and mmdet travel as their pure-Python wheels, mmcv as its Python files (its
 # compiled ops are never called by a ResNet); sitecustomize.py stubs what is left.
@@ -26,5 +26,5 @@ import mmcv
 shutil.copytree(os.path.dirname(mmcv.__file__), sys.argv[1], ignore=shutil.ignore_patterns(
     '*.so', '__pycache__', 'csrc', '*.cu', '*.cpp', '*.h', '*.cuh'))
 PY
-cp "$ROOT/tools/gpu/sitecustomize.py" "$G/shims/"
+cp "$ROOT/benchmarks/gpu/sitecustomize.py" "$G/shims/"
 du -sh "$G/site"

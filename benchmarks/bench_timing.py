@@ -18,13 +18,9 @@ one reference forward (and train step), the same figure for every peer: the usef
 whatever a model does to get it done. MKL's fp32 matmul rate is a labelled secondary
 figure only (it is not this CPU's limit).
 
-Model names: a base (``mmdet``, ``ours-ref``, ``ours-fast``, ``torchvision``;
-``ours-snap`` and ``ours-bf16``, the inference snapshot in float32 and bfloat16, eval
-only) and modifiers: ``-compiled`` (``torch.compile``, Inductor, ``freezing=True`` for
-eval), ``-cp`` (gradient checkpointing), ``-nchw`` (this model in NCHW although
-``channels_last``), ``-nofuse`` (a snapshot with the oneDNN fused kernels off), ``-fold``
-(ours-fast folding every BN on any device and without grad, as it does in a CPU train
-step). ``ours-compiled`` is ``ours-fast-compiled``.
+The models and their names (``mmdet``, ``ours-fast-cp``, ...): :mod:`bench_models`; the
+tables, the plot and the JSON: :mod:`bench_report`; the command line:
+``python benchmarks/benchmark.py`` (``rb-benchmark``).
 
 The overhead mode (:func:`run_overhead`, ``--overhead``): a small input (R50, 2x3x64x64)
 on one thread, where a step's time is mostly per-op cost, not convolution work. Per model
@@ -38,15 +34,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import math
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,111 +52,25 @@ try:
 except ImportError:
     resource = None
 
-from ..engine.compat import quiet_init_logging
-from ..models.compiled import inductor_freezing
-from ..models.fast import always_fold, mkldnn_fusion
-from ..models.inference import InferenceBackbone, check_compute_dtype, for_inference
-from ..models.resnet import ResNetV1Custom
-from ..spec import allowed
+from bench_models import (
+    EAGER_MODELS,
+    OVERHEAD_MODELS,
+    PROFILED,
+    ModelSpec,
+    TorchvisionFeatures,
+    build_models,
+    check_overhead_models,
+    parse_model,
+    split_by_depth,
+)
+from resnet_backbone.models.compiled import inductor_freezing
+from resnet_backbone.models.fast import always_fold, mkldnn_fusion
+from resnet_backbone.models.inference import InferenceBackbone, check_compute_dtype
+from resnet_backbone.models.resnet import ResNetV1Custom
 
-BASES = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision', 'ours-snap', 'ours-bf16')
-#: the inference snapshot's bases (eval only)
-SNAPSHOTS = {'ours-snap': 'fp32', 'ours-bf16': 'bf16'}
-MODIFIERS = ('compiled', 'cp', 'nchw', 'nofuse', 'fold')
-ALIASES = {'ours-compiled': 'ours-fast-compiled'}
-#: the like-for-like set (the compiled ones cost minutes of compile time: ``--models``)
-DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'torchvision',
-                  'mmdet-compiled', 'ours-compiled', 'ours-snap-compiled')
-#: eager models only (no compile time)
-EAGER_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision')
-#: each technique of the fast path turned off alone (README's attribution table)
-ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'ours-snap-nofuse',
-                      'ours-snap-nchw')
-#: the models ``profile=True`` profiles per stage (where they run)
-PROFILED = ('mmdet', 'ours-fast', 'ours-snap', 'ours-bf16', 'torchvision')
-#: the peers built from mmdet's or torchvision's code: only the depths they have
-FOREIGN = ('mmdet', 'torchvision')
-#: the overhead mode's models (``--overhead``): eager ones, with and without checkpointing
-OVERHEAD_MODELS = ('mmdet', 'ours-fast', 'ours-ref', 'ours-snap', 'torchvision', 'mmdet-cp',
-                   'ours-fast-cp')
 #: (in, out, kernel, height=width) of the limit convolutions, batch 2: ResNet-50's
 #: widest 3x3 and 1x1 shapes at about their real sizes, large enough to run at speed
 LIMIT_CONVS = ((256, 256, 3, 64), (1024, 1024, 1, 32), (128, 128, 3, 128))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model name parsed: its base and modifiers."""
-
-    name: str
-    base: str
-    compiled: bool = False
-    cp: bool = False
-    nchw: bool = False
-    nofuse: bool = False
-    fold: bool = False
-
-    @property
-    def eval_only(self) -> bool:
-        return self.base in SNAPSHOTS
-
-
-def model_names_help() -> str:
-    return (f"bases {allowed(BASES, quote=False)}; modifiers "
-            f"{allowed(['-' + m for m in MODIFIERS], quote=False)} (e.g. mmdet-compiled, "
-            'ours-fast-cp, ours-snap-nofuse); ours-compiled = ours-fast-compiled')
-
-
-def parse_model(name: str) -> ModelSpec:
-    """Parse a model name (module docstring); one-line ``ValueError`` if it is not one."""
-    rest = ALIASES.get(name, name)
-    mods = []
-    while True:
-        for m in MODIFIERS:
-            if rest.endswith('-' + m) and rest[:-len(m) - 1]:
-                mods.append(m)
-                rest = rest[:-len(m) - 1]
-                break
-        else:
-            break
-    bad = None
-    if rest not in BASES or len(set(mods)) != len(mods):
-        bad = 'not a model name'
-    elif 'cp' in mods and rest == 'torchvision':
-        bad = 'torchvision has no checkpointing'
-    elif 'nofuse' in mods and rest not in SNAPSHOTS:
-        bad = '-nofuse is for ours-snap and ours-bf16 only'
-    elif 'fold' in mods and rest != 'ours-fast':
-        bad = '-fold is for ours-fast only'
-    elif rest in SNAPSHOTS and 'cp' in mods:
-        bad = f'{rest} is an inference snapshot'
-    elif rest == 'ours-bf16' and 'compiled' in mods:
-        bad = 'ours-bf16 is an eager inference snapshot'
-    if bad:
-        raise ValueError(f'unknown model {name!r} ({bad}); allowed: {model_names_help()}')
-    return ModelSpec(name, rest, *(m in mods for m in MODIFIERS))
-
-
-def split_by_depth(depth: int, names: tuple[str, ...]) -> tuple[tuple[str, ...], dict]:
-    """(the models that exist at ``depth``, {skipped name: one-line reason})."""
-    from torchvision import models as tv_models  # only for the depth check
-    mmdet_depths = _mmdet_depths()
-    keep, skipped = [], {}
-    for name in names:
-        base = parse_model(name).base
-        if base == 'mmdet' and depth not in mmdet_depths:
-            skipped[name] = f"mmdet's ResNet has no depth {depth}"
-        elif base == 'torchvision' and not hasattr(tv_models, f'resnet{depth}'):
-            skipped[name] = f'torchvision has no resnet{depth}'
-        else:
-            keep.append(name)
-    return tuple(keep), skipped
-
-
-def _mmdet_depths() -> tuple[int, ...]:
-    # mmdet.models pulls in mmcv.ops: only when asked
-    from mmdet.models.backbones.resnet import ResNet
-    return tuple(sorted(ResNet.arch_settings))
 
 
 @dataclass
@@ -201,124 +108,6 @@ class Variant:
             if self.saved_bytes is not None and baseline.saved_bytes:
                 out['saved_vs_base'] = self.saved_bytes / baseline.saved_bytes
         return out
-
-
-class _TorchvisionFeatures(nn.Module):
-    """torchvision's resnet run as a C2-C5 feature extractor (the same work as ours)."""
-
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        import torchvision  # only when torchvision is compared
-        net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
-        del net.fc
-        self.net = net
-
-    def forward(self, x):
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        outs = []
-        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
-            x = layer(x)
-            outs.append(x)
-        return tuple(outs)
-
-
-def _freeze_like_mmdet(model: nn.Module, frozen_stages: int, norm_eval: bool) -> None:
-    """Freeze torchvision's stem + first stages and keep its BNs in eval, like mmdet."""
-    n = model.net
-    parts = [n.conv1, n.bn1] if frozen_stages >= 0 else []
-    parts += [getattr(n, f'layer{i}') for i in range(1, frozen_stages + 1)]
-    for m in parts:
-        for p in m.parameters():
-            p.requires_grad = False
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d) and (norm_eval or any(m is q for p in parts
-                                                                for q in p.modules())):
-            m.eval()
-
-
-def shared_weights(depth: int, frozen_stages: int = 1, norm_eval: bool = True,
-                   seed: int = 0) -> dict:
-    """The state dict every model loads: a seeded init (mmdet's where mmdet has the
-    depth, else ours in reference mode, same keys), with BN statistics and affine
-    parameters randomised so that every residual branch does real work."""
-    kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
-              norm_eval=norm_eval)
-    torch.manual_seed(seed)
-    if depth in _mmdet_depths():
-        from mmdet.models.backbones import ResNet  # pulls in mmcv.ops: only when needed
-        ref = ResNet(**kw)
-    else:
-        ref = ResNetV1Custom(fast=False, **kw)
-    with quiet_init_logging():
-        ref.init_weights()
-    with torch.no_grad():  # not zero-init: make every residual branch do real work
-        for m in ref.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.running_mean.normal_(0, 0.1)
-    return ref.state_dict()
-
-
-def build_models(depth: int, *, frozen_stages: int = 1, norm_eval: bool = True,
-                 with_cp: bool = False, include: tuple[str, ...] = EAGER_MODELS,
-                 seed: int = 0, compute_dtype: str = 'fp32') -> dict[str, nn.Module]:
-    """The models to compare (eager, in float32 unless ``compute_dtype='bf16'``), sharing
-    one set of weights (:func:`shared_weights`).
-
-    A ``-compiled`` name gets its eager model here (:func:`run` compiles it); ``-cp``
-    is that model with gradient checkpointing (``with_cp=True`` gives it to every model
-    but torchvision). ``ours-snap`` and ``ours-bf16`` are the inference snapshot
-    (:mod:`resnet_backbone.models.inference`). With ``compute_dtype='bf16'`` every model
-    is cast to bfloat16, except ours-fast, ours-snap and ours-bf16, which become the bf16
-    snapshot (folded in float32, then cast).
-    """
-    dtype = check_compute_dtype(compute_dtype)
-    specs = [parse_model(n) for n in include]
-    sd = shared_weights(depth, frozen_stages, norm_eval, seed)
-    kw = dict(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages,
-              norm_eval=norm_eval)
-    models: dict[str, nn.Module] = {}
-    for spec in specs:
-        cp = spec.cp or (with_cp and spec.base != 'torchvision')
-        if spec.base == 'mmdet':
-            from mmdet.models.backbones import ResNet  # pulls in mmcv.ops: when compared
-            m = ResNet(with_cp=cp, **kw)
-            m.load_state_dict(sd)
-            if cp:
-                _quiet_reentrant_warning(m)
-        elif spec.base == 'torchvision':
-            m = _TorchvisionFeatures(depth)
-            m.net.load_state_dict(sd, strict=False)
-            _freeze_like_mmdet(m, frozen_stages, norm_eval)
-        else:
-            m = ResNetV1Custom(fast=spec.base != 'ours-ref', with_cp=cp, **kw)
-            m.load_state_dict(sd)
-        if dtype == torch.bfloat16 and spec.base in ('ours-fast', *SNAPSHOTS):
-            m = for_inference(m, 'bf16')
-        elif spec.base in SNAPSHOTS:
-            m = for_inference(m, SNAPSHOTS[spec.base])
-        elif dtype != torch.float32:
-            m = m.to(dtype)
-        models[spec.name] = m
-    return models
-
-
-def _quiet_reentrant_warning(m: nn.Module) -> None:
-    """mmdet 3.3's ``with_cp`` calls ``torch.utils.checkpoint`` without ``use_reentrant``,
-    and torch warns at every call: silence that one message, around that model's forward
-    only (its code, not ours; ours passes it)."""
-    forward = m.forward
-
-    def quiet(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', category=UserWarning,
-                                    message='torch.utils.checkpoint: the use_reentrant')
-            return forward(*args, **kwargs)
-
-    m.forward = quiet
 
 
 def saved_bytes_of(step: Callable[[], None]) -> int:
@@ -646,15 +435,6 @@ def count_ops(step: Callable[[], None]) -> OpCounter:
     return counter
 
 
-def check_overhead_models(names: tuple[str, ...]) -> None:
-    """One-line ``ValueError`` for a name the overhead mode cannot run: a compiled model
-    runs Inductor's kernels, not aten ops, so there is nothing to count."""
-    for name in names:
-        if parse_model(name).compiled:
-            raise ValueError(f'{name}: the overhead mode counts aten ops, and a compiled model '
-                             'runs generated kernels instead; use eager models')
-
-
 def run_overhead(*, depth: int = 50, batch: int = 2, size: int = 64, width: int | None = None,
                  modes: tuple[str, ...] = ('eval', 'train'), with_cp: bool = False,
                  channels_last: bool = False, amp_dtype: str | None = None,
@@ -757,7 +537,7 @@ def _stages(m: nn.Module) -> list[tuple[str, Callable]] | None:
             return fn
         return [('stem', lambda x: m.maxpool(m.stem(x)))] + [
             (f'layer{i + 1}', layer_fn(layer)) for i, layer in enumerate(m.layers)]
-    if isinstance(m, _TorchvisionFeatures):
+    if isinstance(m, TorchvisionFeatures):
         n = m.net
         return [('stem', lambda x: n.maxpool(n.relu(n.bn1(n.conv1(x)))))] + [
             (f'layer{i}', getattr(n, f'layer{i}')) for i in range(1, 5)]
@@ -901,134 +681,3 @@ def _flop_counter_paused():
     from torch.utils._python_dispatch import _disable_current_modes  # private: used here only
     with _disable_current_modes():
         yield
-
-
-# ---------------------------------------------------------------------------- output
-def _cell(value, fmt: str, width: int) -> str:
-    """``value`` formatted, or ``-`` where the figure does not apply (None or NaN)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{'-':>{width}}"
-    return f'{value:>{width}{fmt}}'
-
-
-def table(report: dict) -> str:
-    """A plain-text table of a report; ``-`` marks a cell that does not apply."""
-    head = (f"{'model':<18} {'mode':<5} {'dtype':<5} {'median s':>8} {'±sd':>7} "
-            f"{'vs base':>7} {'1st call':>8} {'saved MiB':>9} {'saved vs':>8} "
-            f"{'GFLOP/s':>8} {'of limit':>8} {'faults':>7}")
-    cuda = any(r.get('peak_cuda_bytes') is not None for r in report['results'])
-    head += f" {'peak MiB':>8}" if cuda else ''  # above the resident weights, GPU only
-    lines = [head, '-' * len(head)]
-    for r in report['results']:
-        saved = r['saved_bytes'] / 2**20 if r.get('saved_bytes') else None
-        peak = r['peak_cuda_bytes'] / 2**20 if r.get('peak_cuda_bytes') is not None else None
-        lines.append(
-            f"{r['name']:<18} {r['mode']:<5} {r.get('dtype', 'fp32'):<5} "
-            f"{r['median_s']:>8.3f} {r['sd_s']:>7.3f} {_cell(r.get('time_vs_base'), '.3f', 7)} "
-            f"{_cell(r.get('first_s'), '.2f', 8)} {_cell(saved, '.1f', 9)} "
-            f"{_cell(r.get('saved_vs_base'), '.3f', 8)} "
-            f"{_cell(r.get('gflops_per_s') or None, '.1f', 8)} "
-            f"{_cell(r.get('fraction_of_limit'), '.3f', 8)} "
-            f"{_cell(r.get('page_faults'), 'd', 7)}"
-            + (f" {_cell(peak, '.0f', 8)}" if cuda else ''))
-    bases = sorted({(r['mode'], r['baseline']) for r in report['results'] if 'baseline' in r})
-    if bases:
-        lines.append('vs base: median time / ' + ', '.join(f'{b} ({m})' for m, b in bases))
-    lim = report.get('conv_limit_gflops_per_s')
-    if lim:
-        lines.append(f"conv limit (best channels_last conv, this run): fp32 "
-                     f"{lim['fp32']:.1f}, bf16 {lim['bf16']:.1f} GFLOP/s; secondary, not the "
-                     f"limit: MKL fp32 matmul {report['matmul_gflops_per_s']:.1f} GFLOP/s")
-    for name, why in (report.get('skipped') or {}).items():
-        lines.append(f'skipped {name}: {why}')
-    lines.append(f"settings: {json.dumps(report['settings'])}")
-    if report.get('profile'):
-        lines.append('')
-        lines.append(profile_table(report['profile']))
-    return '\n'.join(lines)
-
-
-def overhead_table(report: dict) -> str:
-    """The overhead mode's plain-text table: per model and mode, aten ops per step and
-    median wall ms per step, each also as a ratio to mmdet's (``-`` where none)."""
-    head = (f"{'model':<18} {'mode':<5} {'ops/step':>8} {'ops vs':>7} {'median ms':>9} "
-            f"{'±sd':>7} {'time vs':>7} {'µs/op':>6}")
-    lines = [head, '-' * len(head)]
-    for r in report['results']:
-        lines.append(
-            f"{r['name']:<18} {r['mode']:<5} {r['ops']:>8d} "
-            f"{_cell(r.get('ops_vs_base'), '.2f', 7)} {r['median_ms']:>9.2f} "
-            f"{r['sd_ms']:>7.2f} {_cell(r.get('time_vs_base'), '.3f', 7)} "
-            f"{_cell(r.get('us_per_op'), '.1f', 6)}")
-    bases = sorted({(r['mode'], r['baseline']) for r in report['results'] if 'baseline' in r})
-    if bases:
-        lines.append('ops vs, time vs: ratio to ' + ', '.join(f'{b} ({m})' for m, b in bases)
-                     + '; ops: aten ops dispatched in one (untimed) step, forward + backward')
-    for name, why in (report.get('skipped') or {}).items():
-        lines.append(f'skipped {name}: {why}')
-    lines.append(f"settings: {json.dumps(report['settings'])}")
-    return '\n'.join(lines)
-
-
-def profile_table(rows: list[dict]) -> str:
-    """Per stage: forward (and backward) time and the fraction of the conv limit."""
-    head = (f"{'model':<18} {'mode':<5} {'stage':<7} {'fwd s':>7} {'bwd s':>7} {'GFLOP':>7} "
-            f"{'of limit':>8}")
-    lines = [head, '-' * len(head)]
-    for r in rows:
-        lines.append(f"{r['model']:<18} {r['mode']:<5} {r['stage']:<7} {r['fwd_s']:>7.4f} "
-                     f"{_cell(r.get('bwd_s'), '.4f', 7)} {r['gflop']:>7.2f} "
-                     f"{_cell(r.get('fraction_of_limit'), '.3f', 8)}")
-    return '\n'.join(lines)
-
-
-def plot(report: dict, path: str | Path) -> Path:
-    """Bar charts relative to the baseline (mmdet): median time per mode and bytes saved
-    for backward (train), with the 1.0 line and each bar's value; and each model's
-    fraction of the conv limit measured in the same run."""
-    import matplotlib  # matplotlib is slow to import: only for --plot
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # after use("Agg")
-    rows = [r for r in report['results'] if 'time_vs_base' in r]
-    saved = [r for r in rows if r.get('saved_vs_base') is not None]
-    limit = [r for r in rows if r.get('fraction_of_limit')]
-    panels = [('median time / baseline (mmdet)', rows, 'time_vs_base', 1.0)]
-    if limit:
-        panels.append(('fraction of the conv limit', limit, 'fraction_of_limit', None))
-    if saved:
-        panels.append(('saved for backward / baseline', saved, 'saved_vs_base', 1.0))
-    # one panel per row: a run of a dozen models in two modes is two dozen bars
-    width = min(16.0, max(6.0, 0.5 * max(len(p[1]) for p in panels) + 1.5))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels) + 0.6),
-                             squeeze=False)
-    for ax, (label, data, key, line) in zip(axes[:, 0], panels):
-        values = [r[key] for r in data]
-        bars = ax.bar(range(len(data)), values, color=[
-            '#888' if r['name'].startswith('mmdet') else '#2a7' if r['name'].startswith('ours')
-            else '#57c' for r in data])
-        ax.bar_label(bars, [f'{v:.2f}' for v in values], fontsize=7)
-        if line is not None:
-            ax.axhline(line, color='k', lw=0.8)
-        ax.set_xticks(range(len(data)), [f"{r['name']}\n{r['mode']}" for r in data],
-                      fontsize=6, rotation=45, ha='right')
-        ax.set_ylabel(label)
-    s = report['settings']
-    hw = f"{s['size']}x{s.get('width', s['size'])}"  # reports before --width: square
-    fig.suptitle(f"R{s['depth']} {s['batch']}x3x{hw} on {s['device']}"
-                 f"{' channels_last (all)' if s.get('channels_last') else ''}"
-                 f"{' with_cp' if s['with_cp'] else ''} {s.get('compute_dtype', 'fp32')}"
-                 f"{' + ' + s['amp_dtype'] + ' autocast' if s.get('amp_dtype') else ''}; "
-                 f"medians of {s['repeats']} interleaved repeats", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def save_json(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    return path

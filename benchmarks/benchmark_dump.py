@@ -1,10 +1,11 @@
 """Time a feature dump against the forward alone, on the same images, in one run.
 
-    python tools/benchmark_dump.py [CONFIG] [--images 8] [--levels c2,c3,c4,c5]
+    python benchmarks/benchmark_dump.py [CONFIG] [--images 8] [--levels c2,c3,c4,c5]
         [--big] [--batch-size 1] [--workers 2] [--writers 1] [--device cpu] [--json F]
         [--dtype float32|float16|bfloat16] [--compute-dtype fp32|bf16]
 
-Installed as ``rb-benchmark-dump``; ``python tools/benchmark_dump.py`` runs the same code.
+Run from a checkout; ``rb-benchmark-dump`` runs this file when the package is installed
+from the checkout (``pip install -e .``, as tools/setup.sh does).
 
 CONFIG defaults to configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py (its test pipeline
 resizes to 1333x800), random weights. The images are photo-like JPEGs of 512-1280 px
@@ -38,13 +39,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..apis.dump import DTYPES, collect_images, dump_features
-from ..apis.features import FeatureExtractor
-from ..engine.training import setup_environment
-from ..errors import ToolError
-from ..models.inference import COMPUTE_DTYPES
-from . import prog
-from .runner import run_tool
+from resnet_backbone.apis import FeatureExtractor
+from resnet_backbone.apis.dump import DTYPES, collect_images, dump_features
+from resnet_backbone.engine.training import setup_environment
+from resnet_backbone.errors import ToolError
+from resnet_backbone.models.inference import COMPUTE_DTYPES
+from resnet_backbone.tools import prog
+from resnet_backbone.tools.runner import run_tool
 
 DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'
 BIG_LEVELS = 'c2,c3,c4,c5,p3,p4,p5,p6,p7'
@@ -166,7 +167,7 @@ def _big(args, tmp: Path) -> list[dict]:
     photo = make_big_photo(tmp / 'big')
     rows = {}
     for case in ('forward', 'dump'):
-        cmd = [sys.executable, '-m', 'resnet_backbone.tools.benchmark_dump', args.config,
+        cmd = [sys.executable, str(Path(__file__).resolve()), args.config,
                '--device', args.device, '--workers', str(args.workers), '--writers',
                str(args.writers), '--dtype', args.dtype, '--compute-dtype',
                args.compute_dtype, '--_child', f'{case}|{photo}|{tmp / "big_out"}']
@@ -238,7 +239,7 @@ def main(argv=None) -> list[dict]:
 
 
 def run() -> None:
-    """``rb-benchmark-dump`` / ``python tools/benchmark_dump.py``."""
+    """``python benchmarks/benchmark_dump.py`` / ``rb-benchmark-dump``."""
     run_tool(prog('benchmark_dump.py'), main)
 
 

@@ -1,15 +1,18 @@
 """Where does ours' with_cp step spend its extra time vs mmdet's? One profiled train step
-each, R50 8x3x800x1344, bf16 autocast, channels_last, on CUDA (tools/gpu/bundle.sh says
+each, R50 8x3x800x1344, bf16 autocast, channels_last, on CUDA (benchmarks/gpu/bundle.sh says
 how to run it on the lent GPU). Results: docs/benchmark.md, "GPU (H200)"."""
 import sys
 import time
+from pathlib import Path
 
 import torch
 from mmdet.models.backbones import ResNet
 from torch.profiler import ProfilerActivity, profile
 
-from resnet_backbone.apis.benchmark import shared_weights
 from resnet_backbone.models.resnet import ResNetV1Custom
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_models
+from bench_models import shared_weights  # noqa: E402
 
 kw = dict(depth=50, out_indices=(0, 1, 2, 3), frozen_stages=1, norm_eval=True)
 sd = shared_weights(50, 1, True, 0)

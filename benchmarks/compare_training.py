@@ -1,6 +1,6 @@
 """Train the same detector with mmdet's ResNet and with ours, and compare loss and mAP.
 
-    python tools/compare_training.py [--iters 600] [--out docs/detection_default]
+    python benchmarks/compare_training.py [--iters 600] [--out docs/detection_default]
         [--config configs/shapes/retinanet_r18_fpn_shapes.py] [--frozen-stages 1]
 
 Runs ``tools/train.py`` once per backbone setting, seeded and deterministic, in the
