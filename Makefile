@@ -22,7 +22,7 @@ doctor: setup
 	@$(PY) -m resnet_backbone.doctor
 
 lint: setup
-	@$(PY) -m ruff check resnet_backbone tools tests
+	@$(PY) -m ruff check resnet_backbone tools tests benchmarks
 
 # STACK=latest: the newest torch/torchvision pair (constraints-latest.txt), in the same
 # .venv (with MMCV_OPS=compiled, switching back rebuilds nothing: mmcv wheels are kept per

@@ -1,4 +1,4 @@
-"""tools/benchmark.py: the harness runs, and its deterministic figures are right.
+"""benchmarks/benchmark.py: the harness runs, and its deterministic figures are right.
 
 No timing is asserted (timings on a shared 2-core machine are noise); what is checked
 is exact: same weights, same FLOPs, and the saved-for-backward bytes of the reference
@@ -13,29 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from resnet_backbone.apis.benchmark import (
-    DEFAULT_MODELS,
-    OVERHEAD_MODELS,
-    build_models,
-    count_ops,
-    overhead_table,
-    parse_model,
-    run,
-    run_overhead,
-    saved_bytes_of,
-    split_by_depth,
-    table,
-)
 from resnet_backbone.errors import ToolError
 from resnet_backbone.models.compiled import cpu_compiler
 from resnet_backbone.tools.runner import run_tool
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))  # run from the checkout, as its scripts are
+import bench_models  # noqa: E402
+import bench_timing  # noqa: E402
+import benchmark as tool  # noqa: E402  (benchmarks/benchmark.py, the command line)
+from bench_models import (  # noqa: E402
+    DEFAULT_MODELS,
+    OVERHEAD_MODELS,
+    build_models,
+    parse_model,
+    split_by_depth,
+)
+from bench_report import overhead_table, table  # noqa: E402
+from bench_timing import count_ops, run, run_overhead, saved_bytes_of  # noqa: E402
+
 #: torch.compile builds CPU kernels with a C++ compiler; the default install needs none
 NEEDS_CXX = pytest.mark.skipif(cpu_compiler() is None, reason='no C++ compiler on PATH: '
                                'torch.compile cannot build CPU kernels')
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_models_share_weights():
@@ -57,8 +56,7 @@ def test_models_share_weights():
 @pytest.fixture
 def small_limit(monkeypatch):
     """Small limit convolutions: the real ones take tens of seconds where bf16 is emulated."""
-    from resnet_backbone.apis import benchmark as api
-    monkeypatch.setattr(api, 'LIMIT_CONVS', ((16, 16, 3, 16),))
+    monkeypatch.setattr(bench_timing, 'LIMIT_CONVS', ((16, 16, 3, 16),))
 
 
 def test_width_makes_a_rectangular_input(small_limit, monkeypatch):
@@ -66,15 +64,14 @@ def test_width_makes_a_rectangular_input(small_limit, monkeypatch):
     seen = []
     square = run(depth=18, batch=1, size=64, repeats=1, warmup=0, modes=('eval',),
                  include=('ours-fast',), log=lambda s: None)
-    from resnet_backbone.apis import benchmark as api
-    real = api.build_models
+    real = bench_timing.build_models
 
     def spy(*args, **kwargs):
         models = real(*args, **kwargs)
         for m in models.values():
             m.register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape)))
         return models
-    monkeypatch.setattr(api, 'build_models', spy)
+    monkeypatch.setattr(bench_timing, 'build_models', spy)
     wide = run(depth=18, batch=1, size=64, width=96, repeats=1, warmup=0, modes=('eval',),
                include=('ours-fast',), log=lambda s: None)
     assert seen and set(seen) == {(1, 3, 64, 96)}
@@ -148,7 +145,6 @@ def test_overhead_report():
 
 
 def test_overhead_defaults():
-    from resnet_backbone.tools import benchmark as tool
     a = tool.parse_args(['--overhead'])
     assert (a.size, a.repeats, a.threads, a.depth, a.batch) == (64, 20, 1, 50, 2)
     assert a.models == OVERHEAD_MODELS and a.frozen_stages == 1
@@ -160,7 +156,6 @@ def test_overhead_defaults():
 
 @pytest.mark.integration
 def test_tool_overhead_mode_writes_its_table_and_json(tmp_path, capsys):
-    from resnet_backbone.tools import benchmark as tool
     tool.main(['--overhead', '--depth', '18', '--size', '32', '--repeats', '1', '--warmup',
                '0', '--modes', 'eval', '--models', 'mmdet,ours-ref',
                '--json', str(tmp_path / 'o.json')])
@@ -180,7 +175,6 @@ def test_saved_bytes_counts_each_storage_once():
 
 @pytest.mark.integration
 def test_tool_writes_json_and_plot(tmp_path, small_limit, capsys):
-    from resnet_backbone.tools import benchmark as tool
     tool.main(['--depth', '18', '--size', '64', '--repeats', '1', '--warmup', '0', '--modes',
                'eval', '--models', 'mmdet,ours-fast', '--json', str(tmp_path / 'b.json'),
                '--plot', str(tmp_path / 'b.png')])
@@ -189,7 +183,7 @@ def test_tool_writes_json_and_plot(tmp_path, small_limit, capsys):
     assert 'conv limit (best channels_last conv, this run): fp32' in out
     assert json.loads((tmp_path / 'b.json').read_text())['settings']['depth'] == 18
     assert (tmp_path / 'b.png').stat().st_size > 1000
-    bad = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--modes', 'fast'],
+    bad = subprocess.run([sys.executable, str(ROOT / 'benchmarks/benchmark.py'), '--modes', 'fast'],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "allowed values: eval, train" in bad.stderr
 
@@ -204,7 +198,6 @@ def test_cp_variants_in_one_run():
 
 def test_table_marks_cells_that_do_not_apply_with_a_dash():
     """Eval rows have no saved bytes; a missing ratio is '-', never 'nan' (issue 16)."""
-    from resnet_backbone.apis.benchmark import table
     row = dict(name='ours-fast', mode='eval', dtype='fp32', mean_s=0.5, sd_s=0.01,
                median_s=0.5, time_vs_base=0.9, first_s=None, saved_bytes=None,
                saved_vs_base=float('nan'), gflops_per_s=None,
@@ -228,7 +221,6 @@ def test_depth_200_runs_ours_and_skips_the_peers_that_lack_it():
 
 @pytest.mark.integration
 def test_depth_200_report(capsys, small_limit):
-    from resnet_backbone.tools import benchmark as tool
     report = tool.main(['--depth', '200', '--batch', '1', '--size', '32', '--repeats', '1',
                         '--warmup', '0', '--modes', 'eval', '--models', 'mmdet,ours-fast'])
     assert [r['name'] for r in report['results']] == ['ours-fast']
@@ -278,13 +270,12 @@ def test_model_names():
 def _no_work(monkeypatch):
     """Make any model building or measuring fail the test: argument errors must come
     first."""
-    from resnet_backbone.apis import benchmark as api
-    from resnet_backbone.tools import benchmark as tool
-
     def built(*args, **kwargs):
         raise AssertionError('work started before the arguments were checked')
-    for name in ('run', 'build_models', 'shared_weights', 'conv_limit'):
-        monkeypatch.setattr(api, name, built)
+    for name in ('run', 'build_models', 'conv_limit'):
+        monkeypatch.setattr(bench_timing, name, built)
+    for name in ('build_models', 'shared_weights'):
+        monkeypatch.setattr(bench_models, name, built)
     monkeypatch.setattr(tool, 'run_benchmark', built)
     monkeypatch.setattr(tool, 'run_overhead', built)
 
@@ -316,7 +307,6 @@ BAD_ARGS = [
 def test_bad_arguments_fail_in_one_line_before_any_work(argv, message, monkeypatch, capsys):
     import torch
 
-    from resnet_backbone.tools import benchmark as tool
     _no_work(monkeypatch)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # also on a GPU machine
     with pytest.raises(ToolError) as info:
@@ -333,7 +323,6 @@ def test_bad_arguments_fail_in_one_line_before_any_work(argv, message, monkeypat
 def test_json_and_plot_into_an_unwritable_folder_fail_before_the_run(tmp_path, monkeypatch):
     """--json used to fail only after the whole run; now the folder is made and a file is
     created in it first (a file in the way of the folder fails even for root)."""
-    from resnet_backbone.tools import benchmark as tool
     _no_work(monkeypatch)
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
@@ -351,7 +340,6 @@ def test_json_and_plot_into_an_unwritable_folder_fail_before_the_run(tmp_path, m
 
 @pytest.mark.skipif(__import__('os').geteuid() == 0, reason='root writes anywhere')
 def test_json_into_a_read_only_folder(tmp_path, monkeypatch):
-    from resnet_backbone.tools import benchmark as tool
     _no_work(monkeypatch)
     ro = tmp_path / 'ro'
     ro.mkdir()
@@ -398,3 +386,17 @@ def test_inductor_compiled_matches_eager(name):
         assert rel_err(p.grad, grads[pname].grad) <= 1e-5, pname
         checked += 1
     assert checked > 10
+
+
+def test_the_installed_commands_run_the_checkouts_benchmarks(tmp_path, monkeypatch, capsys):
+    """rb-benchmark runs benchmarks/benchmark.py of the checkout the package is installed
+    from; an install without a checkout says so in one line, and how to get one."""
+    import resnet_backbone.tools as tools
+    from resnet_backbone.tools import benchmark as entry
+    assert tools.benchmark_script('benchmark') is tool
+    monkeypatch.setattr(tools, 'BENCHMARKS', tmp_path / 'no_checkout')
+    with pytest.raises(SystemExit) as info:
+        run_tool('rb-benchmark', entry.main, ['--help'])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.count('\n') == 1, err
+    assert err.startswith('rb-benchmark: error: the benchmarks run from a checkout'), err

@@ -10,11 +10,13 @@ import resnet_backbone
 from resnet_backbone.spec import ARCH_LAYOUT
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the installed commands ([project.scripts]) and the tools/ file each one mirrors
-COMMANDS = {'rb-train': 'train.py', 'rb-test': 'test.py', 'rb-dump': 'dump_features.py',
-            'rb-convert': 'convert_weights.py', 'rb-export': 'export.py',
-            'rb-benchmark': 'benchmark.py', 'rb-benchmark-dump': 'benchmark_dump.py',
-            'rb-compare-dumps': 'compare_dumps.py', 'rb-demo': 'demo.py', 'rb-doctor': None}
+#: the installed commands ([project.scripts]) and the checkout's file each one mirrors
+COMMANDS = {'rb-train': 'tools/train.py', 'rb-test': 'tools/test.py',
+            'rb-dump': 'tools/dump_features.py', 'rb-convert': 'tools/convert_weights.py',
+            'rb-export': 'tools/export.py', 'rb-benchmark': 'benchmarks/benchmark.py',
+            'rb-benchmark-dump': 'benchmarks/benchmark_dump.py',
+            'rb-compare-dumps': 'tools/compare_dumps.py', 'rb-demo': 'tools/demo.py',
+            'rb-doctor': None}
 
 
 def _pyproject() -> dict:
@@ -60,15 +62,21 @@ def test_entry_points_are_installed_and_match_pyproject():
 @pytest.mark.parametrize('name', sorted(n for n, f in COMMANDS.items() if f))
 def test_entry_point_help(name, capsys, monkeypatch):
     """Each command's ``--help`` runs and names the command; the tools/ file is a shim
-    that runs the same module (one ``runpy`` call: no sys.path tricks, nothing of its own)."""
+    that runs the same module (one ``runpy`` call: no sys.path tricks, nothing of its own);
+    a benchmarks/ file is the code itself, which the command runs from the checkout."""
     run = _entry_points()[name].load()
     monkeypatch.setattr(sys, 'argv', [name, '--help'])
     with pytest.raises(SystemExit) as info:
         run()
     out = capsys.readouterr().out
     assert info.value.code == 0 and out.startswith(f'usage: {name} '), out
-    shim = (ROOT / 'tools' / COMMANDS[name]).read_text()
+    path = ROOT / COMMANDS[name]
+    shim = path.read_text()
     assert 'sys.path' not in shim
+    if path.parent.name == 'benchmarks':
+        entry = Path(sys.modules[run.__module__].__file__).read_text()
+        assert f"benchmark_script('{path.stem}')" in entry, entry
+        return
     assert f"runpy.run_module('{run.__module__}', run_name='__main__'" in shim, shim
 
 
@@ -114,7 +122,7 @@ def test_ruff_clean():
     import pathlib
     root = pathlib.Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, '-m', 'ruff', 'check', 'resnet_backbone', 'tools',
-                        'tests'], cwd=root, capture_output=True, text=True)
+                        'tests', 'benchmarks'], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
 
