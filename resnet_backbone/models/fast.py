@@ -50,10 +50,13 @@ def _capturing() -> bool:
 
 #: Fold only where the activation work it saves can outweigh the weight-sized work it
 #: adds (refolding the weight each call; in backward, the weight gradient's chain rule):
-#: output positions (N x H x W) x FOLD_MIN_RATIO >= weights per output channel. 16 keeps
-#: every conv of ResNet-50 folded from 2x512x512 up (layer4's 3x3: 512 x 16 >= 4608) and
-#: leaves deep layers of small inputs unfolded (measurements: ``docs/fast_path.md``).
+#: output positions (N x H x W) x FOLD_MIN_RATIO >= weights per output channel.
 FOLD_MIN_RATIO = 16.0
+#: ... and only where the conv's output map is large enough for the BN input it keeps
+#: out of backward to matter: below 2**18 elements (N x C x H x W) the fold's 16 extra
+#: small ops per conv cost more than the bytes they save (docs/fast_path.md). Every
+#: conv of ResNet-50 folds from 2x512x512 up; at 2x64x64 none does.
+FOLD_MIN_ELEMENTS = 2 ** 18
 
 
 def worth_folding(conv: nn.Conv2d, positions: int, device_type: str = 'cpu',
@@ -67,14 +70,15 @@ def worth_folding(conv: nn.Conv2d, positions: int, device_type: str = 'cpu',
       ops, and inference speed is the snapshot's (:mod:`.inference`).
     - Eager on a GPU: no. Folding adds small kernels per conv to save one BN pass, and
       a launch-bound step lost by it (``docs/benchmark.md``, GPU section).
-    - Eager on a CPU: where ``positions`` (N x H_out x W_out) x ``FOLD_MIN_RATIO`` covers
-      the weights per output channel.
+    - Eager on a CPU: where the output map has ``FOLD_MIN_ELEMENTS`` and ``positions``
+      (N x H_out x W_out) x ``FOLD_MIN_RATIO`` covers the weights per output channel.
     """
     if _capturing() or options.current().fold_always:  # capture first: dynamo cannot
         return True                                     # read a ContextVar
     if not records or device_type != 'cpu':
         return False
-    return positions * FOLD_MIN_RATIO >= math.prod(conv.weight.shape[1:])
+    return positions * conv.out_channels >= FOLD_MIN_ELEMENTS \
+        and positions * FOLD_MIN_RATIO >= math.prod(conv.weight.shape[1:])
 
 
 def records_grad(x: torch.Tensor, conv: nn.Module, norm: nn.Module) -> bool:
