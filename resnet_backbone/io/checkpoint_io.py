@@ -26,25 +26,21 @@ What goes wrong with mmengine 0.10.7 checkpoints (1 only on torch >= 2.6), fixed
    killed runs leave are removed when the next run starts in the same work dir (rank 0
    only; only files whose writing process is gone or that are a day old, so a run that
    is still writing keeps its file; :func:`remove_stale_temp_files`).
-4. **A damaged checkpoint file ends in a 30-line traceback** that does not name it.
+4. **A damaged checkpoint file ends in a long traceback** that does not name it.
    :func:`check_checkpoint_file` tells in one line (a :class:`CheckpointFileError`) what is
    wrong with a file (missing, empty, truncated, not a checkpoint) and what to do; the
    tools call it before anything is built or written.
 
-Test hook (fault-injection tests only): with the environment variable
-``RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE=SECONDS`` every checkpoint write sleeps that
-long inside its write window (the temporary file is complete on disk but not yet renamed),
-so that a test can reliably kill a run there. Unset, nothing changes.
+What was measured on which stack, and the incidents behind these fixes:
+docs/checkpoints.md.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import os.path as osp
 import pickle
 import re
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,13 +57,9 @@ from mmengine.runner import checkpoint as mmengine_checkpoint
 from ..errors import ToolError
 from .fileio import (  # noqa: F401  (STALE_TEMP_AGE_S: part of this module's API)
     STALE_TEMP_AGE_S,
-    atomic_path,
     atomic_write_bytes,
     remove_dead_writers_temp_files,
 )
-
-#: Tests only: seconds to sleep inside each checkpoint write window (see module docstring).
-PAUSE_ENV = 'RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE'
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'mean', 'current')
 
@@ -108,12 +100,11 @@ def allow_runner_checkpoint_globals() -> None:
     checkpoints (the tools call this: mmengine's own resume loads with plain
     ``torch.load``). Library code uses :func:`runner_checkpoint_globals` instead.
 
-    Needed for resume on upstream mmengine 0.10.7 only. onedl-mmengine (0.10.12, the
-    ``STACK=onedl`` row) resumes without it: its loader has its own allow-list (measured
-    2026-11-30: our Runner checkpoints load there with ``weights_only=True``, no fallback).
-    It is kept on that stack for what else reads Runner checkpoints in the process with
-    ``torch.load(weights_only=True)`` (the tests, a user's script), which
-    :func:`_keep_allow_list_across_mmengine_loads` makes survive that loader."""
+    Needed for resume on upstream mmengine 0.10.7 only: onedl-mmengine's loader has its
+    own allow-list (docs/checkpoints.md). It is kept there for what else reads Runner
+    checkpoints in the process with ``torch.load(weights_only=True)`` (the tests, a
+    user's script), which :func:`_keep_allow_list_across_mmengine_loads` makes survive
+    that loader."""
     allowed = torch.serialization.get_safe_globals()
     torch.serialization.add_safe_globals([g for g in RUNNER_CHECKPOINT_GLOBALS
                                           if g not in allowed])
@@ -123,14 +114,12 @@ def allow_runner_checkpoint_globals() -> None:
 def _keep_allow_list_across_mmengine_loads() -> None:
     """onedl-mmengine compat: its loader must not shrink the process's allow-list.
 
-    onedl-mmengine 0.10.12 loads every checkpoint (``load_checkpoint``, ``load_from``,
-    ``--resume``) through ``mmengine.runner.checkpoint._safe_torch_load``, inside
-    ``torch.serialization.safe_globals(<its list>)``. That context's exit removes its
-    globals from the process-wide list even where they were allowed before it, and its
-    list overlaps ours (``HistoryBuffer``, numpy's arrays and dtypes): after one resume a
-    ``torch.load(weights_only=True)`` of a Runner checkpoint was refused with
-    ``Unsupported global: ...HistoryBuffer``. So that loader is wrapped to put back what
-    it removed. Upstream mmengine 0.10.7 has no such function: nothing is done there.
+    onedl-mmengine loads every checkpoint through
+    ``mmengine.runner.checkpoint._safe_torch_load``, inside
+    ``torch.serialization.safe_globals(<its list>)``, whose exit removes its globals from
+    the process-wide list even where they were allowed before it; its list overlaps ours
+    (docs/checkpoints.md). So that loader is wrapped to put back what it removed.
+    Upstream mmengine 0.10.7 has no such function: nothing is done there.
     """
     load = getattr(mmengine_checkpoint, '_safe_torch_load', None)
     if load is None or getattr(load, '_keeps_allow_list', False):
@@ -194,12 +183,6 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write_bytes(data, filepath)
 
     def put(self, obj: bytes, filepath: str | Path) -> None:
-        pause = float(os.environ.get(PAUSE_ENV) or 0)
-        if pause > 0:  # fault-injection tests: hold the write window open
-            with atomic_path(filepath) as tmp:
-                tmp.write_bytes(obj)
-                time.sleep(pause)
-            return
         self._atomic_write(obj, filepath)
 
     def put_text(self, obj: str, filepath: str | Path, encoding: str = 'utf-8') -> None:

@@ -11,11 +11,12 @@ What is guaranteed, and checked here:
   tools/test.py ends in one line that names the file, exit 1, and nothing is written;
 - a misspelt backbone argument, or ``--launcher`` outside a launcher, is one line.
 
-The write window is held open by the test hook ``RESNET_BACKBONE_TEST_PAUSE_IN_CKPT_WRITE``
-(see :mod:`resnet_backbone.io.checkpoint_io`): each checkpoint write sleeps that long after
-its temporary file is complete and before it is renamed. The test polls for the temporary
-file and kills the run while it exists. Random moments come from ``random.Random(SEED)``;
-set ``FAULT_SEED`` to try others (the seed is in every failure message).
+The write window is held open by the test's fault injection (``PAUSE_ENV`` through the
+``sitecustomize`` in ``fault_injection/``, on the run's ``PYTHONPATH``): each checkpoint
+write sleeps that long after its temporary file is complete and before it is renamed.
+The test polls for the temporary file and kills the run while it exists. Random moments
+come from ``random.Random(SEED)``; set ``FAULT_SEED`` to try others (the seed is in every
+failure message).
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_backbone.io.checkpoint_io import PAUSE_ENV, find_resumable_checkpoint
+from resnet_backbone.io.checkpoint_io import find_resumable_checkpoint
 
 from .conftest import CONFIG, ROOT, default_sigint, run_tool, tiny_options
+from .fault_injection.sitecustomize import PAUSE_ENV, fault_env
 
 SEED = int(os.environ.get('FAULT_SEED', '11'))
 MAX_ITERS, INTERVAL = 8, 2
@@ -49,6 +51,11 @@ def _env(**extra) -> dict:
     env['PYTHONUNBUFFERED'] = '1'
     env.update(extra)
     return env
+
+
+def _paused_env() -> dict:
+    """:func:`_env` with every checkpoint write held open ``PAUSE_S`` in its window."""
+    return fault_env(_env(), **{PAUSE_ENV: PAUSE_S})
 
 
 def _train_cmd(work: Path, data: Path, *extra: str, max_keep: int = 2,
@@ -133,7 +140,7 @@ def test_kill9_at_random_moments_loses_at_most_one_interval(tiny_shapes, tmp_pat
             step = rng.choice(range(first, MAX_ITERS + 1 - (0 if last else INTERVAL),
                                     INTERVAL))
             what = f'inside the write window of iter_{step}.pth'
-            trigger, env = _in_write_window(work, step), _env(**{PAUSE_ENV: PAUSE_S})
+            trigger, env = _in_write_window(work, step), _paused_env()
         else:
             step = rng.randint(resume_point + 1, MAX_ITERS - INTERVAL - 1)
             delay = rng.uniform(0, 0.5)
@@ -190,7 +197,7 @@ def test_ctrl_c_during_training_is_one_line_and_resumable(tiny_shapes, tmp_path)
     work = tmp_path / 'work'
     cmd = _train_cmd(work, tiny_shapes, iters=4, interval=2)
     rc, text, sent = _run_until(cmd, tmp_path / 'run.log', _in_write_window(work, 4),
-                                sig=signal.SIGINT, env=_env(**{PAUSE_ENV: PAUSE_S}))
+                                sig=signal.SIGINT, env=_paused_env())
     assert sent and rc == 130, f'rc {rc}:\n{text[-3000:]}'
     assert 'Traceback' not in text, text[-3000:]
     last = text.strip().splitlines()[-1]
