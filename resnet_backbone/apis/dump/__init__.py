@@ -14,7 +14,7 @@ the run imports the extractor, so importing them eagerly here would be a cycle.
 """
 from __future__ import annotations
 
-import importlib
+from .. import lazy_names
 
 #: name -> the module of this package that defines it
 _EXPORTS = {
@@ -25,13 +25,4 @@ _EXPORTS = {
     'write_report': 'report', 'Boxes': 'rois', 'RoIFeatures': 'rois',
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
