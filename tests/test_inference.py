@@ -418,3 +418,21 @@ def test_weights_are_prepacked_once_per_input_shape():
     for a, b, c in zip(packed, again, plain):
         # the reordered weight may take another oneDNN algorithm: fp32 rounding apart
         assert torch.equal(a, b) and rel_err(a, c) <= 5e-6
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_maps_come_back_in_the_input_memory_format(channels_last):
+    """The fused kernels write channels_last; the snapshot hands maps back in the input's
+    layout, as the backbone does. Compiled mmcv's RoIAlign reads its input's memory as
+    NCHW whatever the strides: channels_last maps from an NCHW input gave silently wrong
+    RoI features (and RoI-head predictions) there."""
+    _, fast = _pair(depth=18)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=fmt)
+    snap = fast.for_inference()
+    want = fast.eval()(x)
+    for got, ref in zip(snap(x), want):
+        assert got.is_contiguous(memory_format=fmt) and ref.is_contiguous(memory_format=fmt)
+        assert got.stride() == ref.stride()
+    for name, got in snap.forward_levels(x, ['c1', 'c2', 'c5']).items():
+        assert got.is_contiguous(memory_format=fmt), name

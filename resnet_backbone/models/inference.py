@@ -132,6 +132,15 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
         else contextlib.nullcontext()
 
 
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``x``'s dtype and memory format, as the backbone itself returns it: the
+    fused kernels write channels_last, and compiled mmcv ops (RoIAlign in the neck's
+    heads) read any input as NCHW memory, ignoring its strides."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return t.to(x.dtype).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def _dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
 
@@ -396,22 +405,23 @@ class InferenceBackbone(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The ``out_indices`` maps, in the input's dtype."""
+        """The ``out_indices`` maps, in the input's dtype and memory format."""
         feats = self._levels(x, max(self.out_indices) + 1)
-        return tuple(feats[f'c{i + 2}'].to(x.dtype) for i in self.out_indices)
+        return tuple(_like(feats[f'c{i + 2}'], x) for i in self.out_indices)
 
     def forward_levels(self, x: torch.Tensor, levels: Sequence[str] | str | None = None
                        ) -> dict[str, torch.Tensor]:
         """Named maps, as :meth:`ResNetV1Custom.forward_levels` names them (``c1`` the stem
         before the max-pool, ``c2``.. every stage; default ``c1`` and the ``out_indices``
-        maps), computed in the snapshot's dtype and returned in the input's.
+        maps), computed in the snapshot's dtype, returned in the input's dtype and memory
+        format.
 
         Raises:
             ValueError: an unknown level (one line listing the available ones).
         """
         levels, built = resolve_levels(levels, len(self.layers), self.out_indices)
         feats = self._levels(x, max(built.index(lv) for lv in levels))
-        return {lv: feats[lv].to(x.dtype) for lv in levels}
+        return {lv: _like(feats[lv], x) for lv in levels}
 
 
 def for_inference(backbone: nn.Module, dtype: str = 'fp32', compile: bool = False,  # noqa: A002
