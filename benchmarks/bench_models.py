@@ -33,7 +33,7 @@ DEFAULT_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'torchvision',
                   'mmdet-compiled', 'ours-compiled', 'ours-snap-compiled')
 #: eager models only (no compile time)
 EAGER_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'torchvision')
-#: each technique of the fast path turned off alone (README's attribution table)
+#: each technique of the fast path turned off alone (docs/speed.md, attribution)
 ATTRIBUTION_MODELS = ('mmdet', 'ours-ref', 'ours-fast', 'ours-snap', 'ours-snap-nofuse',
                       'ours-snap-nchw')
 #: the models ``profile=True`` profiles per stage (where they run)

@@ -5,7 +5,7 @@ Prints the versions of Python, torch (CPU or CUDA build), torchvision, mmengine,
 for the installed torch, or this project's torchvision backend for mmcv-lite, with the
 ops it does not provide), mmdet and
 numpy, whether CUDA is available, and whether ``ResNetV1Custom`` resolves in mmdet's
-registry; last, which row of the README's tested version matrix the environment is
+registry; last, which row of the tested version matrix (docs/versions.md) the environment is
 (Python minor version + the constraints file whose pins it matches). Exits 1 on a broken stack,
 with one ``FIX:`` line per broken piece.
 
@@ -207,7 +207,8 @@ def read_pins(path: str, python: tuple[int, int] | None = None) -> dict[str, str
 
 
 def _matrix_row(root: str | None = None) -> str:
-    """The README matrix row: Python X.Y + the stack whose pins match what is installed."""
+    """The version-matrix row (docs/versions.md): Python X.Y + the stack whose pins match
+    what is installed."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = sorted(glob.glob(os.path.join(root, 'constraints*.txt')))
     if not files:

@@ -1,7 +1,7 @@
 """``ResNetV2Custom``: the pre-activation ResNet (He et al. 2016, "Identity Mappings in
 Deep Residual Networks") as a detection backbone.
 
-Three published layouts, selected by keywords (README, "ResNet v2 layouts"):
+Three published layouts, selected by keywords (docs/resnet_v2.md, "The three layouts"):
 
 - timm ``resnetv2_50/101`` (``stride_in='first'``, the defaults): the stride sits in a
   stage's first unit; no biases; PyTorch's stem pool (``'symmetric'``).
