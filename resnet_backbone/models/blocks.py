@@ -27,7 +27,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
 from torch import nn
 
-from ..spec import STYLES, check_choice
+from ..spec import STYLES, check_choice, positive_int
 from .checkpointing import checkpointed, recomputing
 from .fast import conv_norm, sequential_conv_norm
 
@@ -199,6 +199,11 @@ class ResBlock(BaseModule):
     @property
     def norm2(self) -> nn.Module:
         return getattr(self, self.norm2_name)
+
+    def _set_layout(self, stride: int, dilation: int, style: str, with_cp: bool) -> None:
+        """mmdet's block attributes every block has (``style`` checked)."""
+        check_choice('style', style, STYLES)
+        self.stride, self.dilation, self.style, self.with_cp = stride, dilation, style, with_cp
 
     def freeze(self) -> ResBlock:
         """Stop gradients into this block and keep its norm layers in eval mode.
@@ -384,7 +389,7 @@ class BasicBlock(ResBlock):
                  norm_cfg: dict | None = None, dcn: dict | None = None,
                  plugins: list | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg)
-        check_choice('style', style, STYLES)
+        self._set_layout(stride, dilation, style, with_cp)
         if dcn is not None:
             raise ValueError('dcn is only supported by Bottleneck blocks (depth >= 50); '
                              'got dcn with a BasicBlock depth (18 or 34)')
@@ -401,10 +406,6 @@ class BasicBlock(ResBlock):
         self.add_module(self.norm2_name, norm2)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.stride = stride
-        self.dilation = dilation
-        self.style = style
-        self.with_cp = with_cp
         self.with_dcn = False
         self.with_plugins = False
 
@@ -441,11 +442,9 @@ class Bottleneck(ResBlock):
                  plugins: list | None = None, init_cfg: dict | list | None = None, *,
                  groups: int = 1, width: int | None = None) -> None:
         super().__init__(init_cfg)
-        check_choice('style', style, STYLES)
-        width = planes if width is None else width
-        for name, value in (('groups', groups), ('width', width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be a positive int; got {value!r}')
+        self._set_layout(stride, dilation, style, with_cp)
+        groups = positive_int('groups', groups)
+        width = positive_int('width', planes if width is None else width)
         if width % groups:
             raise ValueError(f'the bottleneck width {width} is not divisible by groups={groups}; '
                              'choose groups and base_width so that it is')
@@ -462,10 +461,6 @@ class Bottleneck(ResBlock):
         dcn = copy.deepcopy(dcn)
         self.inplanes = inplanes
         self.planes = planes
-        self.stride = stride
-        self.dilation = dilation
-        self.style = style
-        self.with_cp = with_cp
         self.conv_cfg = conv_cfg
         self.norm_cfg = norm_cfg
         self.dcn = dcn
