@@ -44,8 +44,9 @@ def always_fold() -> contextlib.AbstractContextManager:
 
 def _capturing() -> bool:
     """Is a graph being captured (trace, script, torch.compile/export, ONNX export)?"""
-    return torch.compiler.is_compiling() or torch.jit.is_scripting() \
-        or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    # (no torch.onnx.is_in_onnx_export(): both ONNX exporters run under a jit trace or
+    # torch.export, which these see, and it costs more than the three together)
+    return torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
 
 
 #: Fold only where the activation work it saves can outweigh the weight-sized work it
@@ -233,9 +234,11 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     Returns:
         ``norm(conv(x))`` (or, with ``output_unused``, possibly an uninitialised map).
     """
-    if not (fast and foldable(conv, norm)
-            and worth_folding(conv, out_positions(conv, x), x.device.type,
-                              records_grad(x, conv, norm))):
+    if not fast or not foldable(conv, norm):
+        return norm(conv(x))
+    records = records_grad(x, conv, norm)  # first: without grad the size is not needed
+    if not worth_folding(conv, out_positions(conv, x) if records else 0, x.device.type,
+                         records):
         return norm(conv(x))
     # jit.trace records a custom autograd Function as an opaque node whose value names
     # change between invocations, so its default check_trace fails: trace plain ops
