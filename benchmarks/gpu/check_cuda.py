@@ -100,8 +100,12 @@ l_mma, g_mma = grads(build(ResNet), torch.bfloat16)
 with always_fold():
     l_fold, g_fold = grads(build(ResNetV1Custom, fast=True), torch.bfloat16)
 e_mm, e_ours, e_fold = rel(g_mma, g_mm), rel(g_amp, g_mm), rel(g_fold, g_mm)
+# off CUDA the autocast context is off: all three run fp32, mmdet's error is 0 and only
+# the fold's rounding (about 1e-6) is left to check
 report('train bf16 autocast: grads vs mmdet fp32, max rel: mmdet / ours / ours folded',
-       f'{e_mm:.2e} / {e_ours:.2e} / {e_fold:.2e}', e_ours <= 1.5 * e_mm and e_fold <= 3 * e_mm)
+       f'{e_mm:.2e} / {e_ours:.2e} / {e_fold:.2e}',
+       e_ours <= 1.5 * e_mm and e_fold <= 3 * e_mm if dev == 'cuda'
+       else e_ours <= 1e-5 and e_fold <= 1e-5)
 report('train bf16 autocast: ours fast grads vs mmdet bf16, bitwise (GPU: reference ops)',
        all(torch.equal(a, b) for a, b in zip(g_amp, g_mma)),
        all(torch.equal(a, b) for a, b in zip(g_amp, g_mma)))
