@@ -51,7 +51,7 @@ from bench_timing import run_overhead, tune_malloc
 from resnet_backbone.errors import ToolError
 from resnet_backbone.spec import ARCH_LAYOUT, allowed
 from resnet_backbone.tools import prog
-from resnet_backbone.tools.runner import run_tool
+from resnet_backbone.tools.runner import ToolParser, run_tool
 
 MODES = ('eval', 'train')
 #: the smallest input that leaves C5 (stride 32) at least one pixel
@@ -65,7 +65,7 @@ def default_models(overhead: bool = False) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument('--depth', type=int, default=50, choices=sorted(ARCH_LAYOUT),
                    help='mmdet and torchvision have 18-152; at 200 they are skipped (a note '
                         'says so) and ours run alone')

@@ -45,7 +45,7 @@ from resnet_backbone.engine.training import setup_environment
 from resnet_backbone.errors import ToolError
 from resnet_backbone.models.inference import COMPUTE_DTYPES
 from resnet_backbone.tools import prog
-from resnet_backbone.tools.runner import run_tool
+from resnet_backbone.tools.runner import ToolParser, run_tool
 
 DEFAULT_CONFIG = 'configs/coco/retinanet_rv1custom-r50_fpn_1x_coco.py'
 BIG_LEVELS = 'c2,c3,c4,c5,p3,p4,p5,p6,p7'
@@ -122,7 +122,7 @@ def _dump(fx, images, root, out, **kwargs):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument('config', nargs='?', default=DEFAULT_CONFIG)
     p.add_argument('--images', type=int, default=8)
     p.add_argument('--levels', default='c2,c3,c4,c5')

@@ -1,6 +1,7 @@
 """resnet_backbone.tools.runner: how every tool ends (one line, exit codes, --debug)."""
 from __future__ import annotations
 
+import importlib
 import io
 
 import pytest
@@ -80,3 +81,19 @@ def test_the_runner_imports_only_the_standard_library():
     allowed = set(sys.stdlib_module_names) | {'__future__'}
     assert [m for m in found if m != '..errors' and m.split('.')[0] not in allowed] == []
     assert '..errors' in found  # the runner's one import of our own: a leaf
+
+
+@pytest.mark.parametrize('module,argv', [
+    ('dump_features', ['cfg.py', '--input', 'x', '--out', 'y', '--dtype', 'float8']),
+    ('train', ['cfg.py', '--max-iters', 'abc']),
+    ('export', ['x.onnx', '--size', 'big']),
+])
+def test_command_line_mistakes_are_one_line(module, argv, capsys):
+    """A flag argparse rejects is one line naming the flag and what it takes (exit 2, as
+    argparse's), not the usage block and then the error."""
+    tool = importlib.import_module(f'resnet_backbone.tools.{module}')
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and ': error: argument --' in err, err

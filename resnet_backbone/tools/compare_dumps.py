@@ -19,12 +19,12 @@ import argparse
 from ..apis.dump.compare import RESULT_FILE, compare_dumps, format_table
 from ..apis.dump.report import write_report
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog('compare_dumps.py'),
-                                description=__doc__.splitlines()[0])
+    p = ToolParser(prog=prog('compare_dumps.py'),
+                   description=' '.join(__doc__.split('\n\n')[0].split()))  # 1st sentence
     p.add_argument('dir_a', metavar='DIR_A', help='the reference dump folder')
     p.add_argument('dir_b', metavar='DIR_B',
                    help=f'the dump folder to check; {RESULT_FILE} is written there')

@@ -42,11 +42,11 @@ from ..io.weights import (
 from ..models.from_checkpoint import backbone_for_checkpoint
 from ..spec import ARCH_LAYOUT, STEM_TYPES, STYLES
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         description='Convert ResNet weights to ResNetV1Custom. OUT holds only tensors read '
                     'from INPUT, never random-initialised ones.',
         epilog='Errors are one line; --debug (or RESNET_BACKBONE_DEBUG=1) shows the '

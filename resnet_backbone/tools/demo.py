@@ -16,7 +16,6 @@ Installed as ``rb-demo`` (same arguments); ``python tools/demo.py`` runs the sam
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -36,7 +35,7 @@ from ..engine.training import (
 from ..errors import ToolError
 from ..io.checkpoint_io import resumable_checkpoints
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 #: the checkout this package runs from (an editable install): configs/, data/, work_dirs/
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +63,7 @@ def check_same_run(stamp: Path, run: dict, work_dir: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument('--config', default=str(DEFAULT_CONFIG))
     p.add_argument('--work-dir', default=str(ROOT / 'work_dirs/demo'))
     p.add_argument('--data-root', default=str(ROOT / 'data/shapes'))

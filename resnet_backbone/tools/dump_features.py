@@ -63,11 +63,11 @@ from ..errors import ToolError
 from ..io.checkpoint_loading import file_digest
 from ..models.inference import COMPUTE_DTYPES
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         description='Dump feature maps with their geometry.',
         epilog='Files already in --out are reused only if their fingerprint (config, '
                'weights, levels, dtype, compute dtype, compile, format, version) matches; '

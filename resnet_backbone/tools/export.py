@@ -37,13 +37,13 @@ from ..engine.training import setup_environment
 from ..io.fileio import atomic_path
 from ..spec import ARCH_LAYOUT, allowed
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 FORMATS = ('onnx', 'torchscript')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument('out', help='output file (.onnx or .pt)')
     p.add_argument('--format', choices=FORMATS, help='default: from the file extension')
     p.add_argument('--config', help='an mmdet config whose backbone (and neck) to export')

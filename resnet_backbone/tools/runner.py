@@ -12,6 +12,7 @@ whatever else is broken.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -71,6 +72,15 @@ def weights_only_refusal(text: str, path: str = '') -> str:
     return (f'{where}not a plain weights file ({what}, which a safe weights-only load '
             'refuses); if you trust it, re-save it as a state dict: '
             'torch.save(model.state_dict(), path)')
+
+
+class ToolParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose mistakes are one line, as every other tool error
+    is: ``<prog>: error: <what>``, exit 2 (argparse's code for a command-line mistake),
+    without the usage block (``--help`` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message}\n')
 
 
 def run_tool(name: str, main: Callable[[list[str] | None], Any],

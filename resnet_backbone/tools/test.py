@@ -49,11 +49,11 @@ from ..io.checkpoint_loading import CheckpointMismatchError, load_detector_check
 from ..models.compiled import CompiledInference
 from ..models.inference import COMPUTE_DTYPES, inference_model
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Evaluate a detector checkpoint (COCO metric).',
+    p = ToolParser(description='Evaluate a detector checkpoint (COCO metric).',
                                 epilog='--debug (or RESNET_BACKBONE_DEBUG=1): show the full '
                                        'traceback of an error')
     p.add_argument('config', help='config file path')

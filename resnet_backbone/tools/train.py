@@ -42,7 +42,7 @@ from ..engine.training import (
     setup_environment,
 )
 from . import prog
-from .runner import run_tool
+from .runner import ToolParser, run_tool
 
 
 def positive_int(text: str) -> int:
@@ -56,7 +56,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description='Train a detector with ResNetV1Custom.',
+    p = ToolParser(description='Train a detector with ResNetV1Custom.',
                                 epilog='--debug (or RESNET_BACKBONE_DEBUG=1): show the full '
                                        'traceback of an error')
     p.add_argument('config', help='config file path')
