@@ -294,6 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """``rb-doctor`` and ``python -m resnet_backbone.doctor``: ``--help`` says what is
+    checked; it takes no other argument (a mistyped one is one line, exit 2)."""
+    from resnet_backbone.tools import prog  # stdlib only, like this module
+    from resnet_backbone.tools.runner import ToolParser, run_tool
+
+    def checked(args: list[str] | None) -> int:
+        ToolParser(prog=prog('python -m resnet_backbone.doctor'),
+                   description='Check the installed stack and name what is broken.'
+                   ).parse_args(args)
+        return main()
+
+    sys.exit(run_tool(prog('python -m resnet_backbone.doctor'), checked, argv))
+
+
 if __name__ == '__main__':
-    from resnet_backbone.tools.runner import run_tool  # stdlib only, like this module
-    sys.exit(run_tool('python -m resnet_backbone.doctor', main))
+    cli()

@@ -235,3 +235,12 @@ def test_doctor_reads_marked_pins_and_names_a_marker_it_cannot(tmp_path):
     with pytest.raises(LookupError, match=r"constraints.txt line 1: the doctor understands only "
                                           r"python_version markers, not 'sys_platform"):
         doctor.read_pins(str(f))
+
+
+def test_a_mistyped_argument_is_one_line_not_a_silent_check(capsys):
+    """``rb-doctor --bogus`` used to run every check and exit 0; now one line, exit 2."""
+    with pytest.raises(SystemExit) as info:
+        doctor.cli(['--bogus'])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().splitlines() == [err.strip()] and 'unrecognized arguments: --bogus' in err
