@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resnet_backbone.engine.compat import quiet_init_logging
+from resnet_backbone.io.checkpoint_loading import quiet_init_logging
 from resnet_backbone.models.inference import check_compute_dtype, for_inference
 from resnet_backbone.models.resnet import ResNetV1Custom
 from resnet_backbone.spec import allowed

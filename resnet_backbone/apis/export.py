@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.compat import quiet_init_logging
 from ..errors import ToolError
+from ..io.checkpoint_loading import quiet_init_logging
 from ..io.fileio import atomic_path
 from ..io.weights import IncompleteCheckpointError, UnknownDialectError, load_state_dict
 from ..models.from_checkpoint import backbone_for_checkpoint

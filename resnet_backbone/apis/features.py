@@ -36,13 +36,14 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import nn
 
-from ..engine.compat import (
-    pkg_resources_reloads_quiet,
-    quiet_init_logging,
-    register_mmdet_modules,
-)
+from ..engine.compat import pkg_resources_reloads_quiet, register_mmdet_modules
 from ..io.checkpoint_io import safe_globals_kept
-from ..io.checkpoint_loading import coverage_share, file_digest, load_detector_checkpoint
+from ..io.checkpoint_loading import (
+    coverage_share,
+    file_digest,
+    load_detector_checkpoint,
+    quiet_init_logging,
+)
 from ..io.weights import _URL_PREFIXES, cached_checkpoint_file
 from ..models.compiled import CompiledInference
 from ..models.inference import check_compute_dtype, inference_model

@@ -31,8 +31,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from mmengine.logging import MMLogger
-
 #: setuptools < 81's warning on every (re)import of pkg_resources
 PKG_RESOURCES_DEPRECATED = 'pkg_resources is deprecated as an API'
 #: torch >= 2.13's warnings for TorchScript calls (torch.distributed.optim's, on import)
@@ -123,19 +121,6 @@ def register_mmdet_modules() -> None:
     with warnings.catch_warnings(), _without_printed_line(ONEDL_OPTIONAL_PRINTED):
         warnings.filterwarnings('ignore', message=ONEDL_OPTIONAL_WARNING, category=UserWarning)
         register_all_modules(init_default_scope=False)
-
-
-@contextlib.contextmanager
-def quiet_init_logging() -> Iterator[None]:
-    """Hold mmengine's current logger at WARNING: ``init_weights`` of a top-level
-    module outside a Runner logs one INFO line per parameter."""
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel('WARNING')
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class _FrozenParamsSkipped(logging.Filter):

@@ -15,8 +15,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -89,7 +91,8 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | Path, *, seed: 
             # backbone's own init_cfg is skipped (the file replaces it)
             backbone.init_cfg = None
             torch.manual_seed(seed)
-            _init_weights_quietly(model)
+            with quiet_init_logging():
+                model.init_weights()
             report = load_state_dict(backbone, converted.state_dict,
                                      source=f'backbone-only {converted.label} checkpoint',
                                      strict=strict, checkpoint=name)
@@ -133,13 +136,14 @@ def file_digest(path: str | Path) -> str | None:
 
 
 
-def _init_weights_quietly(model: nn.Module) -> None:
-    """``model.init_weights()`` with mmengine's current logger held at WARNING: outside a
-    Runner it logs one INFO line per parameter."""
+@contextlib.contextmanager
+def quiet_init_logging() -> Iterator[None]:
+    """Hold mmengine's current logger at WARNING: ``init_weights`` of a top-level
+    module outside a Runner logs one INFO line per parameter."""
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel('WARNING')
     try:
-        model.init_weights()
+        yield
     finally:
         logger.setLevel(level)
