@@ -234,11 +234,9 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, fast: bool,
     Returns:
         ``norm(conv(x))`` (or, with ``output_unused``, possibly an uninitialised map).
     """
-    if not fast or not foldable(conv, norm):
-        return norm(conv(x))
-    records = records_grad(x, conv, norm)  # first: without grad the size is not needed
-    if not worth_folding(conv, out_positions(conv, x) if records else 0, x.device.type,
-                         records):
+    if not (fast and foldable(conv, norm)
+            and worth_folding(conv, out_positions(conv, x), x.device.type,
+                              records_grad(x, conv, norm))):
         return norm(conv(x))
     # jit.trace records a custom autograd Function as an opaque node whose value names
     # change between invocations, so its default check_trace fails: trace plain ops
